@@ -118,6 +118,7 @@ def _rounds(st, w, k):
         # T1 = h + Sigma1(e) + Ch(e, f, g) + K[t] + W[t], carry folded below
         t1l = hl + s1l + (gl ^ (el & (fl ^ gl))) + k[i + 1] + w[i + 1]
         t1h = hh + s1h + (gh ^ (eh & (fh ^ gh))) + k[i] + w[i] + (t1l >> 32)
+        t1l &= m
         # Sigma0(a) = ROTR28 ^ ROTR34 ^ ROTR39
         s0h = ((ah >> 28) ^ (al << 4) ^ (al >> 2) ^ (ah << 30) ^ (al >> 7) ^ (ah << 25)) & m
         s0l = ((al >> 28) ^ (ah << 4) ^ (ah >> 2) ^ (al << 30) ^ (ah >> 7) ^ (al << 25)) & m

@@ -212,10 +212,13 @@ class BoardRun:
     def _loop(self) -> None:
         while not self._stop:
             timeout = self._next_timeout()
-            for key, _ in self._sel.select(timeout):
-                handler = {"wake": self._on_wake, "child": self._on_child, "bus": self._on_bus, "repl": self._on_repl}[key.data]
-                handler()
-            self._check_timers()
+            ready = self._sel.select(timeout)
+            if ready:
+                # One event per pass: a handler may kill the process and reuse its fds.
+                key = ready[0][0]
+                {"wake": self._on_wake, "child": self._on_child, "bus": self._on_bus, "repl": self._on_repl}[key.data]()
+            if not self._stop:
+                self._check_timers()
 
     def _next_timeout(self) -> float | None:
         times = [t for t in (self._wdt_deadline, self._wake_at) if t is not None]
@@ -348,6 +351,8 @@ class BoardRun:
 
     # -- child output and exit ---------------------------------------------
     def _on_child(self) -> None:
+        if self._child is None:
+            return
         try:
             data = os.read(self._child_fd, 65536)
         except BlockingIOError:

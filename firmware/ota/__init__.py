@@ -1,0 +1,1 @@
+"""fota device-side code: signature verification and update helpers."""
