@@ -1,27 +1,33 @@
-"""Ed25519 signature verification (RFC 8032), pure Python, MicroPython + CPython.
+"""Ed25519 signature verification (RFC 8032), pure Python.
+
+Runs on MicroPython (ESP32 and the Unix port) and CPython:
 
     from ota.ed25519 import verify
     if not verify(public_key, message, signature):
         ...  # reject the manifest
 
-verify() returns True or False and never raises for bad input. Rules
-(RFC 8032 section 5.1.7): the signature is 64 bytes and the key 32; S < L;
-R and A are canonical (y < p), on the curve, and not x = 0 with the sign bit
-set. The check is cofactorless, encode([S]B - [k]A) == R, like OpenSSL
-and libsodium, so small-order keys and R values get the same verdict as
-pyca/cryptography. One difference: OpenSSL (hence pyca) accepts a
-non-canonical A or an A of x = 0 with the sign bit set; we reject both.
-
-Speed: instead of [S]B - [k]A with a 253-bit k, find k1, k2 of ~128 bits
-with k1 = k * k2 (mod 8L), k2 odd (lattice reduction, as in T. Pornin,
-"Optimized lattice basis reduction in dimension 2, and fast Schnorr and
-EdDSA signature verification", 2020), and test
-    [k2 * S mod L]B - [k1]A - [k2]R == identity.
-Because 8L kills every point, that point is [k2](S B - k A - R), and k2 odd
-and below L makes it zero exactly when S B - k A - R is zero: the verdict
-is the cofactorless one, with half the doublings. The B tables are built at
-the first call (no work at import).
+verify() returns True or False and never raises for malformed input.
 """
+
+# Rules (RFC 8032 section 5.1.7): the signature is 64 bytes and the key 32;
+# S < L; R and A are canonical (y < p), on the curve, and not x = 0 with
+# the sign bit set. The equation is the cofactorless one, as in OpenSSL and
+# libsodium: accept iff [S]B - [k]A encodes to R. Small-order keys and R
+# values therefore get the same verdict as pyca/cryptography (our host-side
+# oracle). One deliberate difference: OpenSSL (so pyca) accepts a
+# non-canonical A (y >= p) and an A of x = 0 with the sign bit set; RFC
+# 8032 and this module reject both.
+#
+# Speed: rather than [S]B - [k]A with a 253-bit k, find k1, k2 of ~128 bits
+# with k1 = k * k2 (mod 8L) and k2 odd (lattice reduction, as in T. Pornin,
+# "Optimized lattice basis reduction in dimension 2, and fast Schnorr and
+# EdDSA signature verification", 2020) and test
+#     [k2 * S mod L]B - [k1]A - [k2]R == identity.
+# 8L kills every curve point, so the left side is [k2]([S]B - [k]A - R);
+# k2 odd and below L makes that zero exactly when [S]B - [k]A - R is: the
+# cofactorless verdict with half the doublings. B and 2^128 B have fixed
+# tables built on the first call (nothing happens at import); R's square
+# root replaces the final inversion of the textbook method.
 
 from .sha512 import sha512
 
@@ -35,33 +41,37 @@ except ImportError:  # CPython
 
 _SIG_LEN = const(64)  # RFC 8032 section 5.1.6
 _KEY_LEN = const(32)
-_W_B = const(6)  # wNAF widths: fixed-base tables (built once) ...
-_W_V = const(5)  # ... and per-verify tables for A and R
-_HALF = const(128)  # the split point of the B scalar, bits
+_W_B = const(6)  # wNAF width of the fixed-base streams (B, 2^128 B)
+_W_V = const(4)  # wNAF width of the per-verify streams (A, R)
+_HALF = const(128)  # the fixed-base scalar is split at this bit
+_ENTRY = const(96)  # bytes per fixed-table entry: y + x, y - x, 2dxy
 
-# Curve constants, RFC 8032 section 5.1 (too big for const()).
+# RFC 8032 section 5.1: p, L, d, 2d, sqrt(-1), y of the base point B.
 _P = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFED
 _L = 0x1000000000000000000000000000000014DEF9DEA2F79CD65812631A5CF5D3ED
 _D = 0x52036CEE2B6FFE738CC740797779E89800700A4D4141D8AB75EB4DCA135978A3
 _D2 = 0x2406D9DC56DFFCE7198E80F2EEF3D13000E0149A8283B156EBD69B9426B2F159
 _SQRTM1 = 0x2B8324804FC1DF0B2B4D00993DFBD7A72F431806AD2FE478C4EE1B274A0EA0B0
-_BX = 0x216936D3CD6E53FEC0A4E231FDD6DC5C692CC7609525A7B2C9562D608F25D51A
 _BY = 0x6666666666666666666666666666666666666666666666666666666666666658
-_MASK255 = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFF
 
-_btabs = None  # (table of B, table of 2^128 B), affine, built on first use
+_fixed = None  # (table of B, table of 2^128 B) once built
 
 
 # x^(2^n) mod p.
 def _sqn(x, n, p):
-    for _ in range(n):
+    m = p + 18  # 2^255 - 1
+    if n & 1:
+        x = x * x % p
+    for _ in range(n >> 1):
+        x = x * x
+        x = (x & m) + (x >> 255) * 19  # fold, see _straus
         x = x * x % p
     return x
 
 
-# z^(2^250 - 1) and z^11: the shared head of the inversion and square-root
-# exponent chains (ref10 fe_invert / fe_pow22523). A Python chain of
-# squarings beats the built-in three-argument pow() on MicroPython.
+# (z^(2^250 - 1), z^11): the shared head of the exponent chains for the
+# inverse and the square root (ref10 fe_invert, fe_pow22523). On
+# MicroPython this beats the built-in pow(z, e, p) by ~2x.
 def _pow250(z):
     p = _P
     z2 = z * z % p
@@ -77,29 +87,28 @@ def _pow250(z):
     return _sqn(t, 50, p) * t50 % p, z11  # 2^250 - 1
 
 
-# 1/z mod p as z^(p - 2).
+# 1 / z mod p, as z^(p - 2).
 def _inv(z):
     t, z11 = _pow250(z)
     return _sqn(t, 5, _P) * z11 % _P
 
 
-# Decode 32 bytes to an extended point (X, Y, Z, T), or None when the
+# Decode 32 bytes to an extended point (X, Y, Z, T), or None if the
 # encoding is non-canonical, off the curve, or x = 0 with the sign bit set
-# (RFC 8032 section 5.1.3).
+# (RFC 8032 section 5.1.3; the square root is x = u v^3 (u v^7)^((p-5)/8)).
 def _decode(b):
     p = _P
     y = int.from_bytes(b, "little")
     sign = y >> 255
-    y &= _MASK255
+    y -= sign << 255
     if y >= p:
         return None
-    yy = y * y % p
-    u = yy - 1  # x^2 = u / v
-    v = (_D * yy + 1) % p
+    u = y * y % p - 1  # x^2 = u / v
+    v = (_D * (u + 1) + 1) % p
     v3 = v * v % p * v % p
     uv7 = u * v3 % p * v3 % p * v % p
     t, _ = _pow250(uv7)
-    x = u * v3 % p * _sqn(t, 2, p) % p * uv7 % p  # u v^3 (u v^7)^((p-5)/8)
+    x = u * v3 % p * _sqn(t, 2, p) % p * uv7 % p
     vxx = v * x % p * x % p
     if vxx != u % p:
         if vxx != -u % p:
@@ -118,7 +127,8 @@ def _cached(pt):
     return (y + x, y - x, t * _D2 % _P, z + z)
 
 
-# Extended point plus a cached point (ref10 ge_add); z2 None means Z = 1.
+# Extended point + cached point (ref10 ge_add). The formula is complete on
+# this curve, so _add(pt, _cached(pt)) doubles.
 def _add(pt, q):
     p = _P
     x, y, z, t = pt
@@ -126,7 +136,7 @@ def _add(pt, q):
     a = (y - x) * ym % p
     b = (y + x) * yp % p
     c = t * t2 % p
-    d = z * z2 % p if z2 is not None else z + z
+    d = z * z2 % p
     e = b - a
     f = d - c
     g = d + c
@@ -134,74 +144,82 @@ def _add(pt, q):
     return (e * f % p, g * h % p, f * g % p, e * h % p)
 
 
-# Point doubling in extended coordinates (ref10 ge_p2_dbl + p1p1 -> p3).
-def _dbl(pt):
-    p = _P
-    x, y, z, _ = pt
-    a = x * x % p
-    b = y * y % p
-    c = z * z % p
-    h = a + b
-    e = (x + y) * (x + y) % p - h
-    g = b - a
-    f = c + c - g
-    return (e * f % p, g * h % p, f * g % p, e * h % p)
-
-
 # Cached odd multiples P, 3P, ..., (2n - 1)P.
 def _odd_multiples(pt, n):
-    two = _cached(_dbl(pt))
     out = [_cached(pt)]
+    two = _cached(_add(pt, out[0]))
     for _ in range(n - 1):
         pt = _add(pt, two)
         out.append(_cached(pt))
     return out
 
 
-# Cached odd multiples with Z = 1 (affine), one shared inversion for all
-# points (Montgomery's trick). Used for the fixed-base tables only.
-def _affine(tables):
+# Fixed-base table: the odd multiples P, 3P, ..., (2n - 1)P of pt, made
+# affine and packed as 96-byte entries (y + x, y - x, 2dxy) in one
+# bytearray: one heap block instead of 3n big ints, so a small heap stays
+# unfragmented. Eight points share one inversion (Montgomery's trick),
+# which bounds the transient heap; n is a multiple of 8.
+def _fixed_table(pt, n):
     p = _P
-    flat = [e for tab in tables for e in tab]
-    acc = [1]
-    for e in flat:
-        acc.append(acc[-1] * e[3] % p)  # e[3] = 2Z
-    inv = _inv(acc[-1])
-    out = []
-    for i in range(len(flat) - 1, -1, -1):
-        yp, ym, t2, z2 = flat[i]
-        zi = inv * acc[i] % p * 2 % p  # 1 / Z
-        inv = inv * z2 % p
-        out.append((yp * zi % p, ym * zi % p, t2 * zi % p, None))
-    out.reverse()
-    n = len(tables[0])
-    return (out[:n], out[n:])
+    out = bytearray(n * _ENTRY)
+    two = _cached(_add(pt, _cached(pt)))
+    for i in range(0, n, 8):
+        pts = [pt]
+        for _ in range(8):
+            pts.append(_add(pts[-1], two))
+        pt = pts.pop()
+        acc = [1]
+        for q in pts:
+            acc.append(acc[-1] * q[2] % p)
+        inv = _inv(acc[-1])
+        for j in range(7, -1, -1):
+            x, y, z, _ = pts[j]
+            zi = inv * acc[j] % p  # 1 / z
+            inv = inv * z % p
+            x = x * zi % p
+            y = y * zi % p
+            o = (i + j) * _ENTRY
+            for v in (y + x, y - x, x * y % p * _D2):
+                out[o : o + 32] = (v % p).to_bytes(32, "little")
+                o += 32
+    return out
 
 
-# The fixed-base tables for B and 2^128 B, computed on the first call.
-def _base_tables():
-    global _btabs
-    if _btabs is None:
-        b = (_BX, _BY, 1, _BX * _BY % _P)
-        b128 = b
-        for _ in range(_HALF):
-            b128 = _dbl(b128)
+# Entry o of a fixed table as a cached point with Z = 1 (z2 None).
+def _fixed_entry(tab, o):
+    o *= _ENTRY
+    return (
+        int.from_bytes(tab[o : o + 32], "little"),
+        int.from_bytes(tab[o + 32 : o + 64], "little"),
+        int.from_bytes(tab[o + 64 : o + 96], "little"),
+        None,
+    )
+
+
+# The tables of B and 2^128 B, built on the first call only.
+def _fixed_tables():
+    global _fixed
+    if _fixed is None:
+        b = _decode(_BY.to_bytes(32, "little"))
         n = 1 << (_W_B - 2)
-        _btabs = _affine((_odd_multiples(b, n), _odd_multiples(b128, n)))
-    return _btabs
+        tb = _fixed_table(b, n)
+        for _ in range(_HALF):
+            b = _add(b, _cached(b))
+        _fixed = (tb, _fixed_table(b, n))
+    return _fixed
 
 
-# Width-w NAF of k >= 0 into out (a zeroed bytearray, digits stored as
-# d & 0xFF, least significant first); returns the top digit index or -1.
-# Digits are odd, |d| < 2^(w-1) (libsecp256k1 secp256k1_ecmult_wnaf).
-def _naf(k, w, out):
-    kb = k.to_bytes(35, "little")
-    n = 33
-    while n and not kb[n - 1]:
-        n -= 1
-    end = n * 8
+# Width-w NAF of k into out (a zeroed bytearray; digit d stored as d & 0xFF,
+# least significant first), counting digits per bit in cnt. Returns the
+# top digit's index, or -1. Digits are odd, |d| < 2^(w-1) (the loop of
+# libsecp256k1's secp256k1_ecmult_wnaf); a negative k negates them all.
+def _naf(k, w, out, cnt):
+    sign = -1 if k < 0 else 1
+    kb = (k * sign).to_bytes(35, "little")
+    end = 264
+    while end and not kb[(end >> 3) - 1]:
+        end -= 8
     mask = (1 << w) - 1
-    half = 1 << (w - 1)
     i = 0
     carry = 0
     top = -1
@@ -211,16 +229,19 @@ def _naf(k, w, out):
             i += 1
             continue
         word = (((kb[j] | (kb[j + 1] << 8)) >> (i & 7)) & mask) + carry
-        carry = 1 if word & half else 0
-        out[i] = (word - (carry << w)) & 0xFF
+        carry = (word >> (w - 1)) & 1
+        out[i] = (word - (carry << w)) * sign & 0xFF
+        cnt[i] += 1
         top = i
         i += w
     return top
 
 
-# Short (k1, k2) with k1 = k * k2 (mod 8L), k2 odd and 0 < |k2| < L, from
-# the Euclidean remainder sequence of (8L, k) stopped halfway. Falls back
-# to (k, 1) in the (never expected) case that no short odd pair turns up.
+# (k1, k2) with k1 = k * k2 (mod 8L), k2 odd, 0 < |k2| < L, both ~128 bits.
+# The Euclidean remainders of (8L, k) satisfy r = t * k (mod 8L); stop at
+# r1 < 2^128, where |t1| <= 8L / r0 < 2^127 too. Consecutive t are coprime,
+# so if t1 is even every t0 - q t1 is odd: take the q balancing the sizes
+# (at most ~135 bits). (k, 1) stays as an always-valid fallback.
 def _split(k):
     r0 = _L << 3
     r1 = k
@@ -231,43 +252,45 @@ def _split(k):
         q = r0 // r1
         r0, r1 = r1, r0 - q * r1
         t0, t1 = t1, t0 - q * t1
-    # consecutive t are coprime: if t1 is even, t0 and t0 - q t1 are odd
-    if t1 & 1:
+    if not t1 & 1:
+        q = (r0 - abs(t0)) // (r1 + abs(t1))
+        a1 = r0 - q * r1
+        a2 = t0 - q * t1
+        if max(abs(a1 - r1), abs(a2 - t1)) < max(abs(a1), abs(a2)):
+            a1 -= r1  # q + 1 balances better
+            a2 -= t1
+        r1 = a1
+        t1 = a2
+    if -_L < t1 < _L:
         return r1, t1
-    if r0 < lim << 2:
-        return r0, t0
-    if r1:
-        q = r0 // r1
-        r2 = r0 - q * r1
-        t2 = t0 - q * t1
-        if -lim << 2 < t2 < lim << 2:
-            return r2, t2
     return k, 1
 
 
-# Sum the streams: tabs[j] holds cached odd multiples, nafs[j] the digits;
-# one shared doubling chain from bit top down (Straus / Shamir's trick).
-# Returns the extended point (X, Y, Z); T is dropped.
-def _straus(nafs, tabs, top):
+# Sum of the streams (Straus / Shamir's trick): one doubling chain from bit
+# top down; at bit i, digit nafs[j][i] picks an entry of tabs[j] (a list of
+# cached points, or a fixed bytearray table) and cnt[i] counts the
+# additions due there. Returns (X, Y, Z). Products that feed only other
+# products are folded below ~2^261 (2^255 = 19 mod p), cheaper than % p;
+# each step's outputs are fully reduced so sizes cannot creep up.
+def _straus(nafs, tabs, cnt, top):
     p = _P
-    ns = len(nafs)
-    cnt = bytearray(top + 1)
-    for naf in nafs:
-        for i in range(top + 1):
-            if naf[i]:
-                cnt[i] += 1
+    m = p + 18  # 2^255 - 1
     x = 0
     y = 1
     z = 1
     t = 0
     for i in range(top, -1, -1):
         k = cnt[i]
-        # double; T is only needed when an addition follows
-        a = x * x % p
-        b = y * y % p
-        c = z * z % p
+        # double (ref10 ge_p2_dbl); T only when an addition follows
+        a = x * x
+        a = (a & m) + (a >> 255) * 19
+        b = y * y
+        b = (b & m) + (b >> 255) * 19
+        c = z * z
+        c = (c & m) + (c >> 255) * 19
         h = a + b
-        e = (x + y) * (x + y) % p - h
+        e = (x + y) * (x + y)
+        e = (e & m) + (e >> 255) * 19 - h
         g = b - a
         f = c + c - g
         x = e * f % p
@@ -276,19 +299,31 @@ def _straus(nafs, tabs, top):
         if not k:
             continue
         t = e * h % p
-        for j in range(ns):
+        for j in range(len(nafs)):
             v = nafs[j][i]
             if not v:
                 continue
-            if v < 128:
-                yp, ym, t2, z2 = tabs[j][v >> 1]
-                c = t * t2 % p
+            # add (ref10 ge_add); a negative digit swaps Y+X and Y-X and
+            # negates 2dT
+            o = (256 - v if v > 127 else v) >> 1
+            q = tabs[j]
+            q = _fixed_entry(q, o) if type(q) is bytearray else q[o]
+            if v > 127:
+                ym, yp, t2, z2 = q
+                c = -t * t2
             else:
-                ym, yp, t2, z2 = tabs[j][(256 - v) >> 1]
-                c = -t * t2 % p
-            a = (y - x) * ym % p
-            b = (y + x) * yp % p
-            d = z * z2 % p if z2 is not None else z + z
+                yp, ym, t2, z2 = q
+                c = t * t2
+            c = (c & m) + (c >> 255) * 19
+            a = (y - x) * ym
+            a = (a & m) + (a >> 255) * 19
+            b = (y + x) * yp
+            b = (b & m) + (b >> 255) * 19
+            if z2 is None:
+                d = z + z
+            else:
+                d = z * z2
+                d = (d & m) + (d >> 255) * 19
             e = b - a
             f = d - c
             g = d + c
@@ -302,12 +337,7 @@ def _straus(nafs, tabs, top):
     return x, y, z
 
 
-# Negate an extended point.
-def _neg(pt):
-    return (-pt[0], pt[1], pt[2], -pt[3])
-
-
-# RFC 8032 section 5.1.7 verification; True only for a valid signature.
+# RFC 8032 section 5.1.7 verification: True only for a valid signature.
 def verify(public_key, message, signature):
     if len(signature) != _SIG_LEN or len(public_key) != _KEY_LEN:
         return False
@@ -315,32 +345,20 @@ def verify(public_key, message, signature):
     if s >= _L:
         return False
     a = _decode(public_key)
-    if a is None:
-        return False
     r = _decode(signature[:32])
-    if r is None:
+    if a is None or r is None:
         return False
     h = sha512(bytes(signature[:32]) + bytes(public_key) + bytes(message))
     k1, k2 = _split(int.from_bytes(h, "little") % _L)
-    if k2 < 0:
-        k1 = -k1
-        k2 = -k2
-    # want [k2 s]B - [k1]A - [k2]R == identity
-    if k1 >= 0:
-        a = _neg(a)
-    else:
-        k1 = -k1
-    s = k2 * s % _L
-    tb, tb128 = _base_tables()
-    w = _W_V
-    nafs = [bytearray(260) for _ in range(4)]
-    top = max(
-        _naf(s & ((1 << _HALF) - 1), _W_B, nafs[0]),
-        _naf(s >> _HALF, _W_B, nafs[1]),
-        _naf(k1, w, nafs[2]),
-        _naf(k2, w, nafs[3]),
-    )
-    n = 1 << (w - 2)
-    tabs = (tb, tb128, _odd_multiples(a, n), _odd_multiples(_neg(r), n))
-    x, y, z = _straus(nafs, tabs, top)
+    s = s * k2 % _L
+    # [k2 s mod L]B - [k1]A - [k2]R == identity, B's scalar split at _HALF
+    n = 1 << (_W_V - 2)
+    tabs = _fixed_tables() + (_odd_multiples(a, n), _odd_multiples(r, n))
+    scalars = (s & ((1 << _HALF) - 1), s >> _HALF, -k1, -k2)
+    nafs = [bytearray(264) for _ in tabs]
+    cnt = bytearray(264)
+    top = -1
+    for j in range(4):
+        top = max(top, _naf(scalars[j], _W_B if j < 2 else _W_V, nafs[j], cnt))
+    x, y, z = _straus(nafs, tabs, cnt, top)
     return x % _P == 0 and (y - z) % _P == 0

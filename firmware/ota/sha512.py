@@ -61,7 +61,7 @@ _IV_HEX = (
     "510e527fade682d1 9b05688c2b3e6c1f 1f83d9abfb41bd6b 5be0cd19137e2179"
 )
 
-_tabs = None  # (k, iv): 160 and 16 ints (hi, lo halves), built on first use
+_tabs = None  # (k, iv, w): constants and schedule scratch, built on first use
 
 
 # Split "hhhhhhhhllllllll ..." into a flat list of 32-bit halves.
@@ -73,11 +73,14 @@ def _halves(text):
     return out
 
 
-# Return the round constants and IV, parsing them on the first call only.
+# Return the round constants, the IV and a 160-entry message-schedule
+# scratch list, made on the first call only. The scratch is shared by all
+# hashers (it is fully rewritten for each block), so hashing allocates no
+# large blocks later, when a small heap may be too fragmented for them.
 def _tables():
     global _tabs
     if _tabs is None:
-        _tabs = (tuple(_halves(_K_HEX)), tuple(_halves(_IV_HEX)))
+        _tabs = (tuple(_halves(_K_HEX)), tuple(_halves(_IV_HEX)), [0] * 160)
     return _tabs
 
 
@@ -157,11 +160,10 @@ class SHA512:
     block_size = _BLOCK
 
     def __init__(self, data=b""):
-        self._k, iv = _tables()
+        self._k, iv, self._w = _tables()
         self._st = list(iv)
         self._buf = bytearray()
         self._len = 0
-        self._w = [0] * 160
         if data:
             self.update(data)
 

@@ -212,11 +212,12 @@ class BoardRun:
     def _loop(self) -> None:
         while not self._stop:
             timeout = self._next_timeout()
-            ready = self._sel.select(timeout)
-            if ready:
-                # One event per pass: a handler may kill the process and reuse its fds.
-                key = ready[0][0]
-                {"wake": self._on_wake, "child": self._on_child, "bus": self._on_bus, "repl": self._on_repl}[key.data]()
+            handlers = {"wake": self._on_wake, "child": self._on_child, "bus": self._on_bus, "repl": self._on_repl}
+            for key, _ in self._sel.select(timeout):
+                # A handler may kill the process and reuse its fd numbers: skip stale keys.
+                if self._stop or self._sel.get_map().get(key.fd) is not key:
+                    continue
+                handlers[key.data]()
             if not self._stop:
                 self._check_timers()
 
@@ -324,10 +325,8 @@ class BoardRun:
         self._child.wait()
         self._drain_child()
         for obj in (self._child_fd, self._bus):
-            try:
+            if obj in self._sel.get_map():
                 self._sel.unregister(obj)
-            except (KeyError, ValueError):
-                pass
         os.close(self._child_fd)
         self._bus.close()
         self._child, self._child_fd, self._bus = None, -1, None
@@ -407,7 +406,8 @@ class BoardRun:
     # -- bus ------------------------------------------------------------------
     def _on_bus(self) -> None:
         data = self._bus.recv(65536 + REQ.size)
-        if not data:
+        if not data:  # the process is exiting; its console EOF handles the rest
+            self._sel.unregister(self._bus)
             return
         self._bus_buf += data
         while len(self._bus_buf) >= REQ.size:
