@@ -1,0 +1,131 @@
+"""`fota build`, `fota sign`, `fota inspect`, `fota verify`."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from host_tools import boards
+from host_tools.build import BuildSpec, build_image
+from host_tools.cli_keys import passphrase_from_env
+from host_tools.esp.app_image import parse_app_image
+from host_tools.keys import FileSigner, PublicKey
+from host_tools.package import Manifest, VerifyError, decode_payload, make_package, parse_package, verify_package
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="build (sim) or validate (real board) the app image an update carries")
+    p.add_argument("--board", default="sim")
+    p.add_argument("--app", type=Path, help="sim: directory of application modules to freeze beside firmware/")
+    p.add_argument("--image", type=Path, help="real board: the MicroPython app image (micropython.bin)")
+    p.add_argument("--version", default="", help="sim: version string for esp_app_desc_t")
+    p.add_argument("--trust", type=Path, action="append", default=[], help="sim: public key the firmware trusts (repeatable)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(handler=cmd_build)
+
+    p = sub.add_parser("sign", help="make a signed update package from an app image")
+    p.add_argument("image", type=Path)
+    p.add_argument("--key", type=Path, required=True, help="Ed25519 private key (PEM)")
+    p.add_argument("--passphrase-env", metavar="VAR")
+    p.add_argument("--board", default="sim")
+    p.add_argument("--version", required=True)
+    p.add_argument("--sequence", type=int, required=True, help="anti-rollback counter; must grow with every release")
+    p.add_argument("--hw-rev", action="append", default=[], help="compatible hardware revision (repeatable; default: any)")
+    p.add_argument("--encoding", choices=("raw", "zlib"), default="raw")
+    p.add_argument("--min-version", help="devices must run at least this version")
+    p.add_argument("--expires-in", type=float, metavar="DAYS", help="refuse the package after this many days")
+    p.add_argument("--notes", help="release notes (informational)")
+    p.add_argument("-o", "--output", type=Path, required=True)
+    p.set_defaults(handler=cmd_sign)
+
+    p = sub.add_parser("inspect", help="print a package's header, manifest and image")
+    p.add_argument("package", type=Path)
+    p.set_defaults(handler=cmd_inspect)
+
+    p = sub.add_parser("verify", help="check a package's signature, digests and image; non-zero exit on failure")
+    p.add_argument("package", type=Path)
+    p.add_argument("--pubkey", type=Path, action="append", required=True, help="trusted public key (repeatable)")
+    p.set_defaults(handler=cmd_verify)
+
+
+def cmd_build(args) -> int:
+    spec = BuildSpec(
+        board=args.board, version=args.version, app_dir=args.app, image=args.image,
+        trusted_keys=tuple(PublicKey.load(p) for p in args.trust),
+    )
+    image = build_image(spec)
+    args.output.write_bytes(image)
+    print(f"wrote {args.output}: {len(image)} bytes, valid app image for board {args.board}")
+    return 0
+
+
+def cmd_sign(args) -> int:
+    board = boards.load(args.board)
+    image = args.image.read_bytes()
+    signer = FileSigner.load(args.key, passphrase_from_env(args.passphrase_env))
+    now = int(time.time())
+    manifest = Manifest(
+        sequence=args.sequence, version=args.version, board=board.name, chip_id=board.chip_id,
+        hw_revs=tuple(args.hw_rev) or ("*",), image_size=0, image_sha256=b"",
+        min_version=args.min_version, created=now, notes=args.notes,
+        expires=None if args.expires_in is None else now + int(args.expires_in * 86400),
+    )
+    from host_tools.build import check_app_image
+
+    check_app_image(image, board)
+    package = make_package(image, manifest, signer, encoding=args.encoding)
+    args.output.write_bytes(package.to_bytes())
+    print(f"wrote {args.output}: {args.version} seq {args.sequence} for {board.name}, {package.manifest.encoding_name} payload "
+          f"{len(package.payload)} bytes (image {len(image)}), key id {package.key_id.hex()}")
+    return 0
+
+
+def cmd_inspect(args) -> int:
+    package = parse_package(args.package.read_bytes())
+    m = package.manifest
+    rows = [
+        ("format", "fota package v1, Ed25519"),
+        ("key id", package.key_id.hex()),
+        ("manifest", f"{len(package.manifest_bytes)} bytes"),
+        ("sequence", m.sequence),
+        ("version", m.version),
+        ("board", f"{m.board} (chip id {m.chip_id})"),
+        ("hw revisions", ", ".join(m.hw_revs)),
+        ("image", f"{m.image_size} bytes, sha256 {m.image_sha256.hex()}"),
+        ("encoding", m.encoding_name + (f" (wbits {m.zlib_wbits})" if m.zlib_wbits else "")),
+        ("payload", f"{m.encoded_size} bytes" + (f", sha256 {m.encoded_sha256.hex()}" if m.encoded_sha256 else "")),
+        ("min version", m.min_version or "-"),
+        ("expires", _when(m.expires)),
+        ("created", _when(m.created)),
+        ("notes", m.notes or "-"),
+    ]
+    for tag, value in m.unknown:
+        rows.append((f"record 0x{tag:02x}", value.hex()))
+    try:
+        info = parse_app_image(decode_payload(package), chip_id=m.chip_id)
+        desc = info.app_desc
+        rows.append(("app image", f"{len(info.segments)} segment(s), checksum and SHA-256 valid"))
+        if desc:
+            rows.append(("app desc", f"project {desc.project_name or '-'} version {desc.version or '-'} idf {desc.idf_ver}"))
+    except Exception as exc:  # noqa: BLE001 - inspect shows what it can
+        rows.append(("app image", f"INVALID: {exc}"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def cmd_verify(args) -> int:
+    package = parse_package(args.package.read_bytes())
+    report = verify_package(package, [PublicKey.load(p) for p in args.pubkey])
+    for note in report.notes:
+        print(f"ok: {note}")
+    if not report.ok:
+        raise VerifyError("; ".join(report.problems))
+    print(f"{args.package}: verified")
+    return 0
+
+
+def _when(stamp: int | None) -> str:
+    return "-" if stamp is None else time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(stamp))

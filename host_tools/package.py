@@ -1,0 +1,291 @@
+"""Update packages (docs/FORMAT.md v1): manifest TLVs, signing, parsing, verifying.
+
+    manifest = Manifest(sequence=7, version="1.4.0", board="sim", chip_id=0, hw_revs=("A",),
+                        image_size=len(img), image_sha256=sha256(img).digest())
+    pkg = make_package(img, manifest_template, signer, encoding="zlib")
+    parsed = parse_package(pkg)
+    report = verify_package(parsed, [public_key])       # VerifyReport; .ok, .problems
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import zlib
+from dataclasses import dataclass, field, replace
+
+from host_tools.errors import EXIT_VERIFY_FAILED, FotaError
+from host_tools.keys import PublicKey, Signer
+
+MAGIC = b"FOTA"
+FORMAT_VERSION = 1
+HEADER_SIZE = 32
+HEADER = struct.Struct("<4sHHI8sB11s")
+SIG_ALG_ED25519 = 1
+SIGNATURE_SIZE = 64
+MANIFEST_MAX = 1024
+ENCODINGS = {"raw": 0, "zlib": 1}
+DEFAULT_WBITS = 10  # 1 KiB window: cheap to inflate on a device
+
+T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV = 0x01, 0x02, 0x03, 0x04, 0x05
+T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING, T_ENCODED_SIZE, T_ENCODED_SHA256 = 0x06, 0x07, 0x08, 0x09, 0x0A
+T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES = 0x0B, 0x0C, 0x0D, 0x80, 0x81
+
+
+class PackageError(FotaError):
+    """A package that cannot be built or parsed."""
+
+
+class VerifyError(FotaError):
+    """A package that fails verification."""
+
+    exit_code = EXIT_VERIFY_FAILED
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """The signed description of one update (docs/FORMAT.md, Manifest)."""
+
+    sequence: int
+    version: str
+    board: str
+    chip_id: int
+    hw_revs: tuple[str, ...]
+    image_size: int
+    image_sha256: bytes
+    encoding: int = 0
+    encoded_size: int = 0
+    encoded_sha256: bytes | None = None
+    zlib_wbits: int | None = None
+    min_version: str | None = None
+    expires: int | None = None
+    created: int | None = None
+    notes: str | None = None
+    unknown: tuple[tuple[int, bytes], ...] = field(default_factory=tuple)
+
+    def encode(self) -> bytes:
+        """The TLV bytes, in a fixed order."""
+        out = bytearray()
+        out += _tlv(T_SEQUENCE, struct.pack("<I", self.sequence))
+        out += _tlv(T_VERSION, self.version.encode())
+        out += _tlv(T_BOARD, self.board.encode())
+        out += _tlv(T_CHIP_ID, struct.pack("<H", self.chip_id))
+        for rev in self.hw_revs:
+            out += _tlv(T_HW_REV, rev.encode())
+        out += _tlv(T_IMAGE_SIZE, struct.pack("<I", self.image_size))
+        out += _tlv(T_IMAGE_SHA256, self.image_sha256)
+        out += _tlv(T_ENCODING, bytes([self.encoding]))
+        out += _tlv(T_ENCODED_SIZE, struct.pack("<I", self.encoded_size or self.image_size))
+        if self.encoded_sha256 is not None:
+            out += _tlv(T_ENCODED_SHA256, self.encoded_sha256)
+        if self.zlib_wbits is not None:
+            out += _tlv(T_ZLIB_WBITS, bytes([self.zlib_wbits]))
+        if self.min_version is not None:
+            out += _tlv(T_MIN_VERSION, self.min_version.encode())
+        if self.expires is not None:
+            out += _tlv(T_EXPIRES, struct.pack("<I", self.expires))
+        if self.created is not None:
+            out += _tlv(T_CREATED, struct.pack("<I", self.created))
+        if self.notes is not None:
+            out += _tlv(T_NOTES, self.notes.encode())
+        for tag, value in self.unknown:
+            out += _tlv(tag, value)
+        return bytes(out)
+
+    @property
+    def encoding_name(self) -> str:
+        return {v: k for k, v in ENCODINGS.items()}.get(self.encoding, f"unknown({self.encoding})")
+
+
+@dataclass(frozen=True)
+class Package:
+    header: bytes
+    manifest_bytes: bytes
+    signature: bytes
+    payload: bytes
+    manifest: Manifest
+    key_id: bytes
+
+    @property
+    def signed_bytes(self) -> bytes:
+        return self.header + self.manifest_bytes
+
+    def to_bytes(self) -> bytes:
+        return self.header + self.manifest_bytes + self.signature + self.payload
+
+
+def _tlv(tag: int, value: bytes) -> bytes:
+    if len(value) > 0xFFFF:
+        raise PackageError(f"manifest record 0x{tag:02x} is too long")
+    return struct.pack("<BH", tag, len(value)) + value
+
+
+def header_bytes(manifest_len: int, key: bytes) -> bytes:
+    return HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, manifest_len, key, SIG_ALG_ED25519, b"\x00" * 11)
+
+
+def encode_payload(image: bytes, encoding: str, wbits: int = DEFAULT_WBITS) -> bytes:
+    if encoding == "raw":
+        return image
+    if encoding == "zlib":
+        comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
+        return comp.compress(image) + comp.flush()
+    raise PackageError(f"unknown encoding {encoding!r} (raw or zlib)")
+
+
+def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: str = "raw", wbits: int = DEFAULT_WBITS) -> Package:
+    """Encode the image, complete the manifest's digests and sizes, and sign header + manifest."""
+    payload = encode_payload(image, encoding, wbits)
+    manifest = replace(
+        manifest,
+        image_size=len(image),
+        image_sha256=hashlib.sha256(image).digest(),
+        encoding=ENCODINGS[encoding],
+        encoded_size=len(payload),
+        encoded_sha256=hashlib.sha256(payload).digest() if encoding != "raw" else None,
+        zlib_wbits=wbits if encoding == "zlib" else None,
+    )
+    return sign_manifest(manifest, payload, signer)
+
+
+def sign_manifest(manifest: Manifest, payload: bytes, signer: Signer) -> Package:
+    body = manifest.encode()
+    if len(body) > MANIFEST_MAX:
+        raise PackageError(f"manifest is {len(body)} bytes; the cap is {MANIFEST_MAX}")
+    kid = signer.public_key.key_id
+    header = header_bytes(len(body), kid)
+    signature = signer.sign(header + body)
+    return Package(header, body, signature, payload, manifest, kid)
+
+
+def parse_package(data: bytes) -> Package:
+    """Split a package file into its parts and decode the manifest (no signature check)."""
+    if len(data) < HEADER_SIZE:
+        raise PackageError("file is shorter than a package header")
+    magic, version, hsize, mlen, kid, alg, _ = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise PackageError("not a fota package (no FOTA magic)")
+    if version != FORMAT_VERSION or hsize != HEADER_SIZE:
+        raise PackageError(f"unsupported package format version {version} (header {hsize} bytes)")
+    if alg != SIG_ALG_ED25519:
+        raise PackageError(f"unknown signature algorithm {alg}")
+    if not 0 < mlen <= MANIFEST_MAX:
+        raise PackageError(f"manifest length {mlen} is outside 1..{MANIFEST_MAX}")
+    end = HEADER_SIZE + mlen
+    if len(data) < end + SIGNATURE_SIZE:
+        raise PackageError("package is truncated before the end of its signature")
+    body = data[HEADER_SIZE:end]
+    return Package(data[:HEADER_SIZE], body, data[end : end + SIGNATURE_SIZE], data[end + SIGNATURE_SIZE :], decode_manifest(body), kid)
+
+
+def decode_manifest(body: bytes) -> Manifest:
+    fields: dict[int, list[bytes]] = {}
+    pos = 0
+    while pos < len(body):
+        if pos + 3 > len(body):
+            raise PackageError("manifest ends inside a record header")
+        tag, length = struct.unpack_from("<BH", body, pos)
+        value = body[pos + 3 : pos + 3 + length]
+        if len(value) != length:
+            raise PackageError(f"manifest record 0x{tag:02x} runs past the end")
+        fields.setdefault(tag, []).append(value)
+        pos += 3 + length
+
+    def one(tag: int, required: bool = True) -> bytes | None:
+        values = fields.get(tag)
+        if not values:
+            if required:
+                raise PackageError(f"manifest lacks required record 0x{tag:02x}")
+            return None
+        if len(values) > 1:
+            raise PackageError(f"manifest record 0x{tag:02x} appears twice")
+        return values[0]
+
+    def u32(tag: int, required: bool = True) -> int | None:
+        v = one(tag, required)
+        return None if v is None else struct.unpack("<I", v)[0]
+
+    def text(tag: int, required: bool = True) -> str | None:
+        v = one(tag, required)
+        return None if v is None else v.decode()
+
+    known = {T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV, T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING,
+             T_ENCODED_SIZE, T_ENCODED_SHA256, T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES}
+    try:
+        wbits = one(T_ZLIB_WBITS, False)
+        return Manifest(
+            sequence=u32(T_SEQUENCE),
+            version=text(T_VERSION),
+            board=text(T_BOARD),
+            chip_id=struct.unpack("<H", one(T_CHIP_ID))[0],
+            hw_revs=tuple(v.decode() for v in fields.get(T_HW_REV, [])),
+            image_size=u32(T_IMAGE_SIZE),
+            image_sha256=one(T_IMAGE_SHA256),
+            encoding=one(T_ENCODING)[0],
+            encoded_size=u32(T_ENCODED_SIZE),
+            encoded_sha256=one(T_ENCODED_SHA256, False),
+            zlib_wbits=None if wbits is None else wbits[0],
+            min_version=text(T_MIN_VERSION, False),
+            expires=u32(T_EXPIRES, False),
+            created=u32(T_CREATED, False),
+            notes=text(T_NOTES, False),
+            unknown=tuple((t, v) for t, vs in sorted(fields.items()) if t not in known for v in vs),
+        )
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise PackageError(f"malformed manifest record: {exc}") from exc
+
+
+@dataclass
+class VerifyReport:
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def decode_payload(package: Package) -> bytes:
+    m = package.manifest
+    if m.encoding == 0:
+        return package.payload
+    if m.encoding == 1:
+        try:
+            return zlib.decompress(package.payload, m.zlib_wbits or 15)
+        except zlib.error as exc:
+            raise VerifyError(f"payload does not inflate: {exc}") from exc
+    raise VerifyError(f"unknown payload encoding {m.encoding}")
+
+
+def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int | None = None) -> VerifyReport:
+    """Signature, digests and sizes, and the image itself (as esp_image_verify would)."""
+    from host_tools.esp.app_image import ImageError, parse_app_image
+
+    report = VerifyReport()
+    m = package.manifest
+    key = next((k for k in trusted if k.key_id == package.key_id), None)
+    if key is None:
+        report.problems.append(f"signed by unknown key id {package.key_id.hex()}")
+    elif not key.verify(package.signature, package.signed_bytes):
+        report.problems.append("signature does not verify")
+    else:
+        report.notes.append(f"signature valid (key id {package.key_id.hex()})")
+    if len(package.payload) != m.encoded_size:
+        report.problems.append(f"payload is {len(package.payload)} bytes; the manifest says {m.encoded_size}")
+    if m.encoded_sha256 is not None and hashlib.sha256(package.payload).digest() != m.encoded_sha256:
+        report.problems.append("encoded payload SHA-256 does not match the manifest")
+    try:
+        image = decode_payload(package)
+    except VerifyError as exc:
+        report.problems.append(str(exc))
+        return report
+    if len(image) != m.image_size or hashlib.sha256(image).digest() != m.image_sha256:
+        report.problems.append("image size or SHA-256 does not match the manifest")
+    if slot_size is not None and m.image_size > slot_size:
+        report.problems.append(f"image of {m.image_size} bytes does not fit the {slot_size}-byte slot")
+    try:
+        parse_app_image(image, chip_id=m.chip_id)
+        report.notes.append("app image valid (header, chip id, checksum, SHA-256)")
+    except ImageError as exc:
+        report.problems.append(str(exc))
+    return report
