@@ -29,7 +29,7 @@ verify() returns True or False and never raises for malformed input.
 # tables built on the first call (nothing happens at import); R's square
 # root replaces the final inversion of the textbook method.
 
-from .sha512 import sha512
+from .sha512 import SHA512
 
 try:
     from micropython import const
@@ -240,8 +240,9 @@ def _naf(k, w, out, cnt):
 # (k1, k2) with k1 = k * k2 (mod 8L), k2 odd, 0 < |k2| < L, both ~128 bits.
 # The Euclidean remainders of (8L, k) satisfy r = t * k (mod 8L); stop at
 # r1 < 2^128, where |t1| <= 8L / r0 < 2^127 too. Consecutive t are coprime,
-# so if t1 is even every t0 - q t1 is odd: take the q balancing the sizes
-# (at most ~135 bits). (k, 1) stays as an always-valid fallback.
+# so if t1 is even every t0 - q t1 is odd: take the q balancing the sizes.
+# Hash outputs give ~128-133 bits; a k of rare structure (8L mod k tiny) up
+# to ~195, still correct. (k, 1) stays as an always-valid fallback.
 def _split(k):
     r0 = _L << 3
     r1 = k
@@ -348,8 +349,10 @@ def verify(public_key, message, signature):
     r = _decode(signature[:32])
     if a is None or r is None:
         return False
-    h = sha512(bytes(signature[:32]) + bytes(public_key) + bytes(message))
-    k1, k2 = _split(int.from_bytes(h, "little") % _L)
+    h = SHA512(signature[:32])  # k = SHA-512(R || A || M) mod L, no copy of M
+    h.update(public_key)
+    h.update(message)
+    k1, k2 = _split(int.from_bytes(h.digest(), "little") % _L)
     s = s * k2 % _L
     # [k2 s mod L]B - [k1]A - [k2]R == identity, B's scalar split at _HALF
     n = 1 << (_W_V - 2)

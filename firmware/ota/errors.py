@@ -1,0 +1,110 @@
+"""Refusal codes of the fota device agent, and the error that carries them.
+
+Every refusal in docs/FORMAT.md "Device checks" has its own small integer code.
+The code travels in `OtaError.code` (and `args[0]`), is logged by name, and is
+reported to the server as an LwM2M Object 5 "update result":
+
+    from ota import errors
+    try:
+        m = manifest.check(signed, signature, KEYS, device, slot_size)
+    except errors.OtaError as e:
+        log(errors.name(e.code))                    # "ROLLBACK"
+        report(errors.lwm2m_result(e.code))          # 8 (update failed)
+
+Codes 1..15 are the manifest checks, in FORMAT.md order; 16 and up are left
+for the update agent (download, digest, flash and boot failures).
+"""
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+# docs/FORMAT.md, "Device checks, in order" (the check number is on the right).
+BAD_HEADER = const(1)  # 1: magic, header_size, sig_alg, short header
+FORMAT_VERSION = const(2)  # 1: format_version is not 1
+MANIFEST_SIZE = const(3)  # 2: manifest_len outside 1..1024
+UNKNOWN_KEY = const(4)  # 3: key_id not among the trusted keys
+BAD_SIGNATURE = const(5)  # 4: Ed25519 over header + manifest fails
+MALFORMED = const(6)  # 5: TLV framing, missing / duplicate record, value size
+UNSUPPORTED_FIELD = const(7)  # 5: unknown critical record type (0x00..0x7F)
+WRONG_BOARD = const(8)  # 6: board name
+WRONG_CHIP = const(9)  # 6: chip id
+WRONG_HW_REV = const(10)  # 6: hardware revision
+ROLLBACK = const(11)  # 7: sequence not above the stored floor
+EXPIRED = const(12)  # 8: expires is in the past
+MIN_VERSION = const(13)  # 8: the running version is below min_version
+TOO_BIG = const(14)  # 9: image or encoded payload larger than the slot
+BAD_ENCODING = const(15)  # 9: unknown encoding or bad encoding parameters
+
+# LwM2M Object 5, resource 5 "Update Result" (OMA LwM2M core, appendix E.6).
+LWM2M_INITIAL = const(0)
+LWM2M_SUCCESS = const(1)
+LWM2M_NO_FLASH = const(2)  # not enough flash memory for the new package
+LWM2M_NO_RAM = const(3)  # out of RAM during download
+LWM2M_CONNECTION_LOST = const(4)  # connection lost during download
+LWM2M_INTEGRITY = const(5)  # integrity check failure
+LWM2M_UNSUPPORTED_TYPE = const(6)  # unsupported package type
+LWM2M_INVALID_URI = const(7)
+LWM2M_FAILED = const(8)  # firmware update failed
+LWM2M_UNSUPPORTED_PROTOCOL = const(9)
+LWM2M_CANCELLED = const(10)
+LWM2M_DEFERRED = const(11)
+
+# Names indexed by code (index 0 is unused).
+_NAMES = (
+    "OK",
+    "BAD_HEADER",
+    "FORMAT_VERSION",
+    "MANIFEST_SIZE",
+    "UNKNOWN_KEY",
+    "BAD_SIGNATURE",
+    "MALFORMED",
+    "UNSUPPORTED_FIELD",
+    "WRONG_BOARD",
+    "WRONG_CHIP",
+    "WRONG_HW_REV",
+    "ROLLBACK",
+    "EXPIRED",
+    "MIN_VERSION",
+    "TOO_BIG",
+    "BAD_ENCODING",
+)
+
+# LwM2M update result indexed by code: one byte each, index 0 unused.
+# Header / format / board / record errors say "unsupported package type" (6),
+# key and signature errors "integrity check failure" (5), a package larger
+# than the slot "not enough flash" (2), and policy refusals (rollback, expiry,
+# minimum version) "update failed" (8).
+_LWM2M = b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
+
+
+class OtaError(Exception):
+    """A refused or failed update; `code` is one of the constants above.
+
+    `args[0]` is the code as well, so `str(e)` is the number: cheap to log and
+    to send. Use `name(e.code)` for a readable form.
+    """
+
+    def __init__(self, code):
+        super().__init__(code)
+        self.code = code
+
+
+# The constant's name for a code ("BAD_SIGNATURE"); "E<code>" for a code this
+# table does not know (the update agent's own codes name themselves).
+def name(code):
+    if isinstance(code, int) and 0 < code < len(_NAMES):
+        return _NAMES[code]
+    return "E" + str(code)
+
+
+# The LwM2M Object 5 update result that reports a code; codes this table does
+# not know map to "update failed" (8).
+def lwm2m_result(code):
+    if isinstance(code, int) and 0 < code < len(_LWM2M):
+        return _LWM2M[code]
+    return LWM2M_FAILED
