@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 from host_tools.freeze import freeze_sources
@@ -24,3 +24,45 @@ def new_board(home: Path, name: str, *, image: bytes | None = None, files: dict[
     for fname, text in (files or {}).items():
         board.write_file(fname, text)
     return board
+
+
+@lru_cache(maxsize=1)
+def test_signer():
+    """One signing key for the whole test session (what `fota keygen` makes)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from host_tools.keys import FileSigner
+
+    return FileSigner(Ed25519PrivateKey.generate())
+
+
+APP_TEMPLATE = """
+VERSION = {version!r}
+BEHAVIOUR = {behaviour!r}
+
+def self_test():
+    if BEHAVIOUR == "hang":
+        while True:
+            pass
+    return BEHAVIOUR != "fail"
+"""
+
+
+@cache
+def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
+    """A sim image with firmware/ frozen, an `app` module and the test key trusted."""
+    from host_tools.build import BuildSpec, build_image
+
+    app = APP_TEMPLATE.format(version=version, behaviour=behaviour)
+    if pad:
+        app += "PAD = " + repr(bytes(range(256)) * (pad // 256)) + "\n"
+    spec = BuildSpec(board="sim", version=version, extra_modules=(("app.py", app),), trusted_keys=(test_signer().public_key,))
+    return build_image(spec)
+
+
+def fw_package(image: bytes, *, version: str, sequence: int, encoding: str = "raw", signer=None, **fields) -> bytes:
+    from host_tools.package import Manifest, make_package
+
+    m = Manifest(sequence=sequence, version=version, board=fields.pop("board", "sim"), chip_id=fields.pop("chip_id", 0),
+                 hw_revs=fields.pop("hw_revs", ("A",)), image_size=0, image_sha256=b"", **fields)
+    return make_package(image, m, signer or test_signer(), encoding=encoding).to_bytes()

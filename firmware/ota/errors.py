@@ -11,8 +11,8 @@ reported to the server as an LwM2M Object 5 "update result":
         log(errors.name(e.code))                    # "ROLLBACK"
         report(errors.lwm2m_result(e.code))          # 8 (update failed)
 
-Codes 1..15 are the manifest checks, in FORMAT.md order; 16 and up are left
-for the update agent (download, digest, flash and boot failures).
+Codes 1..15 are the manifest checks, in FORMAT.md order; 16 and up belong to
+the update agent (download, digest, flash and boot failures).
 """
 
 try:
@@ -39,6 +39,23 @@ EXPIRED = const(12)  # 8: expires is in the past
 MIN_VERSION = const(13)  # 8: the running version is below min_version
 TOO_BIG = const(14)  # 9: image or encoded payload larger than the slot
 BAD_ENCODING = const(15)  # 9: unknown encoding or bad encoding parameters
+
+# The update agent (firmware/README.md says when each one happens).
+DIGEST_MISMATCH = const(16)  # image re-read from flash does not match image_sha256
+ENCODED_DIGEST = const(17)  # the encoded (zlib) stream does not match encoded_sha256
+UNCONFIRMED = const(18)  # the running image is still PENDING_VERIFY: finish its self-test first
+BAD_IMAGE = const(19)  # first chunk is no app image for this chip, or set_boot() refused it (-5379)
+CHUNK_RANGE = const(20)  # a chunk beyond the declared size, or not on a chunk boundary
+FLASH = const(21)  # a flash operation failed (OSError from esp32.Partition)
+SELF_TEST_FAILED = const(22)  # the new image's self-test reported a failure
+SELF_TEST_TIMEOUT = const(23)  # the new image reset before confirming (watchdog, power, crash)
+NO_SLOT = const(24)  # no OTA slot to write, or the target would be the running slot
+INFLATE = const(25)  # the zlib stream is corrupt or longer than image_size
+CANCELLED = const(26)  # the server or the application cancelled the update
+OUT_OF_MEMORY = const(27)  # MemoryError while updating
+CONNECTION_LOST = const(28)  # the transport gave up after its bounded retries
+INCOMPLETE = const(29)  # finish() before every chunk arrived
+BUSY = const(30)  # an update is already in progress
 
 # LwM2M Object 5, resource 5 "Update Result" (OMA LwM2M core, appendix E.6).
 LWM2M_INITIAL = const(0)
@@ -72,6 +89,21 @@ _NAMES = (
     "MIN_VERSION",
     "TOO_BIG",
     "BAD_ENCODING",
+    "DIGEST_MISMATCH",
+    "ENCODED_DIGEST",
+    "UNCONFIRMED",
+    "BAD_IMAGE",
+    "CHUNK_RANGE",
+    "FLASH",
+    "SELF_TEST_FAILED",
+    "SELF_TEST_TIMEOUT",
+    "NO_SLOT",
+    "INFLATE",
+    "CANCELLED",
+    "OUT_OF_MEMORY",
+    "CONNECTION_LOST",
+    "INCOMPLETE",
+    "BUSY",
 )
 
 # LwM2M update result indexed by code: one byte each, index 0 unused.
@@ -79,7 +111,12 @@ _NAMES = (
 # key and signature errors "integrity check failure" (5), a package larger
 # than the slot "not enough flash" (2), and policy refusals (rollback, expiry,
 # minimum version) "update failed" (8).
-_LWM2M = b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
+# Agent codes: digests and corrupt streams are integrity failures (5), a bad
+# image an unsupported package (6), memory (3), cancel (10), link (4), the rest 8.
+_LWM2M = (
+    b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
+    b"\x05\x05\x08\x06\x08\x08\x08\x08\x08\x05\x0a\x03\x04\x08\x08"
+)
 
 
 class OtaError(Exception):

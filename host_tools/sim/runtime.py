@@ -39,12 +39,13 @@ from typing import TextIO
 
 from host_tools.errors import FotaError
 from host_tools.sim import bootloader
+from host_tools.sim.board import espidf
 from host_tools.sim.flash import Flash, PowerLoss, PowerPlan
 from host_tools.sim.image import frozen_modules
 
 BOARD_MODULES = Path(__file__).with_name("board")
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE = range(1, 9)
+OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
 REQ = struct.Struct("<BII")
 RSP = struct.Struct("<iI")
 MAX_QUICK_PANICS = 5
@@ -154,6 +155,11 @@ class BoardRun:
         """Wait until `text` appears in the console after offset `start`; returns its offset."""
         needle = text.encode()
         return self._wait(lambda: self._transcript.find(needle, start), timeout, f"console text {text!r}")
+
+    def wait_for_count(self, text: str, count: int, timeout: float = 30) -> int:
+        """Wait until `text` has appeared `count` times on the console."""
+        needle = text.encode()
+        return self._wait(lambda: 0 if self._transcript.count(needle) >= count else -1, timeout, f"{count} x {text!r}")
 
     def wait_event(self, kind: str, timeout: float = 30, count: int = 1) -> Event:
         """Wait for the `count`-th event of `kind` since power-on."""
@@ -300,7 +306,8 @@ class BoardRun:
         )
         if raw:
             env["FOTA_SIM_RAW"] = "1"
-        cmd = [micropython_binary(), "-X", f"heapsize={self.heapsize}", "-i", str(BOARD_MODULES / "_simboot.py")]
+        heap = parse_size(self.heapsize) + frozen_heap_cost(frozen)
+        cmd = [micropython_binary(), "-X", f"heapsize={heap}", "-i", str(BOARD_MODULES / "_simboot.py")]
         self._child = subprocess.Popen(
             cmd, stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=[child.fileno()],
             cwd=str(self.board.fs_path), preexec_fn=_become_tty_leader, close_fds=True,
@@ -461,7 +468,21 @@ class BoardRun:
         if op == OP_IDLE:
             self._event("idle")
             return 0, b""
+        if op == OP_VERIFY:
+            return self._verify_image(a, b)
         return -0x102, b""
+
+    def _verify_image(self, addr: int, size: int):
+        def readinto(offset, buf):
+            buf[:] = self.flash.read(addr + offset, len(buf))
+
+        cfg = self.board.config
+        try:
+            espidf.verify_image(readinto, size, cfg["chip_id"], cfg["chip_rev"])
+        except espidf.ImageInvalid as exc:
+            self._console(f"E (esp_image) {exc}\r\n".encode())
+            return -0x1503, b""
+        return 0, b""
 
     def _reset_request(self, cause: int, arg: int):
         if cause == SOFT_RESET:
@@ -480,6 +501,54 @@ class BoardRun:
             self._event("reset", "machine.reset()")
             self._hard_boot(HARD_RESET)
         return None
+
+
+def parse_size(text: str | int) -> int:
+    """"64k" -> 65536, "1M" -> 1048576, 4096 -> 4096."""
+    if isinstance(text, int):
+        return text
+    units = {"k": 1024, "m": 1024 * 1024}
+    return int(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else int(text)
+
+
+HEAP_PROBE = """
+import gc, sys
+sys.path[:] = [sys.argv[1], sys.argv[2]]
+gc.collect()
+base = gc.mem_alloc()
+for name in sys.argv[3:]:
+    try:
+        __import__(name)
+    except Exception:
+        pass
+gc.collect()
+print(gc.mem_alloc() - base)
+"""
+
+
+def frozen_heap_cost(frozen: Path) -> int:
+    """Heap the slot's frozen modules and the board's own modules take on the Unix port.
+
+    On a chip frozen bytecode stays in flash and esp32/machine/network are C; the
+    Unix port loads each .mpy, and compiles the board modules, into the heap. The
+    board adds this much to the heap it gives the interpreter, so the application
+    sees the heap a chip would leave it. Measured once per image.
+    """
+    cache = frozen / ".heapcost"
+    if cache.exists():
+        return int(cache.read_text())
+    names = sorted(
+        ".".join(p.relative_to(frozen).with_suffix("").parts).removesuffix(".__init__")
+        for p in frozen.rglob("*.mpy")
+    )
+    board = ["_simbus", "espidf", "esp32", "machine", "network"]
+    out = subprocess.run(
+        [micropython_binary(), "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), str(BOARD_MODULES), *board, *names],
+        capture_output=True, text=True, timeout=60, cwd=str(frozen),
+    )
+    cost = int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+    cache.write_text(str(cost))
+    return cost
 
 
 def _configure_child_tty(fd: int) -> None:

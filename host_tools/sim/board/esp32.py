@@ -182,13 +182,11 @@ def _next_update(start):
 
 
 def _set_boot(part):
-    # esp_ota_set_boot_partition(): verify the image, then point otadata at it
-    def readinto(offset, buf):
-        _read(part, offset, buf)
-
+    # esp_ota_set_boot_partition(): verify the image (esp_image_verify, done by the
+    # supervisor like C code that uses no MicroPython heap), then point otadata at it
     try:
-        espidf.verify_image(readinto, part.size, _simbus.env_int("FOTA_SIM_CHIP_ID"), _simbus.env_int("FOTA_SIM_CHIP_REV", 300))
-    except (espidf.ImageInvalid, OSError):
+        _simbus.bus().call(_simbus.OP_VERIFY, part.address, part.size)
+    except OSError:
         _check(_ESP_ERR_OTA_VALIDATE_FAILED)
     otadata, entries = _otadata()
     if otadata is None:

@@ -1,0 +1,129 @@
+"""Writing an image into the OTA slot: erase each 4 KiB sector once, then program.
+
+Chunks are written where they belong (any order, duplicates ignored), so a
+bitmap of received chunks and of erased sectors is all the progress there is;
+`journal()` returns it for the agent to persist, `resume()` takes it back after
+a reset. Program-only writes (`writeblocks(n, buf, off)`) never erase, so a chunk
+written again after a power cut writes the same bits and is harmless.
+
+    w = SlotWriter(target, image_size, chunk_size)
+    w.write_chunk(offset, memoryview(data))     # True when new
+    w.done()                                    # every chunk written
+    w.sha256(buf) == manifest.image_sha256      # re-read from flash, not from RAM
+"""
+
+import hashlib
+
+from .errors import CHUNK_RANGE, FLASH, OtaError
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+SECTOR = const(4096)
+
+
+def _bit(bits, i):
+    return bits[i >> 3] & (1 << (i & 7))
+
+
+def _set(bits, i):
+    bits[i >> 3] |= 1 << (i & 7)
+
+
+class SlotWriter:
+    def __init__(self, part, image_size, chunk):
+        self.part = part
+        self.size = image_size
+        self.chunk = chunk
+        self.chunks = (image_size + chunk - 1) // chunk
+        self.got = bytearray((self.chunks + 7) // 8)
+        self.erased = bytearray(((image_size + SECTOR - 1) // SECTOR + 7) // 8)
+        self.count = 0
+        self.written = 0  # bytes programmed by write_at (the sequential path)
+        self.before_first = None  # fn(mv): vets the image start before the first erase
+
+    # Progress as plain data for the journal.
+    def journal(self):
+        return {"chunk": self.chunk, "got": self.got.hex(), "erased": self.erased.hex()}
+
+    # Take back a journal written for the same image; False if it does not fit.
+    def resume(self, j):
+        try:
+            got = bytes.fromhex(j["got"])
+            erased = bytes.fromhex(j["erased"])
+        except (KeyError, ValueError, TypeError):
+            return False
+        if j.get("chunk") != self.chunk or len(got) != len(self.got) or len(erased) != len(self.erased):
+            return False
+        self.got[:] = got
+        self.erased[:] = erased
+        self.count = sum(1 for i in range(self.chunks) if _bit(self.got, i))
+        return True
+
+    def has(self, index):
+        return bool(_bit(self.got, index))
+
+    def done(self):
+        return self.count == self.chunks
+
+    # The first chunk index not yet written, from `start`; -1 when none is missing.
+    def next_missing(self, start=0):
+        for i in range(start, self.chunks):
+            if not _bit(self.got, i):
+                return i
+        return -1
+
+    # A chunk of the raw image at `offset`: must start on a chunk boundary and be a
+    # whole chunk (the last one may be short). Returns False for a duplicate.
+    def write_chunk(self, offset, mv):
+        n = len(mv)
+        if offset % self.chunk or offset >= self.size or offset + n > self.size:
+            raise OtaError(CHUNK_RANGE)
+        if n != self.chunk and offset + n != self.size:
+            raise OtaError(CHUNK_RANGE)
+        index = offset // self.chunk
+        if _bit(self.got, index):
+            return False
+        self.write_at(offset, mv)
+        _set(self.got, index)
+        self.count += 1
+        return True
+
+    # Program `mv` at `offset`, erasing each sector it touches the first time.
+    def write_at(self, offset, mv):
+        end = offset + len(mv)
+        if end > self.size:
+            raise OtaError(CHUNK_RANGE)
+        if offset == 0 and self.before_first is not None:
+            self.before_first(mv)
+            self.before_first = None
+        try:
+            for sector in range(offset // SECTOR, (end - 1) // SECTOR + 1):
+                if not _bit(self.erased, sector):
+                    self.part.ioctl(6, sector)  # erase this 4 KiB block
+                    _set(self.erased, sector)
+            self.part.writeblocks(offset // SECTOR, mv, offset % SECTOR)
+        except OSError:
+            raise OtaError(FLASH)
+        self.written = max(self.written, end)
+
+    # SHA-256 of the image as it is in flash, read through `buf` (bytearray, 4 KiB).
+    def sha256(self, buf):
+        h = hashlib.sha256()
+        mv = memoryview(buf)
+        pos = 0
+        try:
+            while pos < self.size:
+                n = min(len(buf), self.size - pos)
+                chunk = mv[:n]
+                self.part.readblocks(pos // SECTOR, chunk, pos % SECTOR)
+                h.update(chunk)
+                pos += n
+        except OSError:
+            raise OtaError(FLASH)
+        return h.digest()

@@ -1,0 +1,106 @@
+"""A virtual board running the update agent from a local package file."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from host_tools.sim.runtime import BoardRun
+from simkit import fw_image, fw_package, new_board
+
+# main.py of the test boards: the agent's real entry sequence, driven by scenario.json.
+MAIN = r"""
+import app, gc, json, os, time
+from ota.agent import Agent, Identity
+from ota.errors import OtaError
+from ota.source import FileSource, pump
+import trusted_keys
+
+cfg = json.loads(open("scenario.json").read())
+
+def rep(event, info):
+    print("EVENT", event, json.dumps(info))
+
+def exists(name):
+    try:
+        os.stat(name)
+        return True
+    except OSError:
+        return False
+
+def migrate(old, new):
+    c = json.loads(open("config.json").read())
+    c["schema"] = 2
+    c["migrated_by"] = new
+    with open("config.json", "w") as f:
+        f.write(json.dumps(c))
+
+def clock():  # Unix time once NTP has set the clock; None before
+    t = int(time.time())
+    return t if t > 1600000000 else None
+
+agent = Agent(Identity("sim", 0, cfg.get("hw_rev", "A"), app.VERSION), trusted_keys.KEYS, reporter=rep, clock=clock,
+              self_test_ms=cfg.get("self_test_ms", 3000), policy=cfg.get("policy", "auto"))
+agent.add_check("app", app.self_test)
+agent.migrate = migrate
+if cfg.get("offer_first_on") == app.VERSION and exists("second.fota"):
+    try:
+        pump(agent, FileSource("second.fota"))
+    except OtaError as e:
+        print("REFUSED", e.code)
+result = agent.boot()
+print("BOOT", app.VERSION, result)
+if result is not None and exists("update.fota"):
+    os.remove("update.fota")
+if exists("update.fota"):
+    try:
+        gc.collect()
+        pump(agent, FileSource("update.fota", cfg.get("chunk", 4096)))
+        print("PUMPED")
+    except OtaError as e:
+        print("REFUSED", e.code)
+        os.remove("update.fota")
+print("STATUS", json.dumps(agent.status()))
+print("DONE")
+"""
+
+CONFIG = {"schema": 1, "interval": 60}
+
+
+def make_board(home: Path, name: str, update: bytes | None, *, v1: bytes | None = None, scenario: dict | None = None):
+    board = new_board(home, name, image=v1 or fw_image("1.0.0"), files={"main.py": MAIN})
+    board.write_file("scenario.json", json.dumps(scenario or {}))
+    board.write_file("config.json", json.dumps(CONFIG))
+    if update is not None:
+        board.write_file("update.fota", update)
+    return board
+
+
+def run_until_done(board, *, plan=None, heapsize=None, timeout=60) -> BoardRun:
+    """Power on and run until main.py printed DONE with no update left to try."""
+    with BoardRun(board, plan=plan, heapsize=heapsize) as run:
+        wait_done(run, timeout)
+    return run
+
+
+def wait_done(run: BoardRun, timeout: float = 60) -> None:
+    count = 1
+    while True:
+        run.wait_for_count("DONE", count, timeout)
+        if not (run.board.fs_path / "update.fota").exists() or "PUMPED" in run.transcript().rsplit("BOOT", 1)[-1]:
+            return
+        count += 1
+
+
+def status(run: BoardRun) -> dict:
+    found = re.findall(r"^STATUS (.*)$", run.transcript(), re.M)
+    return json.loads(found[-1])
+
+
+def events(run: BoardRun, kind: str) -> list[dict]:
+    return [json.loads(m) for m in re.findall(rf"^EVENT {kind} (.*)$", run.transcript(), re.M)]
+
+
+def v2_package(behaviour: str = "ok", **kw) -> bytes:
+    return fw_package(fw_image("2.0.0", behaviour), version="2.0.0", sequence=kw.pop("sequence", 2), **kw)

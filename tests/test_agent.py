@@ -1,0 +1,121 @@
+"""The update agent on virtual boards, under micropython: success, rollback, refusals."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from agentkit import CONFIG, events, make_board, run_until_done, status, v2_package
+
+from host_tools.sim.board import espidf
+from simkit import fw_image, fw_package
+
+pytestmark = pytest.mark.fw
+LWM2M_SUCCESS, LWM2M_FAILED = 1, 8
+
+
+def otadata_states(board):
+    return [e.state for e in board.status().entries]
+
+
+def flash_regions(board):
+    data = board.flash_path.read_bytes()
+    return data[0xD000:0xF000], data[0x190000:0x310000]
+
+
+@pytest.mark.parametrize("encoding", ["raw", "zlib"])
+def test_v1_to_v2_commits_after_the_self_test(tmp_path, encoding):
+    board = make_board(tmp_path, "ok", v2_package(encoding=encoding))
+    run = run_until_done(board)
+    st = status(run)
+    assert st["version"] == "2.0.0" and st["seq"] == 2 and st["result"] == LWM2M_SUCCESS
+    assert otadata_states(board) == [espidf.STATE_VALID, espidf.STATE_VALID]
+    assert board.status().active == 1
+    assert [e["version"] for e in events(run, "committed")] == ["2.0.0"]
+    # the new image migrated the config and kept it
+    assert json.loads((board.fs_path / "config.json").read_text())["migrated_by"] == "2.0.0"
+    assert run.flash.faults == []
+
+
+def test_failed_self_test_rolls_back_and_restores_config(tmp_path):
+    board = make_board(tmp_path, "fail", v2_package("fail"))
+    run = run_until_done(board)
+    st = status(run)
+    assert st["version"] == "1.0.0" and st["seq"] == 0 and st["result"] == LWM2M_FAILED
+    rolled = events(run, "rolled_back")
+    assert rolled == [{"version": "2.0.0", "code": 22, "name": "SELF_TEST_FAILED", "detail": "app"}]
+    assert otadata_states(board) == [espidf.STATE_VALID, espidf.STATE_ABORTED]
+    assert json.loads((board.fs_path / "config.json").read_text()) == CONFIG
+    assert not (board.fs_path / "config.json.bak").exists()
+
+
+def test_hanging_self_test_is_reset_by_the_watchdog_and_rolled_back(tmp_path):
+    board = make_board(tmp_path, "hang", v2_package("hang"), scenario={"self_test_ms": 500})
+    run = run_until_done(board)
+    assert [e.kind for e in run.events].count("wdt") == 1
+    rolled = events(run, "rolled_back")
+    assert rolled[0]["code"] == 23 and rolled[0]["name"] == "SELF_TEST_TIMEOUT"
+    assert status(run)["version"] == "1.0.0"
+    assert json.loads((board.fs_path / "config.json").read_text()) == CONFIG
+
+
+def test_second_update_while_pending_verify_is_refused(tmp_path):
+    # v2's main.py offers another package before its own self-test ran
+    board = make_board(tmp_path, "pend", v2_package(), scenario={"offer_first_on": "2.0.0"})
+    board.write_file("second.fota", fw_package(fw_image("3.0.0"), version="3.0.0", sequence=3))
+    run = run_until_done(board)
+    assert "REFUSED 18" in run.transcript()  # UNCONFIRMED, on v2's first boot
+    assert status(run)["version"] == "2.0.0"
+
+
+REFUSALS = [
+    ("wrong board", dict(board="esp32_generic"), 8),
+    ("wrong hw rev", dict(hw_revs=("C",)), 10),
+    ("replayed sequence", dict(sequence=0), 11),
+    ("expired", dict(expires=1_700_000_000), 12),
+    ("min version", dict(min_version="1.5"), 13),
+]
+
+
+@pytest.mark.parametrize("label, fields, code", REFUSALS, ids=[r[0] for r in REFUSALS])
+def test_manifest_refusals_leave_flash_untouched(tmp_path, label, fields, code):
+    fields = dict(fields)
+    seq = fields.pop("sequence", 2)
+    pkg = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=seq, **fields)
+    board = make_board(tmp_path, "ref", pkg)
+    from host_tools.sim.runtime import BoardRun
+
+    with BoardRun(board) as run:
+        run.wait_for("BOOT")
+        before = flash_regions(board)  # after the first boot wrote otadata
+        run.wait_for("DONE")
+    assert f"REFUSED {code}" in run.transcript()
+    assert flash_regions(board) == before
+    assert status(run)["code"] == code
+
+
+def test_bad_signature_is_refused_before_any_flash_write(tmp_path):
+    pkg = bytearray(v2_package())
+    pkg[40] ^= 1
+    board = make_board(tmp_path, "sig", bytes(pkg))
+    run = run_until_done(board)
+    assert "REFUSED 5" in run.transcript()
+    assert run.flash.ops == 2  # only the first boot's otadata write (erase + write)
+
+
+def test_tampered_chunk_fails_the_digest_and_never_sets_boot(tmp_path):
+    pkg = bytearray(v2_package())
+    pkg[-2000] ^= 0x40  # inside the image payload, after the signed manifest
+    board = make_board(tmp_path, "tamper", bytes(pkg))
+    run = run_until_done(board)
+    assert "REFUSED 16" in run.transcript()  # DIGEST_MISMATCH
+    assert otadata_states(board)[1] == 0xFFFFFFFF  # set_boot never ran
+    assert [e.kind for e in run.events].count("boot") == 1
+    assert not (board.fs_path / "fota_journal.json").exists()
+
+
+def test_whole_update_runs_in_a_64k_heap(tmp_path):
+    board = make_board(tmp_path, "heap", v2_package(encoding="zlib"))
+    run = run_until_done(board, heapsize="64k")
+    assert status(run)["version"] == "2.0.0", run.transcript()
+    assert "MemoryError" not in run.transcript()
