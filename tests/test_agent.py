@@ -119,3 +119,24 @@ def test_whole_update_runs_in_a_64k_heap(tmp_path):
     run = run_until_done(board, heapsize="64k")
     assert status(run)["version"] == "2.0.0", run.transcript()
     assert "MemoryError" not in run.transcript()
+
+
+def test_download_resumes_after_a_power_cut_without_starting_over(tmp_path):
+    from agentkit import events as evts
+
+    from host_tools.sim.flash import PowerPlan
+    from host_tools.sim.runtime import BoardRun
+
+    pkg = fw_package(fw_image("2.0.0", pad=96000), version="2.0.0", sequence=2)
+    board = make_board(tmp_path, "resume", pkg)
+    # ops: 2 for the first boot's otadata, then erase + write per 4 KiB chunk: cut in chunk 20
+    with BoardRun(board, plan=PowerPlan(cut_before=2 + 2 * 20)) as run:
+        run.wait_event("power_loss")
+        run.power_on()
+        from agentkit import wait_done
+
+        wait_done(run)
+    downloads = evts(run, "downloading")
+    assert downloads[0]["have"] == 0 and downloads[1]["have"] == 16  # the journal kept 64 KiB
+    assert status(run)["version"] == "2.0.0"
+    assert run.flash.faults == []

@@ -359,8 +359,8 @@ def test_valid_package_in_48k_heap(tmp_path):
 
 ERRORS_PROBE = """
 from ota import errors
-print([errors.name(c) for c in range(0, 18)])
-print([errors.lwm2m_result(c) for c in range(0, 18)])
+print([errors.name(c) for c in list(range(0, 16)) + [98, 99]])
+print([errors.lwm2m_result(c) for c in list(range(0, 16)) + [98, 99]])
 try:
     raise errors.OtaError(errors.ROLLBACK)
 except errors.OtaError as e:
@@ -380,8 +380,14 @@ def test_error_codes_names_and_lwm2m():
         assert getattr(fw_errors, name) == code
         assert fw_errors.name(code) == name
         assert fw_errors.lwm2m_result(code) == LWM2M.get(name, 6)
-    assert fw_errors.name(16) == "E16" and fw_errors.name(0) == "E0"
-    assert fw_errors.lwm2m_result(16) == 8 and fw_errors.lwm2m_result(0) == 8
+    assert fw_errors.name(99) == "E99" and fw_errors.name(0) == "E0"
+    assert fw_errors.lwm2m_result(99) == 8 and fw_errors.lwm2m_result(0) == 8
+    # the agent's codes (16 and up) name themselves and map to LwM2M results
+    assert fw_errors.name(fw_errors.DIGEST_MISMATCH) == "DIGEST_MISMATCH"
+    assert fw_errors.lwm2m_result(fw_errors.DIGEST_MISMATCH) == 5
+    assert fw_errors.lwm2m_result(fw_errors.OUT_OF_MEMORY) == 3
+    assert fw_errors.lwm2m_result(fw_errors.CANCELLED) == 10
+    assert fw_errors.lwm2m_result(fw_errors.CONNECTION_LOST) == 4
     e = fw_errors.OtaError(fw_errors.EXPIRED)
     assert e.code == e.args[0] == 12
 
@@ -391,7 +397,7 @@ def test_errors_under_micropython():
     res = run_micropython(["-c", ERRORS_PROBE])
     assert res.returncode == 0, res.stderr.decode()
     names, results, raised, lazy = res.stdout.decode().splitlines()
-    assert names == str(["E0", *NAMES, "E16", "E17"])
+    assert names == str(["E0", *NAMES, "E98", "E99"])
     assert results == str([8] + [LWM2M.get(n, 6) for n in NAMES] + [8, 8])
     assert raised == "11 11 True"
     assert lazy == "True"

@@ -39,7 +39,7 @@ DOWNLOADING = const(1)
 DOWNLOADED = const(2)
 UPDATING = const(3)
 _MARGIN = const(1024)  # inflate.MARGIN: input kept ahead of the decoder
-_JOURNAL_EVERY = const(8)  # persist the chunk bitmap every N new chunks
+_JOURNAL_BYTES = const(65536)  # persist the chunk bitmap after this much new data
 _APP_MAGIC = const(0xE9)
 _DESC_MAGIC = b"\x32\x54\xcd\xab"  # esp_app_desc_t magic 0xABCD5432, little-endian
 AUTO = "auto"
@@ -218,8 +218,8 @@ class Agent:
             return False  # the first chunk decides whether flash is touched at all
         if not w.write_chunk(offset, mv):
             return False
-        self._fresh += 1
-        if self._fresh >= _JOURNAL_EVERY or w.done():
+        self._fresh += len(mv)
+        if self._fresh >= _JOURNAL_BYTES or w.done():
             self._save_journal()
         return True
 

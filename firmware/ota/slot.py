@@ -102,12 +102,18 @@ class SlotWriter:
         if offset == 0 and self.before_first is not None:
             self.before_first(mv)
             self.before_first = None
+        first = offset // SECTOR
         try:
-            for sector in range(offset // SECTOR, (end - 1) // SECTOR + 1):
+            if not offset % SECTOR and len(mv) == SECTOR and not _bit(self.erased, first):
+                self.part.writeblocks(first, mv)  # a whole fresh sector: erase and program in one call
+                _set(self.erased, first)
+                self.written = max(self.written, end)
+                return
+            for sector in range(first, (end - 1) // SECTOR + 1):
                 if not _bit(self.erased, sector):
                     self.part.ioctl(6, sector)  # erase this 4 KiB block
                     _set(self.erased, sector)
-            self.part.writeblocks(offset // SECTOR, mv, offset % SECTOR)
+            self.part.writeblocks(first, mv, offset % SECTOR)
         except OSError:
             raise OtaError(FLASH)
         self.written = max(self.written, end)

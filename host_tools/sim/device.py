@@ -154,7 +154,7 @@ class SimDevice:
         target.write_bytes(content.encode() if isinstance(content, str) else content)
 
     def extract_frozen(self, flash: Flash, slot: Partition, unpack) -> Path:
-        """Unpack the slot's frozen modules into run/frozen-<digest> (cached by image digest)."""
+        """Unpack the slot's frozen modules (cached by image digest, shared by the boards of one home)."""
         head = flash.read(slot.offset, slot.size)
 
         def readinto(offset, buf):
@@ -162,15 +162,18 @@ class SimDevice:
 
         length = espidf.verify_image(readinto, slot.size, self.config["chip_id"], self.config["chip_rev"])
         image = head[:length]
-        target = self.path / "run" / f"frozen-{hashlib.sha256(image).hexdigest()[:16]}"
+        target = self.path.parent / ".frozen" / hashlib.sha256(image).hexdigest()[:16]
         if not target.exists():
-            tmp = target.with_suffix(".tmp")
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             for name, data in unpack(image).items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 (tmp / name).write_bytes(data)
             tmp.mkdir(parents=True, exist_ok=True)
-            tmp.rename(target)
+            try:
+                tmp.rename(target)
+            except OSError:  # another board of this home unpacked it first
+                shutil.rmtree(tmp, ignore_errors=True)
         return target
 
     def status(self) -> BoardStatus:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +47,23 @@ class PowerPlan:
     seed: int = 0
 
 
+@dataclass(frozen=True)
+class FlashTiming:
+    """How long operations take; ESP32 defaults are ESP-IDF's flash test floors
+    (shared/reference/esp32-ota.md): erase 45 KB/s, write 754 KB/s; reads ~10 MB/s."""
+
+    erase_bytes_per_s: float = 45_000
+    write_bytes_per_s: float = 754_000
+    read_bytes_per_s: float = 10_000_000
+
+    def delay(self, kind: str, length: int) -> None:
+        rate = {"erase": self.erase_bytes_per_s, "write": self.write_bytes_per_s, "read": self.read_bytes_per_s}[kind]
+        time.sleep(length / rate)
+
+
+ESP32_TIMING = FlashTiming()
+
+
 @dataclass
 class FlashFault:
     op: int
@@ -62,6 +80,7 @@ class Flash:
     plan: PowerPlan = field(default_factory=PowerPlan)
     ops: int = 0
     faults: list[FlashFault] = field(default_factory=list)
+    timing: FlashTiming | None = None  # None: as fast as the host allows
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -82,6 +101,8 @@ class Flash:
 
     def read(self, addr: int, length: int) -> bytes:
         self._check_range(addr, length)
+        if self.timing:
+            self.timing.delay("read", length)
         return os.pread(self._fd, length, addr)
 
     def erase(self, addr: int, length: int) -> None:
@@ -90,12 +111,12 @@ class Flash:
             raise FlashError(f"erase 0x{addr:x}+0x{length:x} is not sector aligned")
         self._check_range(addr, length)
         new = b"\xff" * length
-        self._operate(addr, new, self.read(addr, length))
+        self._operate(addr, new, os.pread(self._fd, length, addr), "erase")
 
     def write(self, addr: int, data: bytes) -> None:
         """Program bytes: each bit can only go from 1 to 0 (one counted operation)."""
         self._check_range(addr, len(data))
-        old = self.read(addr, len(data))
+        old = os.pread(self._fd, len(data), addr)
         n = len(data)
         new = (int.from_bytes(old, "little") & int.from_bytes(data, "little")).to_bytes(n, "little")
         if self.strict and new != bytes(data):
@@ -103,10 +124,12 @@ class Flash:
             self.faults.append(
                 FlashFault(self.ops + 1, addr + bad, f"write over unerased data at 0x{addr + bad:x}")
             )
-        self._operate(addr, new, old)
+        self._operate(addr, new, old, "write")
 
-    def _operate(self, addr: int, new: bytes, old: bytes) -> None:
+    def _operate(self, addr: int, new: bytes, old: bytes, kind: str) -> None:
         op = self.ops + 1
+        if self.timing:
+            self.timing.delay(kind, len(new))
         if self.plan.cut_before is not None and op == self.plan.cut_before:
             if self.plan.tear:
                 self._pwrite(addr, _torn(old, new, random.Random(self.plan.seed * 1_000_003 + op)))

@@ -40,7 +40,7 @@ from typing import TextIO
 from host_tools.errors import FotaError
 from host_tools.sim import bootloader
 from host_tools.sim.board import espidf
-from host_tools.sim.flash import Flash, PowerLoss, PowerPlan
+from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
 from host_tools.sim.image import frozen_modules
 
 BOARD_MODULES = Path(__file__).with_name("board")
@@ -77,9 +77,10 @@ def micropython_binary() -> str:
 class BoardRun:
     """Power the board on and supervise it until `stop()`."""
 
-    def __init__(self, board, *, plan: PowerPlan | None = None, echo: TextIO | None = None, repl_pty: bool = True, heapsize: str | None = None) -> None:
+    def __init__(self, board, *, plan: PowerPlan | None = None, echo: TextIO | None = None, repl_pty: bool = True,
+                 heapsize: str | None = None, timing: FlashTiming | None = None) -> None:
         self.board = board
-        self.flash = Flash(board.flash_path, strict=board.strict, plan=plan or PowerPlan())
+        self.flash = Flash(board.flash_path, strict=board.strict, plan=plan or PowerPlan(), timing=timing)
         self.echo = echo
         self.heapsize = heapsize or board.config.get("heap", "128k")
         self.link_up = True
@@ -160,6 +161,12 @@ class BoardRun:
         """Wait until `text` has appeared `count` times on the console."""
         needle = text.encode()
         return self._wait(lambda: 0 if self._transcript.count(needle) >= count else -1, timeout, f"{count} x {text!r}")
+
+    def wait_event_or_text(self, kind: str, text: str, timeout: float = 30) -> None:
+        """Wait until an event of `kind` happened or `text` appeared, whichever first."""
+        needle = text.encode()
+        self._wait(lambda: 0 if any(e.kind == kind for e in self.events) or needle in self._transcript else -1,
+                   timeout, f"{kind} event or {text!r}")
 
     def wait_event(self, kind: str, timeout: float = 30, count: int = 1) -> Event:
         """Wait for the `count`-th event of `kind` since power-on."""

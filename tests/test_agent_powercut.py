@@ -1,0 +1,66 @@
+"""Power-cut sweep, as the MCUboot simulator does it: cut before EVERY flash operation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+
+import pytest
+from agentkit import CONFIG, make_board, status, v2_package, wait_done
+
+from host_tools.sim.device import SimDevice
+from host_tools.sim.flash import PowerPlan
+from host_tools.sim.runtime import BoardRun
+
+pytestmark = pytest.mark.fw
+
+
+def run_with_cut(board, n, tear):
+    with BoardRun(board, plan=PowerPlan(cut_before=n, tear=tear, seed=n)) as run:
+        run.wait_event_or_text("power_loss", "DONE", timeout=60)
+        if run.state == "off":
+            run.power_on()
+        wait_done(run, timeout=60)
+    return run
+
+
+def check_outcome(board, run, n):
+    st = status(run)
+    sim = board.status()
+    entry = sim.entries[sim.active]
+    active_slot = sim.slots[(entry.seq - 1) % len(sim.slots)]
+    assert active_slot.valid, f"cut {n}: the active slot holds no valid image"
+    config = json.loads((board.fs_path / "config.json").read_text())
+    assert run.flash.faults == [], f"cut {n}: {run.flash.faults}"
+    assert "Guru" not in run.transcript() and "Traceback" not in run.transcript(), run.transcript()
+    if st["version"] == "2.0.0":
+        assert st["seq"] == 2 and st["result"] == 1 and active_slot.version == "2.0.0"
+        assert config["migrated_by"] == "2.0.0"
+        return "updated"
+    assert active_slot.version == "1.0.0" and st["seq"] == 0
+    assert st["result"] not in (0, 1), f"cut {n}: the failure was not reported"
+    assert config == CONFIG
+    return "failed cleanly"
+
+
+@pytest.mark.parametrize("tear", [False, True], ids=["clean-cut", "torn-op"])
+def test_power_cut_before_every_flash_operation(tmp_path, tear, capsys):
+    template = make_board(tmp_path / "t", "tpl", v2_package())
+    counter = SimDevice(shutil.copytree(template.path, tmp_path / "t" / "count"))
+    with BoardRun(counter) as run:
+        wait_done(run)
+    total = run.flash.ops
+    assert status(run)["version"] == "2.0.0"
+    started = time.monotonic()
+    outcomes = {}
+    for n in range(1, total + 1):
+        board = SimDevice(shutil.copytree(template.path, tmp_path / "t" / f"cut{n}"))
+        run = run_with_cut(board, n, tear)
+        outcomes[n] = check_outcome(board, run, n)
+    elapsed = time.monotonic() - started
+    assert "updated" in outcomes.values()
+    with capsys.disabled():
+        summary = {k: list(outcomes.values()).count(k) for k in set(outcomes.values())}
+        print(f"\n[power-cut sweep, {'torn' if tear else 'clean'}] {total} flash operations per update; "
+              f"{total} cuts in {elapsed:.1f} s; outcomes {summary}")
