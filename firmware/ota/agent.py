@@ -80,6 +80,7 @@ class Agent:
         self.state = IDLE
         self.manifest = None
         self.approved = False
+        self.tag = None
         self._hold_since = None
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
         self._carry = bytearray(SECTOR + _MARGIN)  # the inflater's input (zlib packages)
@@ -97,6 +98,8 @@ class Agent:
 
     def report(self, event, **info):
         if self.reporter:
+            if "tag" not in info and self.tag is not None:
+                info["tag"] = self.tag
             self.reporter(event, info)
 
     def status(self):
@@ -131,10 +134,15 @@ class Agent:
         return confirm.on_boot(self)
 
     # -- offer and download -------------------------------------------------
-    def offer(self, blob, chunk=SECTOR):
-        """Check an offer (header + manifest + signature) and get ready to receive chunks."""
+    def offer(self, blob, chunk=SECTOR, tag=None):
+        """Check an offer (header + manifest + signature) and get ready to receive chunks.
+
+        `tag` is the transport's name for this offer; it rides along in events and in
+        the pending record, so outcomes after the reboot can be matched to the offer.
+        """
         if self.state in (DOWNLOADING, UPDATING):
             raise OtaError(errors.BUSY)
+        self.tag = tag
         try:
             return self._begin(blob, chunk)
         except OtaError as e:
@@ -184,9 +192,9 @@ class Agent:
         """Encoded-payload offsets to ask for next (at most `limit`)."""
         if self.state != DOWNLOADING:
             return []
-        if self._inflater is not None:
-            inf = self._inflater
-            return [] if inf.next >= inf.encoded_size else [inf.next]
+        if self._inflater is not None:  # in order: the next ones after what was consumed
+            inf, step = self._inflater, self._writer.chunk
+            return [o for o in range(inf.next, min(inf.encoded_size, inf.next + limit * step), step)]
         w, out, i = self._writer, [], 0
         if not w.has(0):
             return [0]  # nothing goes to flash before the first chunk was checked
@@ -285,6 +293,17 @@ class Agent:
                 raise OtaError(errors.ENCODED_DIGEST)
         if self._writer.sha256(self._buf) != m.image_sha256:
             raise OtaError(errors.DIGEST_MISMATCH)
+
+    def cancel(self):
+        """Abandon the download in progress (the server withdrew the offer)."""
+        self.cancel_with(errors.CANCELLED, "cancelled")
+
+    def cancel_with(self, code, detail):
+        """End the attempt in progress with `code`; chunks already in flash stay for a retry."""
+        if self.state == DOWNLOADING:
+            if self._writer is not None and self._inflater is None:
+                self._save_journal()
+            self._fail(code, detail)
 
     def approve(self):
         """Consent given (by the server or a local callback): install when allowed."""

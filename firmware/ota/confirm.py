@@ -87,6 +87,7 @@ def stage_and_reboot(agent, target, m):
         "sha": m.image_sha256.hex(),
         "size": m.image_size,
         "fail": None,
+        "tag": agent.tag,
     }
     st.data["download"] = None
     st.save()
@@ -108,6 +109,8 @@ def _set_boot_and_reset(agent, target):
 
 def on_boot(agent):
     pending = agent.store.data["pending"]
+    if pending:
+        agent.tag = pending.get("tag")
     part, entries, slots = ota_layout()
     if not slots:
         return None

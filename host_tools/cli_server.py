@@ -1,0 +1,109 @@
+"""`fota serve`, `fota deploy`, `fota devices`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import time
+from pathlib import Path
+
+from host_tools.errors import FotaError
+from host_tools.server.mqtt_service import POLICIES, MqttService
+from host_tools.server.packages import PackageStore
+from host_tools.server.registry import Registry
+from host_tools.server.service import Server, ServerConfig, default_data_dir, running_server
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the update server (MQTT; an embedded broker unless --broker)")
+    p.add_argument("--broker", help="mqtt://HOST:PORT or mqtts://HOST:PORT of an MQTT 3.1.1 broker (default: embedded amqtt on loopback)")
+    p.add_argument("--ca", help="CA certificate (PEM) that signed an mqtts:// broker's certificate")
+    p.add_argument("--port", type=int, default=0, help="embedded broker port (default: a free one)")
+    p.add_argument("--data", type=Path, help="data directory (default: $FOTA_HOME/server)")
+    p.add_argument("--prefix", default="fota", help="topic prefix")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("deploy", help="offer a package to devices now")
+    p.add_argument("package", type=Path)
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", action="append", help="device id (repeatable)")
+    target.add_argument("--group", help="every device in this group")
+    p.add_argument("--chunk", type=int, default=4096)
+    p.add_argument("--policy", choices=sorted(POLICIES), default="auto")
+    p.add_argument("--data", type=Path)
+    p.set_defaults(handler=cmd_deploy)
+
+    p = sub.add_parser("devices", help="list devices with version, state and last error")
+    p.add_argument("--data", type=Path)
+    p.add_argument("--group")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--assign", nargs="+", metavar=("DEVICE", "GROUP"), help="put DEVICE in GROUP(s)")
+    p.set_defaults(handler=cmd_devices)
+
+
+def _data(args) -> Path:
+    return args.data or default_data_dir(args.home)
+
+
+def cmd_serve(args) -> int:
+    server = Server(ServerConfig(_data(args), broker_url=args.broker, prefix=args.prefix, broker_port=args.port, broker_ca=args.ca))
+    signal.signal(signal.SIGTERM, _interrupt)
+    server.start()
+    print(f"fota serve: broker {server.broker_url}, data {server.config.data_dir}, prefix {args.prefix}", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
+
+
+def cmd_deploy(args) -> int:
+    data_dir = _data(args)
+    info = running_server(data_dir)
+    registry = Registry(data_dir / "registry.sqlite")
+    store = PackageStore(data_dir / "packages")
+    devices = args.device or [d["id"] for d in registry.devices(args.group)]
+    if not devices:
+        raise FotaError(f"no devices in group {args.group!r}")
+    raw = args.package.read_bytes()
+    pid, package = store.add(raw)
+    registry.add_package(pid, str(store.path(pid)), package.manifest)
+    client = MqttService(registry, store, info["broker"], prefix=info["prefix"], client_id=f"fota-deploy-{time.time_ns()}",
+                         serve=False, ca_file=info.get("ca"))
+    client.start()
+    try:
+        for device in devices:
+            offer_id = client.offer(device, pid, chunk=args.chunk, policy=args.policy)
+            print(f"offer {offer_id}: {package.manifest.version} (seq {package.manifest.sequence}) -> {device}")
+    finally:
+        client.stop()
+    return 0
+
+
+def cmd_devices(args) -> int:
+    registry = Registry(_data(args) / "registry.sqlite")
+    if args.assign:
+        registry.set_groups(args.assign[0], args.assign[1:])
+    rows = registry.devices(args.group)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    print(f"{'device':<14} {'board':<8} {'hw':<3} {'version':<9} {'seq':>4} {'state':<11} {'offer':<24} last error")
+    for d in rows:
+        offers = registry.offers(d["id"])
+        last = offers[-1] if offers else None
+        offer = f"{last.id}:{last.status}" if last else "-"
+        errors = json.loads(d["errors"] or "[]")
+        err = f"{errors[-1][0]} {errors[-1][1]}" if errors else "-"
+        state = {0: "idle", 1: "downloading", 2: "downloaded", 3: "updating"}.get(d["state"], "-")
+        print(f"{d['id']:<14} {d['board'] or '-':<8} {d['hw_rev'] or '-':<3} {d['version'] or '-':<9} "
+              f"{d['seq'] if d['seq'] is not None else '-':>4} {state:<11} {offer:<24} {err}")
+    return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt

@@ -1,0 +1,1 @@
+"""The update server: package store, device registry, MQTT service, embedded broker."""
