@@ -1,0 +1,91 @@
+"""`fota flash`: the first USB flash of an app image, to a real board or a virtual one.
+
+A real board goes through esptool (5.x, dashed commands): detect the chip, check
+that it is the board's chip, write the app image to ota_0 and erase otadata, so
+the bootloader boots ota_0 and writes {seq 1, VALID}. `sim:NAME` does the same
+to a virtual board.
+
+    flash_image("/dev/ttyUSB0", Path("app.bin"), board="esp32_generic")
+    flash_image("sim:dev1", Path("app.bin"), board="sim")
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from host_tools import boards
+from host_tools.build import check_app_image
+from host_tools.errors import FotaError
+
+CHIP_NAMES = {"ESP32": "esp32", "ESP32-S2": "esp32s2", "ESP32-S3": "esp32s3", "ESP32-C3": "esp32c3", "ESP32-C6": "esp32c6",
+              "ESP32-C2": "esp32c2", "ESP32-H2": "esp32h2", "ESP32-P4": "esp32p4"}
+
+
+class FlashError(FotaError):
+    """A port that is not there, a chip that is not the board's, an image that does not fit."""
+
+
+def esptool_cmd() -> list[str]:
+    return [str(Path(sys.executable).with_name("esptool"))]
+
+
+def detected_chip(esptool_output: str) -> str | None:
+    """The chip esptool reports ("Chip type: ESP32-S3 (QFN56)" or "Chip is ESP32-D0WD...")."""
+    match = re.search(r"(?:Chip type:|Chip is|Detecting chip type\.\.\.)\s*(ESP32(?:-[A-Z]\d)?)", esptool_output)
+    return CHIP_NAMES.get(match.group(1)) if match else None
+
+
+def check_fits(image: bytes, board: boards.BoardDef) -> None:
+    check_app_image(image, board)
+    if len(image) > board.slot_size:
+        raise FlashError(f"the image is {len(image)} bytes; {board.name}'s OTA slot holds {board.slot_size}")
+
+
+def flash_image(port: str, image_path: Path, *, board: str, home=None, baud: int = 460800) -> str:
+    """Flash an app image as the first USB flash; returns a one-line summary."""
+    if not image_path.exists():
+        raise FlashError(f"no such image file: {image_path}")
+    image = image_path.read_bytes()
+    if port.startswith("sim:"):
+        return _flash_sim(port[4:], image, home)
+    definition = boards.load(board)
+    check_fits(image, definition)
+    if not Path(port).exists():
+        raise FlashError(f"no serial port {port}", hint="is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*); or use --port sim:NAME")
+    chip = _detect(port, baud)
+    if chip != definition.chip:
+        raise FlashError(f"the board on {port} is an {chip or 'unknown chip'}, but board {definition.name} is an {definition.chip}",
+                         hint="pick the right --board")
+    otadata = definition.table.otadata()
+    slot = definition.table.ota_slots()[0]
+    _esptool(port, baud, ["write-flash", f"0x{slot.offset:x}", str(image_path)])
+    if otadata is not None:
+        _esptool(port, baud, ["erase-region", f"0x{otadata.offset:x}", f"0x{otadata.size:x}"])
+    return f"flashed {image_path.name} to {slot.name} at 0x{slot.offset:x} on {port} ({chip}); otadata erased"
+
+
+def _flash_sim(name: str, image: bytes, home) -> str:
+    from host_tools.sim.device import SimDevice
+
+    device = SimDevice.open(name, home)
+    definition = boards.load(device.config["board"])
+    check_fits(image, definition)
+    device.flash_app(image)
+    return f"flashed {len(image)} bytes to ota_0 of virtual board {name}; otadata erased"
+
+
+def _detect(port: str, baud: int) -> str | None:
+    out = _esptool(port, baud, ["chip-id"], check=False)
+    return detected_chip(out)
+
+
+def _esptool(port: str, baud: int, args: list[str], check: bool = True) -> str:
+    cmd = [*esptool_cmd(), "--port", port, "--baud", str(baud), "--before", "default-reset", "--after", "hard-reset", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    if check and proc.returncode != 0:
+        raise FlashError(f"esptool {' '.join(args)} failed on {port}: {out.strip().splitlines()[-1] if out.strip() else proc.returncode}")
+    return out
