@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["brokers"]  # mosquitto fixtures and a test CA (tests/brokers.py)
+
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
 MICROPYTHON = str(Path(sys.executable).with_name("micropython"))

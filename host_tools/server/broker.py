@@ -61,10 +61,22 @@ class EmbeddedBroker:
         self._ready.set()
         self._loop.run_forever()
 
+    async def _shutdown(self) -> None:
+        await self._broker.shutdown()
+        # amqtt 0.12 leaves the transports of clients that vanished (power cut, reset)
+        # open; close them and their tasks so nothing outlives the broker.
+        for transport in list(getattr(self._loop, "_transports", {}).values()):
+            transport.close()
+        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.sleep(0)
+
     def stop(self) -> None:
         if self._loop is None or self._broker is None:
             return
-        future = asyncio.run_coroutine_threadsafe(self._broker.shutdown(), self._loop)
+        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
         try:
             future.result(10)
         finally:

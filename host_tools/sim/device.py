@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -164,7 +165,7 @@ class SimDevice:
         image = head[:length]
         target = self.path.parent / ".frozen" / hashlib.sha256(image).hexdigest()[:16]
         if not target.exists():
-            tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+            tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             for name, data in unpack(image).items():
                 (tmp / name).parent.mkdir(parents=True, exist_ok=True)

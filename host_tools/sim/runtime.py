@@ -554,7 +554,9 @@ def frozen_heap_cost(frozen: Path) -> int:
         capture_output=True, text=True, timeout=60, cwd=str(frozen),
     )
     cost = int(out.stdout.strip() or 0) if out.returncode == 0 else 0
-    cache.write_text(str(cost))
+    tmp = cache.with_name(f".heapcost.{os.getpid()}.{threading.get_ident()}")
+    tmp.write_text(str(cost))
+    tmp.replace(cache)
     return cost
 
 

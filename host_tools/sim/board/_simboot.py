@@ -25,7 +25,7 @@ def _mount():
     os.mount(os.VfsPosix(fs), "/")
     os.mount(os.VfsPosix(frozen), "/.frozen")
     os.chdir("/")
-    sys.path[:] = ["", "/.frozen", "/lib"]
+    sys.path[:] = ["", ".frozen", "/.frozen", "/lib"]  # the port's own frozen modules (ssl, ...), then the image's
 
 
 def _run(name):

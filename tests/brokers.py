@@ -1,0 +1,272 @@
+"""Real MQTT brokers for tests: mosquitto on a free loopback port, plain or TLS, and a throwaway CA.
+
+    from brokers import mosquitto, mosquitto_tls, free_port, make_test_ca, issue_server_cert
+
+    def test_x(mosquitto):                  # function scope; skipped if mosquitto is not installed
+        ...connect to mosquitto.host, mosquitto.port...
+        mosquitto.stop(); mosquitto.start()  # a broker restart on the same port
+        mosquitto.suspend(); mosquitto.resume()  # SIGSTOP/SIGCONT: TCP stays open but silent
+
+    def test_tls(mosquitto_tls):            # server cert issued by mosquitto_tls.ca (CN "fota test CA")
+        mosquitto_tls.ca.der                # the CA certificate in DER, for the MicroPython client
+
+    rogue = make_test_ca(tmp_path, cn="rogue CA")      # a CA the device does not trust
+    broker = start_mosquitto(tmp_path, tls=issue_server_cert(rogue, tmp_path))
+    try: ... finally: broker.stop()
+
+Brokers only listen on 127.0.0.1. The broker's own log is in `broker.log` (a Path) for failure messages.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+MOSQUITTO = os.environ.get("MOSQUITTO") or shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+READY_TIMEOUT_S = 5.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mosquitto_available() -> bool:
+    return os.access(MOSQUITTO, os.X_OK)
+
+
+# ---------------------------------------------------------------- test CA
+
+
+@dataclass
+class TestCA:
+    __test__ = False  # not a test class, whatever pytest thinks of the name
+
+    cn: str
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+    cert_pem: Path  # CA certificate, PEM (mosquitto's cafile)
+    key_pem: Path
+
+    @property
+    def der(self) -> bytes:
+        """The CA certificate in DER: what `ssl.SSLContext.load_verify_locations(cadata=...)` takes on the device."""
+        return self.cert.public_bytes(serialization.Encoding.DER)
+
+
+class ServerCert(NamedTuple):
+    cert: Path  # PEM, leaf certificate
+    key: Path  # PEM, unencrypted private key
+    ca: Path  # PEM, the issuing CA's certificate (mosquitto's cafile)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "ca"
+
+
+def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
+    path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    path.chmod(0o600)
+
+
+def _validity(builder: x509.CertificateBuilder) -> x509.CertificateBuilder:
+    now = datetime.datetime.now(datetime.UTC)
+    return builder.not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=2))
+
+
+def make_test_ca(tmp_path: Path, cn: str = "fota test CA") -> TestCA:
+    """A self-signed P-256 CA; files ca-<cn>.pem / ca-<cn>.key in tmp_path (created if missing)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+    )
+    cert = _validity(builder).sign(key, hashes.SHA256())
+    slug = _slug(cn)
+    cert_pem, key_pem = tmp_path / f"ca-{slug}.pem", tmp_path / f"ca-{slug}.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_pem)
+    return TestCA(cn, key, cert, cert_pem, key_pem)
+
+
+def issue_server_cert(ca: TestCA, tmp_path: Path, hostnames: tuple[str, ...] = ("127.0.0.1", "localhost")) -> ServerCert:
+    """A P-256 server certificate signed by `ca`, SAN = each hostname (IP addresses as iPAddress, others as dNSName)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP256R1())
+    sans: list[x509.GeneralName] = []
+    for h in hostnames:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
+        except ValueError:
+            sans.append(x509.DNSName(h))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostnames[0])]))
+        .issuer_name(ca.cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
+            critical=False,
+        )
+    )
+    cert = _validity(builder).sign(ca.key, hashes.SHA256())
+    slug = _slug(ca.cn)
+    cert_pem, key_pem = tmp_path / f"server-{slug}.pem", tmp_path / f"server-{slug}.key"
+    cert_pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    _write_key(key, key_pem)
+    return ServerCert(cert_pem, key_pem, ca.cert_pem)
+
+
+# ---------------------------------------------------------------- mosquitto
+
+
+class Mosquitto:
+    """One mosquitto process on a fixed port; stop() and start() again keep the port (broker-restart tests)."""
+
+    host = "127.0.0.1"
+
+    def __init__(self, workdir: Path, port: int | None = None, tls: ServerCert | None = None):
+        self.port = port or free_port()
+        self.tls = tls
+        self.ca: TestCA | None = None  # set by mosquitto_tls
+        name = f"mosquitto-{self.port}"
+        self.conf = workdir / f"{name}.conf"
+        self.log = workdir / f"{name}.log"
+        lines = [
+            f"listener {self.port} {self.host}",
+            "allow_anonymous true",
+            "persistence false",
+            "user root" if os.geteuid() == 0 else "",  # as root it would drop to `mosquitto`, who cannot read tmp_path
+            "log_dest stderr",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        if tls is not None:
+            lines += [
+                f"cafile {tls.ca}",
+                f"certfile {tls.cert}",
+                f"keyfile {tls.key}",
+                "require_certificate false",
+            ]
+        self.conf.write_text("\n".join(lines) + "\n")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def start(self) -> Mosquitto:
+        """Start the broker (again) and wait until the port accepts connections."""
+        if self.proc is not None and self.proc.poll() is None:
+            return self
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                socket.create_connection((self.host, self.port), timeout=0.2).close()
+                return self
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mosquitto did not listen on {self.port}: {self.log.read_text()[-2000:]}") from None
+                time.sleep(0.01)
+
+    def stop(self) -> None:
+        """Stop the broker (SIGTERM, then SIGKILL); a suspended broker is resumed first so it can exit."""
+        proc, self.proc = self.proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+    def suspend(self) -> None:
+        """SIGSTOP: connections stay open, nothing is answered (a hung broker or a silent network)."""
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGCONT)
+
+
+def start_mosquitto(tmp_path: Path, *, tls: ServerCert | None = None, port: int | None = None) -> Mosquitto:
+    """A started broker (TLS when `tls` is given); the caller stops it. Skips the test without mosquitto."""
+    if not mosquitto_available():
+        pytest.skip(f"mosquitto not installed ({MOSQUITTO}); `make system-deps` installs it")
+    return Mosquitto(tmp_path, port=port, tls=tls).start()
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path):
+    """A plain-TCP mosquitto on 127.0.0.1:<free port>, anonymous, no persistence."""
+    broker = start_mosquitto(tmp_path)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto_tls(tmp_path: Path):
+    """A TLS-only mosquitto whose server certificate (SAN 127.0.0.1, localhost) is issued by `.ca`."""
+    ca = make_test_ca(tmp_path)
+    broker = start_mosquitto(tmp_path, tls=issue_server_cert(ca, tmp_path))
+    broker.ca = ca
+    try:
+        yield broker
+    finally:
+        broker.stop()

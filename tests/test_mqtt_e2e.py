@@ -1,0 +1,166 @@
+"""MQTT delivery end to end: `fota serve`, real brokers, virtual boards running the agent."""
+
+from __future__ import annotations
+
+import pytest
+from mqttkit import device_id, mqtt_board, start_server, wait_final, wait_until
+
+from host_tools.server.broker import EmbeddedBroker
+from host_tools.sim.flash import ESP32_TIMING, PowerPlan
+from host_tools.sim.runtime import BoardRun
+from simkit import fw_image, fw_package
+
+pytestmark = pytest.mark.fw
+
+
+@pytest.fixture(params=["mosquitto", "amqtt"])
+def broker(request, tmp_path):
+    """(host, port, handle) of a real broker: mosquitto started for the test, or embedded amqtt."""
+    if request.param == "mosquitto":
+        m = request.getfixturevalue("mosquitto")
+        yield m.host, m.port, m
+    else:
+        b = EmbeddedBroker()
+        b.start()
+        yield b.host, b.port, b
+        b.stop()
+
+
+@pytest.fixture
+def server(tmp_path, broker):
+    host, port, _ = broker
+    srv = start_server(tmp_path / "server", f"mqtt://{host}:{port}")
+    yield srv
+    srv.stop()
+
+
+def pkg(version="2.0.0", behaviour="ok", sequence=2, **fields):
+    return fw_package(fw_image(version, behaviour), version=version, sequence=sequence, **fields)
+
+
+def connected(server, board):
+    return wait_until(lambda: server.registry.device(device_id(board)), 30, "the device's first state")
+
+
+def test_update_succeeds_only_after_the_self_test_committed(tmp_path, broker, server):
+    host, port, _ = broker
+    board = mqtt_board(tmp_path, "ok", host=host, port=port)
+    with BoardRun(board) as run:
+        connected(server, board)
+        offer_id = server.deploy(pkg(), [device_id(board)])[0]
+        seen = []
+        offer = wait_until(lambda: (o := server.registry.offer(offer_id)) and (seen.append(o.status) or o.status == "SUCCEEDED") and o,
+                           90, "SUCCEEDED")
+        assert "INSTALLING" in seen or "DOWNLOADING" in seen
+        wait_until(lambda: server.registry.device(device_id(board))["version"] == "2.0.0", 30, "v2 reported")
+    events = [e["event"] for e in server.registry.events(device_id(board))]
+    assert events.index("committed") > events.index("rebooting")  # success only after the reboot and commit
+    assert offer.status == "SUCCEEDED" and run.flash.faults == []
+
+
+def test_failed_self_test_is_recorded_as_rolled_back_with_the_reason(tmp_path, broker, server):
+    host, port, _ = broker
+    board = mqtt_board(tmp_path, "rb", host=host, port=port)
+    with BoardRun(board):
+        connected(server, board)
+        offer_id = server.deploy(pkg(behaviour="fail"), [device_id(board)])[0]
+        offer = wait_final(server, offer_id)
+        wait_until(lambda: server.registry.device(device_id(board))["version"] == "1.0.0", 30, "v1 reported")
+    assert offer.status == "ROLLED_BACK" and offer.code == 22 and "SELF_TEST_FAILED: app" in offer.reason
+
+
+@pytest.mark.parametrize(
+    "label, fields, status, code",
+    [
+        ("other board", dict(board="esp32_generic"), "REFUSED", 8),
+        ("other hw rev", dict(hw_revs=("Z",)), "REFUSED", 10),
+        ("replayed sequence", dict(sequence=0), "REFUSED", 11),
+    ],
+)
+def test_refused_packages_never_touch_flash(tmp_path, broker, server, label, fields, status, code):
+    host, port, _ = broker
+    board = mqtt_board(tmp_path, "ref", host=host, port=port)
+    fields = dict(fields)
+    seq = fields.pop("sequence", 2)
+    with BoardRun(board) as run:
+        connected(server, board)
+        offer_id = server.deploy(pkg(sequence=seq, **fields), [device_id(board)])[0]
+        offer = wait_final(server, offer_id)
+    assert (offer.status, offer.code) == (status, code)
+    assert run.flash.ops == 2  # the first boot's otadata write only
+
+
+def test_bad_signature_is_refused(tmp_path, broker, server):
+    host, port, _ = broker
+    data = bytearray(pkg())
+    data[32 + int.from_bytes(data[8:12], "little") + 5] ^= 1  # inside the signature
+    board = mqtt_board(tmp_path, "sig", host=host, port=port)
+    with BoardRun(board) as run:
+        connected(server, board)
+        offer_id = server.deploy(bytes(data), [device_id(board)])[0]
+        offer = wait_final(server, offer_id)
+    assert (offer.status, offer.code) == ("REFUSED", 5) and run.flash.ops == 2
+
+
+def test_offline_device_gets_the_offer_when_it_connects(tmp_path, broker, server):
+    host, port, _ = broker
+    board = mqtt_board(tmp_path, "late", host=host, port=port)
+    offer_id = server.deploy(pkg(), [device_id(board)])[0]  # the board is still off
+    with BoardRun(board):
+        offer = wait_final(server, offer_id)
+    assert offer.status == "SUCCEEDED"
+
+
+def test_power_cut_during_download_resumes_without_starting_over(tmp_path, broker, server):
+    host, port, _ = broker
+    board = mqtt_board(tmp_path, "pc", host=host, port=port)
+    big = fw_package(fw_image("2.0.0", pad=160_000), version="2.0.0", sequence=2)
+    # 2 ops for the first boot's otadata, then 2 per 4 KiB sector: cut inside sector 30
+    with BoardRun(board, plan=PowerPlan(cut_before=2 + 2 * 30)) as run:
+        connected(server, board)
+        offer_id = server.deploy(big, [device_id(board)])[0]
+        run.wait_event("power_loss", timeout=60)
+        run.power_on()
+        offer = wait_final(server, offer_id)
+    downloading = [e["body"] for e in server.registry.events(device_id(board)) if e["event"] == "downloading"]
+    assert downloading[0]["have"] == 0 and downloading[-1]["have"] >= 16
+    assert offer.status == "SUCCEEDED"
+
+
+def test_broker_restart_mid_download_completes(tmp_path, mosquitto):
+    srv = start_server(tmp_path / "server", f"mqtt://{mosquitto.host}:{mosquitto.port}")
+    try:
+        board = mqtt_board(tmp_path, "br", host=mosquitto.host, port=mosquitto.port, keepalive=2)
+        big = fw_package(fw_image("2.0.0", pad=120_000), version="2.0.0", sequence=2)
+        with BoardRun(board, timing=ESP32_TIMING):  # real flash speed: the download takes seconds
+            wait_until(lambda: srv.registry.device(device_id(board)), 30, "device state")
+            offer_id = srv.deploy(big, [device_id(board)])[0]
+            wait_until(lambda: srv.registry.offer(offer_id).status == "DOWNLOADING", 30, "download started")
+            mosquitto.stop()
+            mosquitto.start()
+            offer = wait_final(srv, offer_id, timeout=120)
+        assert offer.status == "SUCCEEDED"
+    finally:
+        srv.stop()
+
+
+def test_tls_device_checks_the_server_certificate(tmp_path, mosquitto_tls):
+    from brokers import make_test_ca
+
+    from host_tools.server.service import Server, ServerConfig
+
+    m = mosquitto_tls
+    srv = Server(ServerConfig(tmp_path / "server", broker_url=f"mqtts://127.0.0.1:{m.port}", broker_ca=str(m.ca.cert_pem)))
+    srv.start()
+    try:
+        good = mqtt_board(tmp_path, "tls", host="127.0.0.1", port=m.port, ca=m.ca.der.hex())
+        other_ca = make_test_ca(tmp_path / "other", cn="another CA")
+        bad = mqtt_board(tmp_path, "tlsbad", host="127.0.0.1", port=m.port, ca=other_ca.der.hex())
+        with BoardRun(good), BoardRun(bad) as bad_run:
+            wait_until(lambda: srv.registry.device(device_id(good)), 30, "the TLS device's state")
+            offer_id = srv.deploy(pkg(), [device_id(good)])[0]
+            assert wait_final(srv, offer_id).status == "SUCCEEDED"
+        assert srv.registry.device(device_id(bad)) is None  # it never talked to a server it could not verify
+        assert "APP 1.0.0" in bad_run.transcript()
+    finally:
+        srv.stop()
