@@ -53,10 +53,13 @@ def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
     """A sim image with firmware/ frozen, an `app` module and the test key trusted."""
     from host_tools.build import BuildSpec, build_image
 
-    app = APP_TEMPLATE.format(version=version, behaviour=behaviour)
-    if pad:
-        app += "PAD = " + repr(bytes(range(256)) * (pad // 256)) + "\n"
-    spec = BuildSpec(board="sim", version=version, extra_modules=(("app.py", app),), trusted_keys=(test_signer().public_key,))
+    modules = [("app.py", APP_TEMPLATE.format(version=version, behaviour=behaviour))]
+    step = 24 * 1024  # frozen data in modules of ~24 KiB (mpy-cross's own heap is small)
+    for i in range(0, pad, step):
+        n = min(step, pad - i)
+        data = bytes((j * 7 + i // step) & 0xFF for j in range(n))
+        modules.append((f"pad{i // step}.py", f"DATA = {data!r}\n"))
+    spec = BuildSpec(board="sim", version=version, extra_modules=tuple(modules), trusted_keys=(test_signer().public_key,))
     return build_image(spec)
 
 
