@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from agentkit import CONFIG, events, make_board, run_until_done, status, v2_package
 
+from agentkit import CONFIG, events, make_board, run_until_done, status, v2_package
 from host_tools.sim.board import espidf
 from simkit import fw_image, fw_package
 
@@ -123,7 +123,6 @@ def test_whole_update_runs_in_a_64k_heap(tmp_path):
 
 def test_download_resumes_after_a_power_cut_without_starting_over(tmp_path):
     from agentkit import events as evts
-
     from host_tools.sim.flash import PowerPlan
     from host_tools.sim.runtime import BoardRun
 

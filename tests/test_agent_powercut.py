@@ -7,8 +7,8 @@ import shutil
 import time
 
 import pytest
-from agentkit import CONFIG, make_board, status, v2_package, wait_done
 
+from agentkit import CONFIG, make_board, status, v2_package, wait_done
 from host_tools.sim.device import SimDevice
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.runtime import BoardRun

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pytest
-from brokers import Mosquitto, issue_server_cert, make_test_ca, mosquitto_available, start_mosquitto
 
+from brokers import Mosquitto, issue_server_cert, make_test_ca, mosquitto_available, start_mosquitto
 from conftest import FIRMWARE, MICROPYTHON, run_micropython
 
 # The `mosquitto` and `mosquitto_tls` fixtures (importing them by name would shadow them, ruff F811).

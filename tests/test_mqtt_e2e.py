@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from mqttkit import device_id, mqtt_board, start_server, wait_final, wait_until
 
 from host_tools.server.broker import EmbeddedBroker
 from host_tools.sim.flash import ESP32_TIMING, PowerPlan
 from host_tools.sim.runtime import BoardRun
+from mqttkit import device_id, mqtt_board, start_server, wait_final, wait_until
 from simkit import fw_image, fw_package
 
 pytestmark = pytest.mark.fw
@@ -146,7 +146,6 @@ def test_broker_restart_mid_download_completes(tmp_path, mosquitto):
 
 def test_tls_device_checks_the_server_certificate(tmp_path, mosquitto_tls):
     from brokers import make_test_ca
-
     from host_tools.server.service import Server, ServerConfig
 
     m = mosquitto_tls

@@ -59,6 +59,10 @@ _SUB_FAILURE = const(0x80)  # section 3.9.3
 _HDR_SIZE = const(96)  # outgoing fixed header + packet id + topic when the topic fits
 
 
+_IPPROTO_TCP = const(6)  # RFC 793 protocol number; the same on Linux and lwIP
+_TCP_NODELAY = const(1)  # TCP_NODELAY option number on Linux and lwIP
+
+
 class MQTTClient:
     def __init__(self, client_id, host, port=1883, *, keepalive=30, ssl=None, user=None, password=None,
                  buf_size=4200, will=None):
@@ -105,6 +109,10 @@ class MQTTClient:
         try:
             raw.settimeout(self.timeout_ms / 1000)  # the SSL socket reads and writes through it
             raw.connect(ai[-1])
+            try:  # small requests go out now, not after the peer's delayed ACK (Nagle)
+                raw.setsockopt(_IPPROTO_TCP, _TCP_NODELAY, 1)
+            except (OSError, AttributeError):
+                pass
             if self.ssl is not None:
                 try:
                     self._attach(self.ssl.wrap_socket(raw, server_hostname=self.server_hostname))

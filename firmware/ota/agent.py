@@ -88,6 +88,7 @@ class Agent:
         self._inflater = None
         self._target = None
         self._fresh = 0
+        self._started = 0
 
     # -- reporting ---------------------------------------------------------
     def now(self):
@@ -185,6 +186,7 @@ class Agent:
             if j and j.get("id") == m.image_sha256.hex() and j.get("slot") == target.info()[4]:
                 self._writer.resume(j)
         self.state = DOWNLOADING
+        self._started = time.ticks_ms()
         self.report("downloading", version=m.version, size=m.encoded_size, have=self._writer.count)
         return m
 
@@ -277,7 +279,7 @@ class Agent:
         self.store.save()
         store.remove(self.journal_path)
         self.state = DOWNLOADED
-        self.report("downloaded", version=m.version)
+        self.report("downloaded", version=m.version, ms=time.ticks_diff(time.ticks_ms(), self._started))
         if self.policy == AUTO:
             return self.install()
         return errors.LWM2M_DEFERRED

@@ -11,6 +11,7 @@ events in the registry, publishes and clears retained offers.
 from __future__ import annotations
 
 import json
+import socket
 import struct
 import threading
 from urllib.parse import urlparse
@@ -81,6 +82,9 @@ class MqttService:
         self._client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        sock = client.socket()
+        if sock is not None and hasattr(sock, "setsockopt"):  # chunks go out at once (no Nagle delay)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         p = self.prefix
         if self.serve:
             client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1), (f"{p}/+/get", 0)])
