@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
 
-.PHONY: setup test demo lint mpy-check system-deps clean
+.PHONY: setup test demo lint mpy-check system-deps clean firmware
+BOARD ?= esp32_generic
 
 setup: $(STAMP)
 
@@ -31,6 +32,11 @@ demo: setup
 lint: setup mpy-check
 	$(BIN)/ruff check host_tools tests bench
 	$(BIN)/ruff check firmware host_tools/sim/board
+	bash scripts/lint_firmware.sh  # pyright over firmware/ against micropython-esp32-stubs (needs node + npm)
+
+# A real firmware (ESP-IDF + MicroPython source, from IDF_PATH and MICROPY_DIR); says what to install otherwise.
+firmware: setup
+	bash scripts/build_firmware.sh $(BOARD)
 
 mpy-check: setup
 	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py; do \
