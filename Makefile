@@ -25,6 +25,7 @@ system-deps:
 
 test: setup system-deps
 	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m hil --port sim:hil-ci  # the hardware-in-the-loop suite, on a virtual board
 
 demo: setup
 	$(BIN)/python -m host_tools.demos.rollback

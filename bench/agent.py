@@ -110,9 +110,9 @@ def main() -> int:
     v1 = fw_image("1.0.0")
     extra = (("blob.py", "DATA = " + repr(filler)),)
     from host_tools.build import BuildSpec, build_image
-    from simkit import APP_TEMPLATE, test_signer
+    from simkit import APP_TEMPLATE, session_signer
 
-    spec = BuildSpec(board="sim", version="2.0.0", trusted_keys=(test_signer().public_key,),
+    spec = BuildSpec(board="sim", version="2.0.0", trusted_keys=(session_signer().public_key,),
                      extra_modules=(("app.py", APP_TEMPLATE.format(version="2.0.0", behaviour="ok")), *extra))
     v2 = build_image(spec)
     small_v2 = fw_image("2.0.0", pad=200_000)

@@ -16,8 +16,58 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baud", type=int, default=460800)
     p.set_defaults(handler=cmd_flash)
 
+    p = sub.add_parser("provision", help="write the device's configuration over mpremote and read it back")
+    p.add_argument("--port", required=True, help="serial port or sim:NAME (a running virtual board)")
+    p.add_argument("--board", default="esp32_generic")
+    p.add_argument("--hw-rev", required=True)
+    p.add_argument("--server", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT as the device reaches it")
+    p.add_argument("--device-id", help="default: the chip's unique id in hex")
+    p.add_argument("--wifi-ssid")
+    p.add_argument("--wifi-key", default="")
+    p.add_argument("--ca", type=Path, help="CA certificate (PEM) the device checks an mqtts:// server against")
+    p.add_argument("--trust", type=Path, action="append", default=[], help="public key to trust (writes trusted_keys.py)")
+    p.add_argument("--no-reset", action="store_true")
+    p.set_defaults(handler=cmd_provision)
+
+    p = sub.add_parser("console", help="the device's console (mpremote's REPL)")
+    p.add_argument("--port", required=True, help="serial port or sim:NAME")
+    p.set_defaults(handler=cmd_console)
+
 
 def cmd_flash(args) -> int:
     board = args.board or ("sim" if args.port.startswith("sim:") else "esp32_generic")
     print(flash_image(args.port, args.image, board=board, home=args.home, baud=args.baud))
+    return 0
+
+
+def cmd_provision(args) -> int:
+    from host_tools.keys import PublicKey
+    from host_tools.provision import DeviceConfig, provision
+
+    ca = None
+    if args.ca:
+        from cryptography import x509
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        ca = x509.load_pem_x509_certificate(args.ca.read_bytes()).public_bytes(Encoding.DER)
+    config = DeviceConfig(
+        board=args.board, hw_rev=args.hw_rev, server=args.server, device_id=args.device_id,
+        wifi=(args.wifi_ssid, args.wifi_key) if args.wifi_ssid else None, ca_der=ca,
+        trusted=[PublicKey.load(p) for p in args.trust],
+    )
+    back = provision(args.port, config, home=args.home, reset=not args.no_reset)
+    shown = {k: ("***" if k == "wifi" else v) for k, v in back.items()}
+    print(f"provisioned {args.port}: {shown}")
+    return 0
+
+
+def cmd_console(args) -> int:
+    import os
+    import sys
+
+    from host_tools.provision import resolve_port
+
+    device = resolve_port(args.port, args.home)
+    mpremote = str(Path(sys.executable).with_name("mpremote"))
+    os.execv(mpremote, [mpremote, "connect", device, "repl"])
     return 0

@@ -97,6 +97,11 @@ class FileSigner:
     def sign(self, message: bytes) -> bytes:
         return self._private.sign(message)
 
+    def to_pem(self, passphrase: bytes | None = None) -> bytes:
+        """The private key as PKCS#8 PEM (encrypted when a passphrase is given)."""
+        encryption = serialization.BestAvailableEncryption(passphrase) if passphrase else serialization.NoEncryption()
+        return self._private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+
     @classmethod
     def load(cls, path: Path, passphrase: bytes | None = None) -> FileSigner:
         data = _read(path)

@@ -22,6 +22,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="board for hil tests: a serial port (/dev/ttyUSB0) or sim:NAME; no default",
     )
+    parser.addoption("--hil-images", default=None, help="hil on a real board: dir with v1.bin, v2.bin, v3-bad.bin, release.pem")
+    parser.addoption("--hil-board", default=None, help="hil: board definition (default esp32_generic, or sim)")
+    parser.addoption("--hil-host", default="127.0.0.1", help="hil: the address the board reaches the test server at")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

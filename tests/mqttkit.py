@@ -9,42 +9,21 @@ from pathlib import Path
 from host_tools.server.service import Server, ServerConfig
 from simkit import fw_image, new_board
 
-# main.py of a board on the network: the agent first (confirm or roll back), then the link.
-MAIN = r"""
-import app, json, machine, time
-from mqtt.client import MQTTClient
-from ota.agent import Agent, Identity
-from ota.mqtt_link import MqttLink
-import trusted_keys
-
-net = json.loads(open("net.json").read())
-dev = machine.unique_id().hex()
-
-def clock():
-    t = int(time.time())
-    return t if t > 1600000000 else None
-
-agent = Agent(Identity("sim", 0, net.get("hw_rev", "A"), app.VERSION), trusted_keys.KEYS, clock=clock,
-              self_test_ms=net.get("self_test_ms", 3000))
-agent.add_check("app", app.self_test)
-ssl_ctx = None
-if net.get("ca"):
-    import ssl
-    ssl_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ssl_ctx.verify_mode = ssl.CERT_REQUIRED
-    ssl_ctx.load_verify_locations(cadata=bytes.fromhex(net["ca"]))
-client = MQTTClient(dev, net["host"], net["port"], keepalive=net.get("keepalive", 10), ssl=ssl_ctx)
-link = MqttLink(agent, client, dev, chunk_timeout_ms=net.get("chunk_timeout_ms", 1000), window=net.get("window", 8))
-agent.reporter = link.report
-agent.boot()
+# main.py of a board on the network: what `fota provision` writes (ota.device reads config.json).
+MAIN = """
+import app
+from ota import device
 print("APP", app.VERSION)
-link.run()
+device.run(app)
 """
 
 
 def mqtt_board(home: Path, name: str, *, host: str, port: int, image: bytes | None = None, **net) -> object:
     board = new_board(home, name, image=image or fw_image("1.0.0"), files={"main.py": MAIN})
-    board.write_file("net.json", json.dumps({"host": host, "port": port, **net}))
+    scheme = "mqtts" if net.get("ca") else "mqtt"
+    config = {"board": "sim", "chip_id": 0, "hw_rev": net.pop("hw_rev", "A"), "server": f"{scheme}://{host}:{port}",
+              "self_test_ms": 3000, "chunk_timeout_ms": 1000, "keepalive": 10, **net}
+    board.write_file("config.json", json.dumps(config))
     return board
 
 

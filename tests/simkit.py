@@ -27,7 +27,7 @@ def new_board(home: Path, name: str, *, image: bytes | None = None, files: dict[
 
 
 @lru_cache(maxsize=1)
-def test_signer():
+def session_signer():
     """One signing key for the whole test session (what `fota keygen` makes)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -59,7 +59,7 @@ def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
         n = min(step, pad - i)
         data = bytes((j * 7 + i // step) & 0xFF for j in range(n))
         modules.append((f"pad{i // step}.py", f"DATA = {data!r}\n"))
-    spec = BuildSpec(board="sim", version=version, extra_modules=tuple(modules), trusted_keys=(test_signer().public_key,))
+    spec = BuildSpec(board="sim", version=version, extra_modules=tuple(modules), trusted_keys=(session_signer().public_key,))
     return build_image(spec)
 
 
@@ -68,4 +68,4 @@ def fw_package(image: bytes, *, version: str, sequence: int, encoding: str = "ra
 
     m = Manifest(sequence=sequence, version=version, board=fields.pop("board", "sim"), chip_id=fields.pop("chip_id", 0),
                  hw_revs=fields.pop("hw_revs", ("A",)), image_size=0, image_sha256=b"", **fields)
-    return make_package(image, m, signer or test_signer(), encoding=encoding).to_bytes()
+    return make_package(image, m, signer or session_signer(), encoding=encoding).to_bytes()

@@ -26,9 +26,9 @@ STAT_NO_AP_FOUND = const(201)
 STAT_WRONG_PASSWORD = const(202)
 STAT_ASSOC_FAIL = const(203)
 STAT_HANDSHAKE_TIMEOUT = const(204)
-PM_NONE = const(0)
-PM_PERFORMANCE = const(1)
-PM_POWERSAVE = const(2)
+PM_NONE = 0
+PM_PERFORMANCE = 1
+PM_POWERSAVE = 2
 
 _hostname = "mpy-esp32"
 
@@ -45,6 +45,9 @@ def _link_up():
 
 
 class WLAN:
+    PM_NONE = 0  # as network.PM_NONE (ports/esp32/network_wlan.c exposes both)
+    PM_PERFORMANCE = 1
+    PM_POWERSAVE = 2
     _state = {}
 
     def __init__(self, interface_id=STA_IF):

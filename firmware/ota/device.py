@@ -1,0 +1,101 @@
+"""The device's update service: provisioned config, Wi-Fi, the agent, the MQTT link.
+
+`fota provision` writes `config.json` and this `main.py`:
+
+    import app
+    from ota import device
+    device.run(app)        # never returns; app.self_test() is the self-test
+
+config.json: {"board": "esp32_generic", "chip_id": 0, "hw_rev": "A",
+              "server": "mqtt://192.168.1.10:1883" (or mqtts://), "ca": "<CA cert, DER hex>",
+              "device_id": "<optional; default machine.unique_id() in hex>",
+              "wifi": {"ssid": "...", "key": "..."}, "prefix": "fota", "self_test_ms": 30000}
+"""
+
+import json
+import time
+
+import machine
+import network
+
+from .agent import Agent, Identity
+
+try:
+    from micropython import const
+except ImportError:  # CPython
+
+    def const(x):
+        return x
+
+
+_WIFI_WAIT_MS = const(20000)
+_CLOCK_SET_AFTER = const(1600000000)  # Unix time before this: the clock was never set (no NTP yet)
+
+
+def load_config(path="config.json"):
+    with open(path) as f:
+        return json.loads(f.read())
+
+
+def clock():
+    t = int(time.time())
+    return t if t > _CLOCK_SET_AFTER else None
+
+
+# Join the provisioned Wi-Fi network (if any) with modem sleep off for downloads.
+def connect_wifi(cfg):
+    wifi = cfg.get("wifi")
+    wlan = network.WLAN(network.STA_IF)
+    wlan.active(True)
+    if wifi and not wlan.isconnected():
+        wlan.config(pm=network.PM_NONE)
+        wlan.connect(wifi["ssid"], wifi.get("key"))
+        start = time.ticks_ms()
+        while not wlan.isconnected() and time.ticks_diff(time.ticks_ms(), start) < _WIFI_WAIT_MS:
+            time.sleep_ms(100)
+    return wlan
+
+
+def parse_server(url):
+    scheme, rest = url.split("://", 1)
+    host, _, port = rest.partition(":")
+    tls = scheme == "mqtts"
+    return host, int(port) if port else (8883 if tls else 1883), tls
+
+
+def tls_context(cfg):
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(cadata=bytes.fromhex(cfg["ca"]))
+    return ctx
+
+
+def build(app, cfg):
+    """The agent and its MQTT link, wired; nothing connected yet."""
+    from mqtt.client import MQTTClient
+    import trusted_keys
+
+    from .mqtt_link import MqttLink
+
+    device_id = cfg.get("device_id") or machine.unique_id().hex()
+    ident = Identity(cfg["board"], cfg.get("chip_id", 0), cfg["hw_rev"], getattr(app, "VERSION", "0"))
+    agent = Agent(ident, trusted_keys.KEYS, clock=clock, self_test_ms=cfg.get("self_test_ms", 30000))
+    if hasattr(app, "self_test"):
+        agent.add_check("app", app.self_test)
+    host, port, tls = parse_server(cfg["server"])
+    client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30), ssl=tls_context(cfg) if tls else None)
+    link = MqttLink(agent, client, device_id, prefix=cfg.get("prefix", "fota"),
+                    chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", 8))
+    agent.reporter = link.report
+    return agent, link
+
+
+def run(app, path="config.json"):
+    cfg = load_config(path)
+    agent, link = build(app, cfg)
+    connect_wifi(cfg)
+    agent.boot()  # before anything else: confirm a new image (or report its rollback)
+    print("fota: running", agent.version())
+    link.run()
