@@ -32,6 +32,13 @@ CREATE TABLE IF NOT EXISTS offers (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT, package TEXT, chunk INTEGER, policy INTEGER,
     status TEXT, code INTEGER, reason TEXT, created REAL, updated REAL
 );
+CREATE TABLE IF NOT EXISTS campaigns (
+    name TEXT PRIMARY KEY, spec TEXT, status TEXT, wave INTEGER, created REAL, updated REAL, note TEXT
+);
+CREATE TABLE IF NOT EXISTS campaign_devices (
+    campaign TEXT, device TEXT, wave INTEGER, status TEXT, offer INTEGER, attempts INTEGER DEFAULT 0,
+    started REAL, finished REAL, code INTEGER, reason TEXT, PRIMARY KEY (campaign, device)
+);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT, offer INTEGER, event TEXT, body TEXT, t REAL
 );
@@ -90,6 +97,10 @@ class Registry:
              state.get("detail"), json.dumps(state.get("errors") or []), time.time()),
         )
 
+    def set_tags(self, device: str, tags: list[str]) -> None:
+        self._exec("INSERT INTO devices (id, tags) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET tags=excluded.tags",
+                   (device, ",".join(tags)))
+
     def set_groups(self, device: str, groups: list[str]) -> None:
         self._exec("INSERT INTO devices (id, groups_) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET groups_=excluded.groups_",
                    (device, ",".join(groups)))
@@ -98,6 +109,7 @@ class Registry:
         rows = [dict(r) for r in self._all("SELECT * FROM devices ORDER BY id")]
         for r in rows:
             r["groups"] = [g for g in (r.pop("groups_") or "").split(",") if g]
+            r["tags"] = [t for t in (r.get("tags") or "").split(",") if t]
         return [r for r in rows if group is None or group in r["groups"]]
 
     def device(self, device: str) -> dict | None:
@@ -141,6 +153,42 @@ class Registry:
             return
         self._exec("UPDATE offers SET status=?, code=?, reason=?, updated=? WHERE id=?",
                    (status, code, reason, time.time(), offer_id))
+
+    # -- campaigns ------------------------------------------------------------
+    def save_campaign(self, name: str, spec: dict, status: str, wave: int = 0, note: str = "") -> None:
+        now = time.time()
+        self._exec(
+            "INSERT INTO campaigns VALUES (?,?,?,?,?,?,?) ON CONFLICT(name) DO UPDATE SET spec=excluded.spec,"
+            " status=excluded.status, wave=excluded.wave, updated=excluded.updated, note=excluded.note",
+            (name, json.dumps(spec), status, wave, now, now, note),
+        )
+
+    def campaign(self, name: str) -> dict | None:
+        rows = self._all("SELECT * FROM campaigns WHERE name = ?", (name,))
+        if not rows:
+            return None
+        row = dict(rows[0])
+        row["spec"] = json.loads(row["spec"])
+        return row
+
+    def campaigns(self) -> list[dict]:
+        return [self.campaign(r["name"]) for r in self._all("SELECT name FROM campaigns ORDER BY created")]
+
+    def set_campaign_status(self, name: str, status: str, *, wave: int | None = None, note: str | None = None) -> None:
+        current = self.campaign(name)
+        self._exec("UPDATE campaigns SET status=?, wave=?, note=?, updated=? WHERE name=?",
+                   (status, current["wave"] if wave is None else wave, current["note"] if note is None else note, time.time(), name))
+
+    def add_campaign_device(self, campaign: str, device: str, wave: int, status: str, reason: str | None = None) -> None:
+        self._exec("INSERT OR REPLACE INTO campaign_devices (campaign, device, wave, status, reason) VALUES (?,?,?,?,?)",
+                   (campaign, device, wave, status, reason))
+
+    def campaign_devices(self, campaign: str) -> list[dict]:
+        return [dict(r) for r in self._all("SELECT * FROM campaign_devices WHERE campaign = ? ORDER BY wave, device", (campaign,))]
+
+    def update_campaign_device(self, campaign: str, device: str, **fields) -> None:
+        cols = ", ".join(f"{k}=?" for k in fields)
+        self._exec(f"UPDATE campaign_devices SET {cols} WHERE campaign=? AND device=?", (*fields.values(), campaign, device))
 
     # -- events ---------------------------------------------------------------
     def add_event(self, device: str, event: dict) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,7 @@ class ServerConfig:
     prefix: str = "fota"
     broker_port: int = 0
     broker_ca: str | None = None  # CA file for an mqtts:// broker
+    tick_s: float = 1.0  # how often campaigns move on
 
 
 class Server:
@@ -45,6 +47,9 @@ class Server:
         self.store = PackageStore(config.data_dir / "packages")
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttService | None = None
+        self.campaigns = None
+        self._ticker: threading.Thread | None = None
+        self._stopping = threading.Event()
 
     @property
     def broker_url(self) -> str:
@@ -59,8 +64,20 @@ class Server:
         self.mqtt.start()
         info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca}
         (self.config.data_dir / "serve.json").write_text(json.dumps(info) + "\n")
+        from host_tools.fleet.campaign import CampaignRunner
+
+        self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, withdraw=self.mqtt.clear_offer)
+        self._ticker = threading.Thread(target=self._tick_campaigns, name="campaigns", daemon=True)
+        self._ticker.start()
+
+    def _tick_campaigns(self) -> None:
+        while not self._stopping.wait(self.config.tick_s):
+            self.campaigns.tick()
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._ticker:
+            self._ticker.join(10)
         if self.mqtt:
             self.mqtt.stop()
         if self.broker:

@@ -1,0 +1,1 @@
+"""Fleet tooling: update campaigns, maintenance windows, a protocol-level device simulator."""

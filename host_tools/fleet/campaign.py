@@ -1,0 +1,304 @@
+"""Update campaigns: a package, a target selection, waves, and the gates between them.
+
+A campaign lists, before it starts, every device it will touch (and in which
+wave) and every device it excludes, with the reason. Running, it offers the
+package wave by wave, never more than `max_in_flight` devices at once and only
+inside the maintenance window (unless the preset is emergency); a device counts
+as succeeded only when it committed the new image. A wave's error threshold
+(over devices that finished, with a minimum sample) pauses the campaign; an
+operator resumes or aborts it.
+
+    spec = CampaignSpec(name="r42", package="3f2a...", waves=["test", "canary", "100%"], error_threshold=0.2)
+    plan = plan_campaign(registry, spec)        # .targets, .excluded
+    runner = CampaignRunner(registry, offer=mqtt.offer, withdraw=mqtt.clear_offer)
+    runner.create(spec); runner.start("r42"); runner.tick()   # `fota serve` ticks every second
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+from host_tools.errors import FotaError
+from host_tools.fleet.window import Window
+from host_tools.server.registry import FINAL, Registry
+
+# Campaign states
+CREATED, RUNNING, PAUSED, ABORTED, COMPLETED = "CREATED", "RUNNING", "PAUSED", "ABORTED", "COMPLETED"
+# Device states in a campaign, beyond the offer's own (registry.FINAL and the in-progress ones)
+PENDING, EXCLUDED = "PENDING", "EXCLUDED"
+FAILURES = ("ROLLED_BACK", "REFUSED", "FAILED", "TIMED_OUT")
+
+PRESETS = {
+    # waves, error threshold, min sample, in-flight cap, honour the window
+    "bugfix": dict(waves=["test", "25%", "100%"], error_threshold=0.1, min_sample=2, max_in_flight=20, use_window=True),
+    "release": dict(waves=["test", "5%", "25%", "100%"], error_threshold=0.05, min_sample=3, max_in_flight=10, use_window=True),
+    "emergency": dict(waves=["100%"], error_threshold=0.5, min_sample=5, max_in_flight=100, use_window=False),
+}
+
+
+class CampaignError(FotaError):
+    """A campaign that cannot be created or moved to the asked state."""
+
+
+@dataclass
+class CampaignSpec:
+    """What an operator decides; stored as JSON in the registry."""
+
+    name: str
+    package: str
+    groups: list[str] = field(default_factory=list)  # empty: every device
+    tags: list[str] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)  # only devices on these versions (empty: any)
+    waves: list[str] = field(default_factory=lambda: ["100%"])  # a group name or a percentage of what is left
+    success_threshold: float = 1.0  # share of a wave that must succeed before the next starts
+    error_threshold: float = 0.2  # failures / finished that pause the campaign
+    min_sample: int = 3  # finished devices before the error threshold is judged
+    device_timeout_s: float = 600
+    retries: int = 0
+    max_in_flight: int = 10
+    window: str | None = None  # "CRON DURATION_MINUTES TZ", e.g. "0 2 * * * 120 Europe/Berlin"
+    use_window: bool = True
+    policy: str = "auto"
+    preset: str | None = None
+    chunk: int = 4096
+    rollback_package: str | None = None  # offered back to updated devices on abort (optional)
+
+    @classmethod
+    def with_preset(cls, preset: str, **kw) -> CampaignSpec:
+        if preset not in PRESETS:
+            raise CampaignError(f"unknown preset {preset!r}: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[preset], "preset": preset, **kw})
+
+
+def spec_of(camp: dict) -> CampaignSpec:
+    fields = {k: v for k, v in camp["spec"].items() if k in CampaignSpec.__dataclass_fields__}
+    return CampaignSpec(**fields)
+
+
+@dataclass
+class Plan:
+    targets: list[tuple[str, int]]  # (device, wave index)
+    excluded: list[tuple[str, str]]  # (device, reason)
+
+
+def _compatible(device: dict, package: dict) -> str | None:
+    """Why a device cannot take the package, or None."""
+    if device.get("board") and device["board"] != package["board"]:
+        return f"board {device['board']} (package is for {package['board']})"
+    revs = [r for r in (package["hw_revs"] or "").split(",") if r]
+    if revs and "*" not in revs and device.get("hw_rev") not in revs:
+        return f"hardware revision {device.get('hw_rev')} not in {', '.join(revs)}"
+    if device.get("seq") is not None and device["seq"] >= package["sequence"]:
+        return f"already at sequence {device['seq']} (package {package['sequence']})"
+    return None
+
+
+def _selected(device: dict, spec: CampaignSpec) -> bool:
+    if spec.groups and not set(spec.groups) & set(device["groups"]):
+        return False
+    if spec.tags and not set(spec.tags) <= set(device["tags"]):
+        return False
+    return not spec.versions or device.get("version") in spec.versions
+
+
+def plan_campaign(registry: Registry, spec: CampaignSpec) -> Plan:
+    """Which devices, in which wave; which are excluded and why. Deterministic."""
+    package = registry.package(spec.package)
+    if package is None:
+        raise CampaignError(f"no package {spec.package} in the registry", hint="fota deploy or fota campaign create --package FILE adds it")
+    targets, excluded = [], []
+    candidates = []
+    for device in registry.devices():
+        if not _selected(device, spec):
+            continue
+        reason = _compatible(device, package)
+        if reason:
+            excluded.append((device["id"], reason))
+        else:
+            candidates.append(device)
+    # a stable pseudo-random order, so percentages pick the same devices every time
+    candidates.sort(key=lambda d: hashlib.sha256((spec.name + d["id"]).encode()).digest())
+    left = list(candidates)
+    for index, wave in enumerate(spec.waves):
+        if wave.endswith("%"):
+            share = float(wave[:-1]) / 100
+            count = len(left) if share >= 1 else max(1, round(share * len(candidates))) if left else 0
+            chosen = left[:count]
+        else:
+            chosen = [d for d in left if wave in d["groups"]]
+        targets += [(d["id"], index) for d in chosen]
+        left = [d for d in left if d not in chosen]
+    excluded += [(d["id"], "in no wave") for d in left]
+    return Plan(targets, excluded)
+
+
+class CampaignRunner:
+    """Moves campaigns on; `offer(device, package, chunk=, policy=)` makes an offer and returns its id."""
+
+    def __init__(self, registry: Registry, offer: Callable[..., int], withdraw: Callable[[str], None],
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.offer = offer
+        self.withdraw = withdraw
+        self.clock = clock
+
+    # -- operator actions ------------------------------------------------------
+    def create(self, spec: CampaignSpec) -> Plan:
+        if self.registry.campaign(spec.name):
+            raise CampaignError(f"campaign {spec.name!r} exists already")
+        if spec.window:
+            Window.parse(spec.window)  # refuse a bad window now, not at 2 a.m.
+        plan = plan_campaign(self.registry, spec)
+        self.registry.save_campaign(spec.name, asdict(spec), CREATED)
+        for device, wave in plan.targets:
+            self.registry.add_campaign_device(spec.name, device, wave, PENDING)
+        for device, reason in plan.excluded:
+            self.registry.add_campaign_device(spec.name, device, -1, EXCLUDED, reason)
+        return plan
+
+    def start(self, name: str) -> None:
+        self._move(name, (CREATED,), RUNNING)
+
+    def pause(self, name: str, note: str = "paused by operator") -> None:
+        self._move(name, (RUNNING,), PAUSED, note)
+
+    def resume(self, name: str) -> None:
+        """Go on; the failures that tripped the gate are accepted, new ones trip it again."""
+        camp = self._get(name)
+        self._move(name, (PAUSED,), RUNNING, "resumed by operator")
+        wave = camp["wave"]
+        failed = sum(1 for r in self.registry.campaign_devices(name) if r["wave"] == wave and r["status"] in FAILURES)
+        spec = camp["spec"]
+        spec.setdefault("accepted_failures", {})[str(wave)] = failed
+        self.registry.save_campaign(name, spec, RUNNING, wave, "resumed by operator")
+
+    def abort(self, name: str) -> None:
+        """Stop offering; withdraw offers not yet taken; optionally offer the previous version back."""
+        camp = self._get(name)
+        self._move(name, (CREATED, RUNNING, PAUSED), ABORTED, "aborted by operator")
+        spec = spec_of(camp)
+        for row in self.registry.campaign_devices(name):
+            if row["status"] not in FINAL + (EXCLUDED, PENDING) and row["offer"]:
+                self.withdraw(row["device"])
+                self.registry.set_offer_status(row["offer"], "CANCELLED", reason="campaign aborted")
+                self.registry.update_campaign_device(name, row["device"], status="CANCELLED", finished=self.clock())
+            elif row["status"] == "SUCCEEDED" and spec.rollback_package:
+                self.offer(row["device"], spec.rollback_package, chunk=spec.chunk, policy=spec.policy)
+
+    def _get(self, name: str) -> dict:
+        camp = self.registry.campaign(name)
+        if camp is None:
+            raise CampaignError(f"no campaign named {name!r}")
+        return camp
+
+    def _move(self, name: str, allowed: tuple[str, ...], to: str, note: str = "") -> None:
+        camp = self._get(name)
+        if camp["status"] not in allowed:
+            raise CampaignError(f"campaign {name} is {camp['status']}; cannot go to {to}")
+        self.registry.set_campaign_status(name, to, note=note)
+
+    # -- the loop --------------------------------------------------------------
+    def tick(self) -> None:
+        for camp in self.registry.campaigns():
+            if camp["status"] == RUNNING:
+                self._tick(camp)
+
+    def _tick(self, camp: dict) -> None:
+        name, spec = camp["name"], spec_of(camp)
+        wave = camp["wave"]
+        self._admit_late(name, spec, wave)
+        rows = self._sync(name, spec)
+        in_wave = [r for r in rows if r["wave"] == wave]
+        finished = [r for r in in_wave if r["status"] in FINAL]
+        failed = [r for r in finished if r["status"] in FAILURES]
+        accepted = camp["spec"].get("accepted_failures", {}).get(str(wave), 0)  # acknowledged by a resume
+        new_failures = len(failed) - accepted
+        if new_failures > 0 and len(finished) >= spec.min_sample and len(failed) / len(finished) >= spec.error_threshold:
+            self.registry.set_campaign_status(name, PAUSED, note=f"wave {wave + 1} ({spec.waves[wave]}): {len(failed)} of "
+                                              f"{len(finished)} finished devices failed (error threshold {spec.error_threshold:.0%})")
+            return
+        if in_wave and len(finished) == len(in_wave):
+            succeeded = sum(1 for r in in_wave if r["status"] == "SUCCEEDED")
+            if succeeded / len(in_wave) + 1e-9 < spec.success_threshold and new_failures > 0:
+                self.registry.set_campaign_status(name, PAUSED, note=f"wave {wave + 1} ({spec.waves[wave]}): {succeeded} of "
+                                                  f"{len(in_wave)} succeeded (success threshold {spec.success_threshold:.0%})")
+                return
+            if wave + 1 < len(spec.waves):
+                self.registry.set_campaign_status(name, RUNNING, wave=wave + 1, note=f"wave {wave + 1} done")
+            else:
+                self.registry.set_campaign_status(name, COMPLETED, note="all waves done")
+            return
+        if not in_wave:
+            nxt = wave + 1
+            status = RUNNING if nxt < len(spec.waves) else COMPLETED
+            self.registry.set_campaign_status(name, status, wave=min(nxt, len(spec.waves) - 1), note="empty wave")
+            return
+        self._offer_more(name, spec, rows, in_wave)
+
+    def _offer_more(self, name: str, spec: CampaignSpec, rows: list[dict], in_wave: list[dict]) -> None:
+        if spec.use_window and spec.window and not Window.parse(spec.window).open_at(self.clock()):
+            return
+        busy = sum(1 for r in rows if r["status"] not in FINAL + (PENDING, EXCLUDED))
+        for row in in_wave:
+            if busy >= spec.max_in_flight:
+                return
+            if row["status"] == PENDING:
+                offer_id = self.offer(row["device"], spec.package, chunk=spec.chunk, policy=spec.policy)
+                self.registry.update_campaign_device(name, row["device"], status="OFFERED", offer=offer_id,
+                                                     attempts=row["attempts"] + 1, started=self.clock())
+                busy += 1
+
+    def _admit_late(self, name: str, spec: CampaignSpec, wave: int) -> None:
+        """Devices that registered after the plan: into the current wave, or excluded with the reason."""
+        known = {r["device"] for r in self.registry.campaign_devices(name)}
+        package = self.registry.package(spec.package)
+        for device in self.registry.devices():
+            if device["id"] in known or not _selected(device, spec):
+                continue
+            reason = _compatible(device, package)
+            if reason:
+                self.registry.add_campaign_device(name, device["id"], -1, EXCLUDED, reason)
+            else:
+                self.registry.add_campaign_device(name, device["id"], max(wave, len(spec.waves) - 1), PENDING)
+
+    def _sync(self, name: str, spec: CampaignSpec) -> list[dict]:
+        """Fold offer outcomes, timeouts and retries into the campaign's device rows."""
+        now = self.clock()
+        for row in self.registry.campaign_devices(name):
+            if row["offer"] is None or row["status"] in (EXCLUDED, "CANCELLED"):
+                continue
+            offer = self.registry.offer(row["offer"])
+            status = offer.status
+            if status not in FINAL and row["started"] and now - row["started"] > spec.device_timeout_s:
+                self.registry.set_offer_status(offer.id, "TIMED_OUT", reason=f"no outcome within {spec.device_timeout_s:.0f} s")
+                self.withdraw(row["device"])
+                status = "TIMED_OUT"
+                offer = self.registry.offer(row["offer"])
+            if status in ("FAILED", "TIMED_OUT") and row["attempts"] <= spec.retries:
+                self.registry.update_campaign_device(name, row["device"], status=PENDING, offer=None)
+                continue
+            fields = {"status": status}
+            if status in FINAL and row["status"] not in FINAL:
+                fields.update(finished=now, code=offer.code, reason=offer.reason)
+            self.registry.update_campaign_device(name, row["device"], **fields)
+        return self.registry.campaign_devices(name)
+
+
+def report(registry: Registry, name: str) -> dict:
+    """Outcomes by status; failures by reason and by hardware revision."""
+    rows = registry.campaign_devices(name)
+    devices = {d["id"]: d for d in registry.devices()}
+    by_status: dict[str, int] = {}
+    by_reason: dict[str, int] = {}
+    by_hw: dict[str, dict[str, int]] = {}
+    for row in rows:
+        by_status[row["status"]] = by_status.get(row["status"], 0) + 1
+        if row["status"] in FAILURES or row["status"] == EXCLUDED:
+            reason = f"{row['status']}: {row['reason'] or '-'}"
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+            hw = (devices.get(row["device"]) or {}).get("hw_rev") or "?"
+            by_hw.setdefault(hw, {})[row["status"]] = by_hw.setdefault(hw, {}).get(row["status"], 0) + 1
+    return {"campaign": registry.campaign(name), "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows}

@@ -1,0 +1,214 @@
+"""Campaign gates, windows, presets and policies, over the real registry with scripted devices.
+
+The devices here are scripted at the registry level (an offer's outcome is set as a
+device's events would set it), so every gate can be driven exactly; the same engine
+runs against virtual boards in tests/test_fleet_demo.py and make demo.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from host_tools.fleet.campaign import (
+    COMPLETED,
+    EXCLUDED,
+    PAUSED,
+    RUNNING,
+    CampaignError,
+    CampaignRunner,
+    CampaignSpec,
+    plan_campaign,
+    report,
+)
+from host_tools.fleet.window import Window, WindowError
+from host_tools.package import Manifest
+from host_tools.server.registry import Registry
+
+pytestmark = pytest.mark.host
+
+
+class Fleet:
+    """A registry, a clock, and devices whose outcomes the test decides."""
+
+    def __init__(self, tmp_path, n=10, hw=None, groups=None):
+        self.reg = Registry(tmp_path / "r.sqlite")
+        self.now = 1_800_000_000.0
+        self.offers: list[tuple[str, str, str]] = []
+        self.withdrawn: list[str] = []
+        m = Manifest(sequence=5, version="2.0.0", board="sim", chip_id=0, hw_revs=("A",), image_size=1, image_sha256=b"")
+        self.reg.add_package("pkg", "/dev/null", m)
+        for i in range(n):
+            dev = f"d{i:02d}"
+            self.reg.record_state(dev, {"board": "sim", "hw_rev": (hw or {}).get(dev, "A"), "version": "1.0.0", "seq": 1})
+            self.reg.set_groups(dev, (groups or {}).get(dev, ["field"]))
+        self.runner = CampaignRunner(self.reg, offer=self.offer, withdraw=self.withdrawn.append, clock=lambda: self.now)
+
+    def offer(self, device, package, *, chunk, policy):
+        self.offers.append((device, package, policy))
+        return self.reg.create_offer(device, package, chunk=chunk, policy=0)
+
+    def finish(self, device, status="SUCCEEDED", code=None, reason=None):
+        offer = [o for o in self.reg.offers(device)][-1]
+        self.reg.set_offer_status(offer.id, status, code=code, reason=reason)
+
+    def in_flight(self, name):
+        return [r for r in self.reg.campaign_devices(name) if r["status"] == "OFFERED"]
+
+    def status(self, name):
+        return self.reg.campaign(name)["status"]
+
+
+def test_plan_lists_targets_by_wave_and_exclusions_with_reasons(tmp_path):
+    groups = {"d00": ["test"], "d01": ["test"]}
+    f = Fleet(tmp_path, hw={"d05": "B"}, groups=groups)
+    f.reg.record_state("d06", {"board": "esp32_generic", "hw_rev": "A", "version": "1.0.0", "seq": 1})
+    f.reg.record_state("d07", {"board": "sim", "hw_rev": "A", "version": "2.0.0", "seq": 5})
+    plan = plan_campaign(f.reg, CampaignSpec(name="c", package="pkg", waves=["test", "50%", "100%"]))
+    waves = {d: w for d, w in plan.targets}
+    assert waves["d00"] == 0 and waves["d01"] == 0
+    assert sorted(d for d, w in plan.targets if w == 1) and len(plan.targets) == 7
+    reasons = dict(plan.excluded)
+    assert "hardware revision B" in reasons["d05"]
+    assert "board esp32_generic" in reasons["d06"]
+    assert "already at sequence 5" in reasons["d07"]
+    # the same plan every time
+    assert plan == plan_campaign(f.reg, CampaignSpec(name="c", package="pkg", waves=["test", "50%", "100%"]))
+
+
+def test_incompatible_device_is_never_offered(tmp_path):
+    f = Fleet(tmp_path, n=4, hw={"d03": "B"})
+    f.runner.create(CampaignSpec(name="c", package="pkg", max_in_flight=10))
+    f.runner.start("c")
+    for _ in range(5):
+        f.runner.tick()
+        for dev in ("d00", "d01", "d02"):
+            if any(o[0] == dev for o in f.offers) and f.reg.offers(dev)[-1].status == "OFFERED":
+                f.finish(dev)
+    assert "d03" not in [o[0] for o in f.offers]
+    assert f.status("c") == COMPLETED
+    assert report(f.reg, "c")["by_status"] == {"SUCCEEDED": 3, EXCLUDED: 1}
+
+
+def test_in_flight_cap_is_never_exceeded(tmp_path):
+    f = Fleet(tmp_path, n=10)
+    f.runner.create(CampaignSpec(name="c", package="pkg", max_in_flight=3))
+    f.runner.start("c")
+    peak = 0
+    for step in range(20):
+        f.runner.tick()
+        peak = max(peak, len(f.in_flight("c")))
+        for row in f.in_flight("c")[: 1 + step % 2]:  # devices finish a few at a time
+            f.finish(row["device"])
+    assert peak == 3 and f.status("c") == COMPLETED
+
+
+def test_error_threshold_pauses_and_resume_goes_on(tmp_path):
+    f = Fleet(tmp_path, n=6, groups={"d00": ["canary"], "d01": ["canary"], "d02": ["canary"]})
+    f.runner.create(CampaignSpec(name="c", package="pkg", waves=["canary", "100%"], error_threshold=0.3, min_sample=3))
+    f.runner.start("c")
+    f.runner.tick()
+    f.finish("d00")
+    f.finish("d01", "ROLLED_BACK", 22, "SELF_TEST_FAILED: app")
+    f.runner.tick()
+    assert f.status("c") == RUNNING  # 2 finished < min sample 3
+    f.finish("d02")
+    f.runner.tick()
+    camp = f.reg.campaign("c")
+    assert camp["status"] == PAUSED and "1 of 3" in camp["note"]
+    assert {o[0] for o in f.offers} == {"d00", "d01", "d02"}  # the field wave was not started
+    f.runner.resume("c")
+    for _ in range(6):
+        f.runner.tick()
+        for row in f.in_flight("c"):
+            f.finish(row["device"])
+    assert f.status("c") == COMPLETED
+    rep = report(f.reg, "c")
+    assert rep["by_status"]["SUCCEEDED"] == 5 and rep["by_status"]["ROLLED_BACK"] == 1
+    assert rep["by_reason"] == {"ROLLED_BACK: SELF_TEST_FAILED: app": 1}
+    assert rep["by_hw_rev"] == {"A": {"ROLLED_BACK": 1}}
+
+
+def test_silent_device_times_out_and_is_retried(tmp_path):
+    f = Fleet(tmp_path, n=2)
+    f.runner.create(CampaignSpec(name="c", package="pkg", device_timeout_s=60, retries=1, error_threshold=1.0, min_sample=1))
+    f.runner.start("c")
+    f.runner.tick()
+    f.finish("d00")
+    f.now += 61
+    f.runner.tick()  # d01 timed out: its offer withdrawn, retried
+    assert "d01" in f.withdrawn
+    assert [o[0] for o in f.offers].count("d01") == 2
+    f.now += 61
+    f.runner.tick()  # second timeout: no retries left
+    f.runner.tick()
+    rows = {r["device"]: r for r in f.reg.campaign_devices("c")}
+    assert rows["d01"]["status"] == "TIMED_OUT" and "no outcome within 60 s" in rows["d01"]["reason"]
+
+
+def test_device_that_joins_late_gets_its_offer(tmp_path):
+    f = Fleet(tmp_path, n=2)
+    f.runner.create(CampaignSpec(name="c", package="pkg"))
+    f.runner.start("c")
+    f.runner.tick()
+    f.reg.record_state("late1", {"board": "sim", "hw_rev": "A", "version": "1.0.0", "seq": 1})
+    f.runner.tick()
+    assert "late1" in [o[0] for o in f.offers]
+
+
+def test_maintenance_window_and_emergency_preset(tmp_path):
+    berlin = ZoneInfo("Europe/Berlin")
+    f = Fleet(tmp_path, n=2)
+    f.now = datetime(2026, 11, 26, 12, 0, tzinfo=berlin).timestamp()  # noon: outside 02:00-04:00
+    f.runner.create(CampaignSpec(name="w", package="pkg", window="0 2 * * * 120 Europe/Berlin"))
+    f.runner.start("w")
+    f.runner.tick()
+    assert f.offers == []
+    f.now = datetime(2026, 11, 27, 2, 30, tzinfo=berlin).timestamp()
+    f.runner.tick()
+    assert len(f.offers) == 2
+    g = Fleet(tmp_path / "e", n=2)
+    g.now = f.now - 12 * 3600
+    g.runner.create(CampaignSpec.with_preset("emergency", name="e", package="pkg", window="0 2 * * * 120 Europe/Berlin"))
+    g.runner.start("e")
+    g.runner.tick()
+    assert len(g.offers) == 2  # emergency skips the window (never the device's signature or compatibility checks)
+
+
+def test_presets_and_policy_reach_the_offer(tmp_path):
+    release = CampaignSpec.with_preset("release", name="r", package="pkg")
+    assert release.waves == ["test", "5%", "25%", "100%"] and release.use_window
+    f = Fleet(tmp_path, n=1)
+    f.runner.create(CampaignSpec(name="c", package="pkg", policy="consent"))
+    f.runner.start("c")
+    f.runner.tick()
+    assert f.offers[0][2] == "consent"
+    with pytest.raises(CampaignError):
+        CampaignSpec.with_preset("yolo", name="x", package="pkg")
+
+
+def test_abort_withdraws_open_offers(tmp_path):
+    f = Fleet(tmp_path, n=3)
+    f.runner.create(CampaignSpec(name="c", package="pkg", max_in_flight=2))
+    f.runner.start("c")
+    f.runner.tick()
+    f.runner.abort("c")
+    assert len(set(f.withdrawn)) == 2  # the two offers in flight
+    assert f.status("c") == "ABORTED"
+    with pytest.raises(CampaignError, match="cannot go to"):
+        f.runner.resume("c")
+
+
+@pytest.mark.parametrize("text", ["0 2 * * *", "61 2 * * * 60", "0 2 * * * 60 Mars/Olympus", "0 2 * * * x"])
+def test_bad_windows_are_refused(text):
+    with pytest.raises(WindowError):
+        Window.parse(text)
+
+
+def test_window_steps_ranges_and_weekdays():
+    w = Window.parse("*/15 1-3 * * 1-5 10 UTC")
+    monday_0115 = datetime(2026, 11, 23, 1, 20, tzinfo=ZoneInfo("UTC")).timestamp()
+    sunday_0115 = datetime(2026, 11, 22, 1, 20, tzinfo=ZoneInfo("UTC")).timestamp()
+    assert w.open_at(monday_0115) and not w.open_at(sunday_0115)
