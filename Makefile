@@ -28,7 +28,7 @@ test: setup system-deps
 	$(BIN)/pytest -q -m hil --port sim:hil-ci  # the hardware-in-the-loop suite, on a virtual board
 
 demo: setup
-	$(BIN)/python -m host_tools.demos.rollback
+	$(BIN)/python -m host_tools.demos.fleet
 
 lint: setup mpy-check
 	$(BIN)/ruff check host_tools tests bench

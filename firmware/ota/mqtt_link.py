@@ -40,6 +40,7 @@ class MqttLink:
         self.client = client
         self.device_id = device_id
         base = prefix + "/" + device_id + "/"
+        self._base = base.encode()
         self.t_state = base + "state"
         self.t_offer = base + "offer"
         self.t_get = base + "get"
@@ -71,6 +72,8 @@ class MqttLink:
         info["event"] = event
         if "tag" in info:
             info["offer"] = info.pop("tag")
+            if event in ("committed", "rolled_back"):
+                self._mark_done(info["offer"])
         self._events.append(info)
         while len(self._events) > _MAX_EVENTS:
             self._events.pop(0)
@@ -142,6 +145,8 @@ class MqttLink:
     # -- messages --------------------------------------------------------------
     def _on_message(self, topic, payload, retained):
         cut = topic.rfind(b"/")
+        if bytes(topic[: cut + 1]) != self._base:
+            return  # not this device's topic (a broker may misroute; never act on another device's offer)
         handler = self._suffix.get(bytes(topic[cut + 1 :]))
         if handler:
             self._in_callback = True
@@ -178,12 +183,16 @@ class MqttLink:
         self._inflight = []
         self._request()
 
-    def _done(self, code):
-        # An offer with an outcome is never tried again, even if it stays retained.
+    # An offer with an outcome is never tried again, even if it stays retained.
+    def _mark_done(self, offer_id):
         done = self.agent.store.data.setdefault("offers_done", [])
-        done.append(self.offer_id)
-        del done[:-8]
-        self.agent.store.save()
+        if offer_id not in done:
+            done.append(offer_id)
+            del done[:-8]
+            self.agent.store.save()
+
+    def _done(self, code):
+        self._mark_done(self.offer_id)
         if self.connected and not self._in_callback:
             self.publish_state()
 

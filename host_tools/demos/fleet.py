@@ -1,0 +1,151 @@
+"""`make demo`: a staged campaign over ten virtual ESP32 boards, on embedded defaults.
+
+Makes a signing key and two firmware versions, boots ten virtual boards in three
+groups (test, canary, field) running the real agent over MQTT against `fota
+serve`'s embedded broker and SQLite registry. One field board has hardware
+revision B (the package is for A: excluded); one canary board has a broken
+sensor (v2's self-test fails on it: rolled back). The campaign runs wave by wave
+with live progress; the error gate pauses it on the canary failure, the operator
+resumes, and a report ends it.
+
+    python -m host_tools.demos.fleet [--home DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from host_tools.build import BuildSpec, build_image
+from host_tools.cli_campaign import render_plan, render_report, render_status
+from host_tools.fleet.campaign import COMPLETED, PAUSED, CampaignSpec
+from host_tools.keys import generate_key
+from host_tools.package import Manifest, make_package
+from host_tools.server.service import Server, ServerConfig
+from host_tools.sim.device import SimDevice
+from host_tools.sim.runtime import BoardRun
+
+APP = '''
+VERSION = {version!r}
+
+def self_test():
+    # v2 reads its sensor first; a board whose sensor is broken fails here
+    try:
+        with open("sensor.json") as f:
+            return f.read().strip() == '{{"ok": true}}'
+    except OSError:
+        return False
+'''
+MAIN = "import app\nfrom ota import device\ndevice.run(app)\n"
+BOARDS = [("test", "A", True)] * 2 + [("canary", "A", True)] * 2 + [("canary", "A", False)] + \
+         [("field", "A", True)] * 4 + [("field", "B", True)]
+
+
+def banner(text: str) -> None:
+    print(f"\n==== {text} ====", flush=True)
+
+
+def build_images(work: Path, signer) -> tuple[bytes, bytes]:
+    images = []
+    for version in ("1.0.0", "2.0.0"):
+        spec = BuildSpec(board="sim", version=version, extra_modules=(("app.py", APP.format(version=version)),),
+                         trusted_keys=(signer.public_key,))
+        images.append(build_image(spec))
+    return images[0], images[1]
+
+
+def start_boards(home: Path, v1: bytes, port: int) -> tuple[list[SimDevice], list[BoardRun]]:
+    boards, runs = [], []
+    for i, (group, hw, sensor_ok) in enumerate(BOARDS):
+        board = SimDevice.create(f"{group}-{i}", home, hw_rev=hw)
+        board.flash_app(v1)
+        board.write_file("main.py", MAIN)
+        board.write_file("config.json", json.dumps({"board": "sim", "chip_id": 0, "hw_rev": hw, "self_test_ms": 5000,
+                                                    "server": f"mqtt://127.0.0.1:{port}", "chunk_timeout_ms": 1000}))
+        board.write_file("sensor.json", '{"ok": true}' if sensor_ok else '{"ok": false, "error": "no I2C ACK"}')
+        run = BoardRun(board, repl_pty=False)
+        run.start()
+        boards.append(board)
+        runs.append(run)
+    return boards, runs
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", type=Path, help="keep keys, boards and the registry here (default: a temp dir)")
+    args = parser.parse_args(argv)
+    home = args.home or Path(tempfile.mkdtemp(prefix="fota-demo-"))
+    home.mkdir(parents=True, exist_ok=True)
+
+    banner("keys and two firmware versions")
+    signer = generate_key(home / "keys" / "release.pem", overwrite=True)
+    v1, v2 = build_images(home, signer)
+    manifest = Manifest(sequence=2, version="2.0.0", board="sim", chip_id=0, hw_revs=("A",), image_size=0, image_sha256=b"")
+    package = make_package(v2, manifest, signer, encoding="zlib")
+    print(f"signing key id {signer.public_key.key_id.hex()}; v1 {len(v1)} B, v2 {len(v2)} B "
+          f"(zlib payload {len(package.payload)} B), package for hardware revision A only")
+
+    banner("fota serve: embedded MQTT broker + SQLite registry")
+    server = Server(ServerConfig(home / "server", tick_s=0.5))
+    server.start()
+    print(f"broker {server.broker_url}, data {server.config.data_dir}")
+    runs: list[BoardRun] = []
+    try:
+        banner(f"{len(BOARDS)} virtual boards boot v1 and report in")
+        boards, runs = start_boards(home, v1, int(server.broker_url.rsplit(":", 1)[1]))
+        for board, (group, _, _) in zip(boards, BOARDS):
+            server.registry.set_groups(board.config["uid"], [group])
+        deadline = time.monotonic() + 60
+        while len(server.registry.devices()) < len(boards) or any(d["version"] is None for d in server.registry.devices()):
+            if time.monotonic() > deadline:
+                raise SystemExit("the boards did not report in")
+            time.sleep(0.2)
+        names = {b.config["uid"]: b.name for b in boards}
+        for d in server.registry.devices():
+            print(f"  {names[d['id']]:<10} {d['id']}  hw {d['hw_rev']}  v{d['version']}  groups {','.join(d['groups'])}")
+
+        banner("campaign r2: test -> canary -> field, error gate 25 % after 3 finished")
+        pid = server.add_package(package.to_bytes())
+        spec = CampaignSpec(name="r2", package=pid, waves=["test", "canary", "field"], error_threshold=0.25, min_sample=3,
+                            max_in_flight=4, device_timeout_s=120)
+        plan = server.campaigns.create(spec)
+        print(render_plan(spec, plan))
+        server.campaigns.start("r2")
+        follow(server, "r2", names)
+        if server.registry.campaign("r2")["status"] == PAUSED:
+            banner("the gate paused the campaign; the operator looks, then resumes")
+            time.sleep(1)
+            server.campaigns.resume("r2")
+            follow(server, "r2", names)
+
+        banner("report")
+        print(render_report(server.registry, "r2"))
+    finally:
+        for run in runs:
+            run.stop()
+        server.stop()
+    print(f"\nkeys, boards and registry kept in {home}")
+    return 0
+
+
+def follow(server: Server, name: str, names: dict[str, str], timeout: float = 240) -> None:
+    """Print the campaign's progress when it changes, until it completes or pauses."""
+    last, deadline = "", time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = render_status(server.registry, name)
+        for uid, label in names.items():
+            text = text.replace(f"  {uid:<14}", f"  {label:<14}")
+        if text != last:
+            print(text, "\n", flush=True)
+            last = text
+        if server.registry.campaign(name)["status"] in (COMPLETED, PAUSED, "ABORTED"):
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"campaign {name} did not finish within {timeout} s")
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
