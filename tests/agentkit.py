@@ -44,6 +44,11 @@ agent = Agent(Identity("sim", 0, cfg.get("hw_rev", "A"), app.VERSION), trusted_k
               self_test_ms=cfg.get("self_test_ms", 3000), policy=cfg.get("policy", "auto"))
 agent.add_check("app", app.self_test)
 agent.migrate = migrate
+agent.max_hold_s = cfg.get("max_hold_s", 600)
+if cfg.get("window"):
+    agent.window = tuple(cfg["window"])
+if cfg.get("hold"):
+    agent.hold(True)
 if cfg.get("offer_first_on") == app.VERSION and exists("second.fota"):
     try:
         pump(agent, FileSource("second.fota"))
@@ -56,8 +61,13 @@ if result is not None and exists("update.fota"):
 if exists("update.fota"):
     try:
         gc.collect()
-        pump(agent, FileSource("update.fota", cfg.get("chunk", 4096)))
-        print("PUMPED")
+        r = pump(agent, FileSource("update.fota", cfg.get("chunk", 4096)))
+        print("PUMPED", r, agent.state)
+        if cfg.get("approve"):
+            agent.hold(False)
+            agent.window = None
+            print("APPROVING")
+            agent.approve()
     except OtaError as e:
         print("REFUSED", e.code)
         os.remove("update.fota")

@@ -139,3 +139,41 @@ def test_download_resumes_after_a_power_cut_without_starting_over(tmp_path):
     assert downloads[0]["have"] == 0 and downloads[1]["have"] == 16  # the journal kept 64 KiB
     assert status(run)["version"] == "2.0.0"
     assert run.flash.faults == []
+
+
+@pytest.mark.parametrize(
+    "scenario, deferred",
+    [
+        ({"policy": "consent"}, True),  # waits for approve()
+        ({"policy": "download-only"}, True),  # stops at DOWNLOADED
+        ({"hold": True}, True),  # the application's busy-lock
+        ({"hold": True, "max_hold_s": 0}, False),  # ... but never longer than its maximum
+        ({"window": "two hours from now"}, True),  # a maintenance window not open now
+    ],
+    ids=["consent", "download-only", "busy-lock", "busy-lock-expired", "window"],
+)
+def test_install_policy_busy_lock_and_window(tmp_path, scenario, deferred):
+    import time as _time
+
+    if "window" in scenario:  # a 30-minute window starting two hours from now (local time)
+        now = _time.localtime()
+        scenario = {"window": [((now.tm_hour + 2) % 24) * 60 + now.tm_min, 30]}
+    board = make_board(tmp_path, "pol", v2_package(), scenario=scenario)
+    from host_tools.sim.runtime import BoardRun
+
+    with BoardRun(board) as run:
+        run.wait_for("STATUS" if deferred else "BOOT 2.0.0", timeout=60)
+    out = run.transcript()
+    if deferred:
+        assert "PUMPED 11 2" in out  # LwM2M 11 deferred, state 2 DOWNLOADED: no reboot
+        assert [e.kind for e in run.events].count("boot") == 1
+        assert otadata_states(board)[1] == 0xFFFFFFFF
+    else:
+        assert "BOOT 2.0.0 1" in out
+
+
+def test_consent_then_approve_installs(tmp_path):
+    board = make_board(tmp_path, "approve", v2_package(), scenario={"policy": "consent", "approve": True})
+    run = run_until_done(board)
+    assert "APPROVING" in run.transcript()
+    assert status(run)["version"] == "2.0.0"
