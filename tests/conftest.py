@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["brokers"]  # mosquitto fixtures and a test CA (tests/brokers.py)
+pytest_plugins = ["brokers", "pgcluster"]  # mosquitto fixtures, a test CA, a throwaway PostgreSQL
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"

@@ -30,11 +30,22 @@ from host_tools.server.registry import Registry
 pytestmark = pytest.mark.host
 
 
+OPEN: list[Registry] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_registries():
+    yield
+    while OPEN:
+        OPEN.pop().close()
+
+
 class Fleet:
     """A registry, a clock, and devices whose outcomes the test decides."""
 
-    def __init__(self, tmp_path, n=10, hw=None, groups=None):
-        self.reg = Registry(tmp_path / "r.sqlite")
+    def __init__(self, target, n=10, hw=None, groups=None):
+        self.reg = Registry(target)
+        OPEN.append(self.reg)
         self.now = 1_800_000_000.0
         self.offers: list[tuple[str, str, str]] = []
         self.withdrawn: list[str] = []
@@ -61,9 +72,9 @@ class Fleet:
         return self.reg.campaign(name)["status"]
 
 
-def test_plan_lists_targets_by_wave_and_exclusions_with_reasons(tmp_path):
+def test_plan_lists_targets_by_wave_and_exclusions_with_reasons(registry_target):
     groups = {"d00": ["test"], "d01": ["test"]}
-    f = Fleet(tmp_path, hw={"d05": "B"}, groups=groups)
+    f = Fleet(registry_target, hw={"d05": "B"}, groups=groups)
     f.reg.record_state("d06", {"board": "esp32_generic", "hw_rev": "A", "version": "1.0.0", "seq": 1})
     f.reg.record_state("d07", {"board": "sim", "hw_rev": "A", "version": "2.0.0", "seq": 5})
     plan = plan_campaign(f.reg, CampaignSpec(name="c", package="pkg", waves=["test", "50%", "100%"]))
@@ -78,8 +89,8 @@ def test_plan_lists_targets_by_wave_and_exclusions_with_reasons(tmp_path):
     assert plan == plan_campaign(f.reg, CampaignSpec(name="c", package="pkg", waves=["test", "50%", "100%"]))
 
 
-def test_incompatible_device_is_never_offered(tmp_path):
-    f = Fleet(tmp_path, n=4, hw={"d03": "B"})
+def test_incompatible_device_is_never_offered(registry_target):
+    f = Fleet(registry_target, n=4, hw={"d03": "B"})
     f.runner.create(CampaignSpec(name="c", package="pkg", max_in_flight=10))
     f.runner.start("c")
     for _ in range(5):
@@ -92,8 +103,8 @@ def test_incompatible_device_is_never_offered(tmp_path):
     assert report(f.reg, "c")["by_status"] == {"SUCCEEDED": 3, EXCLUDED: 1}
 
 
-def test_in_flight_cap_is_never_exceeded(tmp_path):
-    f = Fleet(tmp_path, n=10)
+def test_in_flight_cap_is_never_exceeded(registry_target):
+    f = Fleet(registry_target, n=10)
     f.runner.create(CampaignSpec(name="c", package="pkg", max_in_flight=3))
     f.runner.start("c")
     peak = 0
@@ -105,8 +116,8 @@ def test_in_flight_cap_is_never_exceeded(tmp_path):
     assert peak == 3 and f.status("c") == COMPLETED
 
 
-def test_error_threshold_pauses_and_resume_goes_on(tmp_path):
-    f = Fleet(tmp_path, n=6, groups={"d00": ["canary"], "d01": ["canary"], "d02": ["canary"]})
+def test_error_threshold_pauses_and_resume_goes_on(registry_target):
+    f = Fleet(registry_target, n=6, groups={"d00": ["canary"], "d01": ["canary"], "d02": ["canary"]})
     f.runner.create(CampaignSpec(name="c", package="pkg", waves=["canary", "100%"], error_threshold=0.3, min_sample=3))
     f.runner.start("c")
     f.runner.tick()
@@ -131,8 +142,8 @@ def test_error_threshold_pauses_and_resume_goes_on(tmp_path):
     assert rep["by_hw_rev"] == {"A": {"ROLLED_BACK": 1}}
 
 
-def test_silent_device_times_out_and_is_retried(tmp_path):
-    f = Fleet(tmp_path, n=2)
+def test_silent_device_times_out_and_is_retried(registry_target):
+    f = Fleet(registry_target, n=2)
     f.runner.create(CampaignSpec(name="c", package="pkg", device_timeout_s=60, retries=1, error_threshold=1.0, min_sample=1))
     f.runner.start("c")
     f.runner.tick()
@@ -148,8 +159,8 @@ def test_silent_device_times_out_and_is_retried(tmp_path):
     assert rows["d01"]["status"] == "TIMED_OUT" and "no outcome within 60 s" in rows["d01"]["reason"]
 
 
-def test_device_that_joins_late_gets_its_offer(tmp_path):
-    f = Fleet(tmp_path, n=2)
+def test_device_that_joins_late_gets_its_offer(registry_target):
+    f = Fleet(registry_target, n=2)
     f.runner.create(CampaignSpec(name="c", package="pkg"))
     f.runner.start("c")
     f.runner.tick()
@@ -158,9 +169,9 @@ def test_device_that_joins_late_gets_its_offer(tmp_path):
     assert "late1" in [o[0] for o in f.offers]
 
 
-def test_maintenance_window_and_emergency_preset(tmp_path):
+def test_maintenance_window_and_emergency_preset(registry_target):
     berlin = ZoneInfo("Europe/Berlin")
-    f = Fleet(tmp_path, n=2)
+    f = Fleet(registry_target, n=2)
     f.now = datetime(2026, 11, 26, 12, 0, tzinfo=berlin).timestamp()  # noon: outside 02:00-04:00
     f.runner.create(CampaignSpec(name="w", package="pkg", window="0 2 * * * 120 Europe/Berlin"))
     f.runner.start("w")
@@ -169,18 +180,18 @@ def test_maintenance_window_and_emergency_preset(tmp_path):
     f.now = datetime(2026, 11, 27, 2, 30, tzinfo=berlin).timestamp()
     f.runner.tick()
     assert len(f.offers) == 2
-    g = Fleet(tmp_path / "e", n=2)
+    g = Fleet(registry_target, n=2)
     g.now = f.now - 12 * 3600
-    g.runner.create(CampaignSpec.with_preset("emergency", name="e", package="pkg", window="0 2 * * * 120 Europe/Berlin"))
-    g.runner.start("e")
+    g.runner.create(CampaignSpec.with_preset("emergency", name="e2", package="pkg", window="0 2 * * * 120 Europe/Berlin"))
+    g.runner.start("e2")
     g.runner.tick()
     assert len(g.offers) == 2  # emergency skips the window (never the device's signature or compatibility checks)
 
 
-def test_presets_and_policy_reach_the_offer(tmp_path):
+def test_presets_and_policy_reach_the_offer(registry_target):
     release = CampaignSpec.with_preset("release", name="r", package="pkg")
     assert release.waves == ["test", "5%", "25%", "100%"] and release.use_window
-    f = Fleet(tmp_path, n=1)
+    f = Fleet(registry_target, n=1)
     f.runner.create(CampaignSpec(name="c", package="pkg", policy="consent"))
     f.runner.start("c")
     f.runner.tick()
@@ -189,8 +200,8 @@ def test_presets_and_policy_reach_the_offer(tmp_path):
         CampaignSpec.with_preset("yolo", name="x", package="pkg")
 
 
-def test_abort_withdraws_open_offers(tmp_path):
-    f = Fleet(tmp_path, n=3)
+def test_abort_withdraws_open_offers(registry_target):
+    f = Fleet(registry_target, n=3)
     f.runner.create(CampaignSpec(name="c", package="pkg", max_in_flight=2))
     f.runner.start("c")
     f.runner.tick()
