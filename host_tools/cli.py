@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from host_tools.errors import EXIT_USAGE, FotaError
 
 COMMAND_MODULES = ("host_tools.cli_sim",)
-OPTIONAL_COMMAND_MODULES = ("host_tools.cli_keys", "host_tools.cli_package", "host_tools.cli_server", "host_tools.cli_board", "host_tools.cli_campaign")
+OPTIONAL_COMMAND_MODULES = ("host_tools.cli_keys", "host_tools.cli_package", "host_tools.cli_server", "host_tools.cli_board", "host_tools.cli_campaign",
+                            "host_tools.cli_gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,7 +23,7 @@ from host_tools.fleet.campaign import (
 )
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import FINAL, Registry
-from host_tools.server.service import default_data_dir
+from host_tools.server.service import default_data_dir, open_registry
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group", action="append", default=[], help="target these groups (default: every device)")
     p.add_argument("--tag", action="append", default=[])
     p.add_argument("--from-version", action="append", default=[], help="only devices on this version")
+    p.add_argument("--board", action="append", default=[], help="only devices of this board")
+    p.add_argument("--hw-rev", action="append", default=[], help="only devices of this hardware revision")
     p.add_argument("--waves", help="comma list of groups or percentages, e.g. test,5%%,25%%,100%%")
     p.add_argument("--success", type=float, help="share of a wave that must succeed (0..1)")
     p.add_argument("--error", type=float, help="failure share over finished devices that pauses (0..1)")
@@ -66,7 +68,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _registry(args) -> Registry:
-    return Registry((args.data or default_data_dir(args.home)) / "registry.sqlite")
+    return open_registry(args.data or default_data_dir(args.home))
 
 
 def _runner(registry: Registry) -> CampaignRunner:
@@ -89,7 +91,8 @@ def cmd_create(args) -> int:
         "window": args.window, "policy": args.policy, "rollback_package": args.rollback_package,
         "waves": args.waves.split(",") if args.waves else None,
     }.items() if v is not None}
-    base = dict(name=args.name, package=package, groups=args.group, tags=args.tag, versions=args.from_version)
+    base = dict(name=args.name, package=package, groups=args.group, tags=args.tag, versions=args.from_version,
+                boards=args.board, hw_revs=args.hw_rev)
     spec = CampaignSpec.with_preset(args.preset, **base, **overrides) if args.preset else CampaignSpec(**base, **overrides)
     plan = _runner(registry).create(spec)
     print(render_plan(spec, plan))

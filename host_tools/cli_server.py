@@ -5,14 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import socket
+import sys
 import time
 from pathlib import Path
 
 from host_tools.errors import FotaError
 from host_tools.server.mqtt_service import POLICIES, MqttService
 from host_tools.server.packages import PackageStore
-from host_tools.server.registry import Registry
-from host_tools.server.service import Server, ServerConfig, default_data_dir, running_server
+from host_tools.server.service import Server, ServerConfig, default_data_dir, open_registry, running_server
+
+COAP_PORT = 5683  # RFC 7252 12.6
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +25,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="embedded broker port (default: a free one)")
     p.add_argument("--data", type=Path, help="data directory (default: $FOTA_HOME/server)")
     p.add_argument("--prefix", default="fota", help="topic prefix")
+    p.add_argument("--database", help="postgresql://USER@HOST/DB for the registry (default: SQLite in the data directory)")
+    p.add_argument("--coap-port", type=int, default=None,
+                   help="CoAP (UDP) port, docs/COAP.md (default: 5683, or a free one if 5683 is taken; 0: a free one)")
+    p.add_argument("--coap-host", default="127.0.0.1", help="address CoAP listens on (default: loopback)")
+    p.add_argument("--no-coap", action="store_true", help="serve MQTT only")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("deploy", help="offer a package to devices now")
@@ -47,10 +55,13 @@ def _data(args) -> Path:
 
 
 def cmd_serve(args) -> int:
-    server = Server(ServerConfig(_data(args), broker_url=args.broker, prefix=args.prefix, broker_port=args.port, broker_ca=args.ca))
+    coap_port = None if args.no_coap else _coap_port(args.coap_host, args.coap_port)
+    server = Server(ServerConfig(_data(args), broker_url=args.broker, prefix=args.prefix, broker_port=args.port, broker_ca=args.ca, database=args.database,
+                                 coap_port=coap_port, coap_host=args.coap_host))
     signal.signal(signal.SIGTERM, _interrupt)
     server.start()
-    print(f"fota serve: broker {server.broker_url}, data {server.config.data_dir}, prefix {args.prefix}", flush=True)
+    coap = f", CoAP {server.coap.url}" if server.coap else ""
+    print(f"fota serve: broker {server.broker_url}{coap}, data {server.config.data_dir}, prefix {args.prefix}", flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -61,10 +72,23 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _coap_port(host: str, asked: int | None) -> int:
+    """The port asked for, or 5683 when it is free, else a free one (another server has 5683)."""
+    if asked is not None:
+        return asked
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind((host, COAP_PORT))
+        except OSError:
+            print(f"fota serve: UDP port {COAP_PORT} is taken; CoAP on a free port (see serve.json)", file=sys.stderr)
+            return 0
+    return COAP_PORT
+
+
 def cmd_deploy(args) -> int:
     data_dir = _data(args)
     info = running_server(data_dir)
-    registry = Registry(data_dir / "registry.sqlite")
+    registry = open_registry(data_dir)
     store = PackageStore(data_dir / "packages")
     devices = args.device or [d["id"] for d in registry.devices(args.group)]
     if not devices:
@@ -85,7 +109,7 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    registry = Registry(_data(args) / "registry.sqlite")
+    registry = open_registry(_data(args))
     if args.assign:
         registry.set_groups(args.assign[0], args.assign[1:])
     rows = registry.devices(args.group)

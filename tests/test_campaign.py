@@ -223,3 +223,47 @@ def test_window_steps_ranges_and_weekdays():
     monday_0115 = datetime(2026, 11, 23, 1, 20, tzinfo=ZoneInfo("UTC")).timestamp()
     sunday_0115 = datetime(2026, 11, 22, 1, 20, tzinfo=ZoneInfo("UTC")).timestamp()
     assert w.open_at(monday_0115) and not w.open_at(sunday_0115)
+
+
+def test_selection_by_board_hw_rev_tag_and_version(registry_target):
+    f = Fleet(registry_target, n=4, hw={"d01": "C"})
+    f.reg.set_tags("d02", ["outdoor"])
+    spec = CampaignSpec(name="s", package="pkg", hw_revs=["A"], boards=["sim"], versions=["1.0.0"])
+    assert sorted(d for d, _ in plan_campaign(f.reg, spec).targets) == ["d00", "d02", "d03"]
+    tagged = CampaignSpec(name="t", package="pkg", tags=["outdoor"])
+    assert [d for d, _ in plan_campaign(f.reg, tagged).targets] == ["d02"]
+
+
+def test_abort_offers_the_previous_version_back_to_updated_devices(registry_target):
+    f = Fleet(registry_target, n=2)
+    f.runner.create(CampaignSpec(name="c", package="pkg", rollback_package="pkg-v1", max_in_flight=1))
+    f.runner.start("c")
+    f.runner.tick()
+    f.finish(f.offers[0][0])
+    f.runner.tick()
+    f.runner.abort("c")
+    assert f.offers[-1][1] == "pkg-v1"  # the device that updated gets the previous version offered back
+
+
+def test_campaign_cli_plans_starts_and_reports(registry_target, tmp_path, capsys):
+    from host_tools.cli import main
+
+    if not isinstance(registry_target, type(tmp_path)):
+        pytest.skip("the CLI reads the registry from the data directory (SQLite) or the running server's")
+    data = registry_target.parent
+    f = Fleet(data / "registry.sqlite", n=3, hw={"d02": "B"})
+    assert main(["campaign", "create", "cli1", "--package", "pkg", "--data", str(data), "--waves", "100%"]) == 0
+    plan = capsys.readouterr().out
+    assert "wave 1 (100%): 2 device(s)" in plan and "d02: hardware revision B not in A" in plan
+    assert main(["campaign", "start", "cli1", "--data", str(data)]) == 0
+    f.runner.tick()
+    for dev in ("d00", "d01"):
+        f.finish(dev)
+    f.runner.tick()
+    capsys.readouterr()
+    assert main(["campaign", "status", "cli1", "--data", str(data)]) == 0
+    assert "COMPLETED" in capsys.readouterr().out
+    assert main(["campaign", "report", "cli1", "--data", str(data)]) == 0
+    rep = capsys.readouterr().out
+    assert "SUCCEEDED    2" in rep and "1 x EXCLUDED: hardware revision B not in A" in rep
+    assert main(["campaign", "resume", "cli1", "--data", str(data)]) == 1  # completed: nothing to resume

@@ -52,6 +52,8 @@ class CampaignSpec:
     groups: list[str] = field(default_factory=list)  # empty: every device
     tags: list[str] = field(default_factory=list)
     versions: list[str] = field(default_factory=list)  # only devices on these versions (empty: any)
+    boards: list[str] = field(default_factory=list)  # only these boards (empty: any)
+    hw_revs: list[str] = field(default_factory=list)  # only these hardware revisions (empty: any)
     waves: list[str] = field(default_factory=lambda: ["100%"])  # a group name or a percentage of what is left
     success_threshold: float = 1.0  # share of a wave that must succeed before the next starts
     error_threshold: float = 0.2  # failures / finished that pause the campaign
@@ -100,6 +102,10 @@ def _selected(device: dict, spec: CampaignSpec) -> bool:
     if spec.groups and not set(spec.groups) & set(device["groups"]):
         return False
     if spec.tags and not set(spec.tags) <= set(device["tags"]):
+        return False
+    if spec.boards and device.get("board") not in spec.boards:
+        return False
+    if spec.hw_revs and device.get("hw_rev") not in spec.hw_revs:
         return False
     return not spec.versions or device.get("version") in spec.versions
 

@@ -3,6 +3,8 @@
 The data directory holds the registry (SQLite), the package store, and
 `serve.json`, which tells other `fota` commands which broker the running server
 uses. With no broker URL the server starts an embedded amqtt broker on loopback.
+With `coap_port` set, the same registry and packages are also served over CoAP
+(docs/COAP.md) beside MQTT.
 
     server = Server(ServerConfig(data_dir=Path("~/.fota/server")))
     server.start()
@@ -37,16 +39,20 @@ class ServerConfig:
     prefix: str = "fota"
     broker_port: int = 0
     broker_ca: str | None = None  # CA file for an mqtts:// broker
+    coap_port: int | None = None  # None: no CoAP; 0: a free UDP port (docs/COAP.md)
+    coap_host: str = "127.0.0.1"
     tick_s: float = 1.0  # how often campaigns move on
+    database: str | None = None  # postgresql://...; None: SQLite in the data directory
 
 
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.registry = Registry(config.data_dir / "registry.sqlite")
+        self.registry = Registry(config.database or config.data_dir / "registry.sqlite")
         self.store = PackageStore(config.data_dir / "packages")
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttService | None = None
+        self.coap = None  # CoapService when config.coap_port is not None
         self.campaigns = None
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -62,7 +68,16 @@ class Server:
         self.mqtt = MqttService(self.registry, self.store, self.broker_url, prefix=self.config.prefix,
                                 ca_file=self.config.broker_ca)
         self.mqtt.start()
-        info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca}
+        if self.config.coap_port is not None:
+            from host_tools.server.coap_service import CoapService, RegistryBackend
+
+            backend = RegistryBackend(self.registry, self.store, on_final=self.mqtt.clear_offer)
+            self.coap = CoapService(backend, host=self.config.coap_host, port=self.config.coap_port, prefix=self.config.prefix)
+            self.coap.start()
+        info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca,
+                "database": self.config.database}
+        if self.coap:
+            info["coap"] = self.coap.url
         (self.config.data_dir / "serve.json").write_text(json.dumps(info) + "\n")
         from host_tools.fleet.campaign import CampaignRunner
 
@@ -78,6 +93,8 @@ class Server:
         self._stopping.set()
         if self._ticker:
             self._ticker.join(10)
+        if self.coap:
+            self.coap.stop()
         if self.mqtt:
             self.mqtt.stop()
         if self.broker:
@@ -94,6 +111,13 @@ class Server:
         """Offer a package to devices now (retained: offline devices get it when they connect)."""
         pid = self.add_package(data)
         return [self.mqtt.offer(d, pid, chunk=chunk, policy=policy) for d in devices]
+
+
+def open_registry(data_dir: Path, database: str | None = None) -> Registry:
+    """The registry a command should use: --database, else the running server's, else SQLite in data_dir."""
+    if database is None and (data_dir / "serve.json").exists():
+        database = json.loads((data_dir / "serve.json").read_text()).get("database")
+    return Registry(database or data_dir / "registry.sqlite")
 
 
 def running_server(data_dir: Path) -> dict:

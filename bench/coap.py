@@ -1,0 +1,119 @@
+"""CoAP delivery speed: a 1.5 MB image into a virtual board's flash, beside aiocoap's own client.
+
+Everything runs in this process's run: `fota serve` with its CoAP service on loopback, a virtual
+board running the real agent over the real CoAP client (1 KiB blocks, NSTART 1 unless --window),
+and, for each loss rate, the same payload resource fetched by aiocoap's client (its own
+block-wise, 1 KiB blocks) through the same impairment proxy with the same transmission
+parameters. Prints seconds per image for both and their ratio (device / aiocoap); asserts nothing
+about timing. Loss applies to each direction.
+
+    .venv/bin/python bench/coap.py [--size 1500000] [--loss 0 0.1] [--ack-ms 200] [--window 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import aiocoap  # noqa: E402
+from aiocoap.numbers.constants import TransportTuning  # noqa: E402
+from coapkit import coap_board, start_server  # noqa: E402
+from udp_proxy import Impairment, UdpProxy  # noqa: E402
+
+from host_tools.sim.runtime import BoardRun  # noqa: E402
+from mqttkit import device_id, wait_final, wait_until  # noqa: E402
+from simkit import fw_image, fw_package  # noqa: E402
+
+
+def tuning(ack_ms: int) -> TransportTuning:
+    class Tuned(TransportTuning):
+        ACK_TIMEOUT = ack_ms / 1000  # the same as the device's; ACK_RANDOM_FACTOR 1.5, MAX_RETRANSMIT 4
+
+    return Tuned()
+
+
+def aiocoap_fetch(url: str, ack_ms: int) -> tuple[float, bytes]:
+    async def fetch():
+        ctx = await aiocoap.Context.create_client_context(transports=["udp6"])
+        try:
+            started = time.monotonic()
+            response = await ctx.request(aiocoap.Message(code=aiocoap.GET, uri=url, transport_tuning=tuning(ack_ms))).response
+            return time.monotonic() - started, response.payload
+        finally:
+            await ctx.shutdown()
+
+    return asyncio.run(fetch())
+
+
+def dropped(proxy: UdpProxy) -> int:
+    return proxy.stats["up"].dropped + proxy.stats["down"].dropped
+
+
+def device_update(home: Path, server, port: int, package: bytes, tag: str, ack_ms: int, window: int) -> tuple[float, float]:
+    """(device-measured download seconds, offer -> committed seconds)."""
+    board = coap_board(home, tag, port=port, ack_timeout_ms=ack_ms, window=window, max_failures=8)
+    with BoardRun(board, repl_pty=False) as run:
+        wait_until(lambda: server.registry.device(device_id(board)), 60, "device online")
+        started = time.monotonic()
+        offer_id = server.deploy(package, [device_id(board)])[0]
+        offer = wait_final(server, offer_id, timeout=3600)
+        total = time.monotonic() - started
+        if offer.status != "SUCCEEDED":
+            raise SystemExit(f"{tag}: the update ended {offer.status} ({offer.reason}); console:\n{run.transcript()[-2000:]}")
+    ms = [e["body"]["ms"] for e in server.registry.events(device_id(board)) if e["event"] == "downloaded"]
+    return ms[-1] / 1000, total
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1_500_000, help="padding frozen into the image (bytes)")
+    parser.add_argument("--loss", type=float, nargs="+", default=[0.0, 0.1], help="loss rates, each direction")
+    parser.add_argument("--ack-ms", type=int, default=200, help="ACK_TIMEOUT for both clients (RFC 7252: 2000)")
+    parser.add_argument("--window", type=int, default=1, help="device blocks in flight (1 = NSTART 1)")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    image = fw_image("2.0.0", pad=args.size)
+    package = fw_package(image, version="2.0.0", sequence=2)
+    payload = package[32 + int.from_bytes(package[8:12], "little") + 64 :]
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp)
+        server = start_server(home / "server")
+        try:
+            # an offer to nobody: the resource aiocoap fetches (the same package, the same store)
+            probe_offer = server.deploy(package, ["bench-aiocoap"])[0]
+            for i, loss in enumerate(args.loss):
+                imp = Impairment(loss=loss)
+                with UdpProxy(("127.0.0.1", server.coap.port), up=imp, down=imp, seed=args.seed + i) as proxy:
+                    url = f"coap://127.0.0.1:{proxy.port}/fota/o/{probe_offer}"
+                    ref_s, got = aiocoap_fetch(url, args.ack_ms)
+                    if got != payload:
+                        raise SystemExit("aiocoap fetched other bytes than the package's payload")
+                    ref_drops = dropped(proxy)
+                    dev_s, total = device_update(home, server, proxy.port, package, f"b{i}", args.ack_ms, args.window)
+                    dev_drops = dropped(proxy) - ref_drops
+                rows.append((loss, dev_s, total, dev_drops, ref_s, ref_drops))
+        finally:
+            server.stop()
+    blocks = -(-len(payload) // 1024)
+    print(f"image {len(image)} bytes ({blocks} blocks of 1 KiB), CoAP on loopback, ACK_TIMEOUT {args.ack_ms} ms, "
+          f"device window {args.window}, flash at host speed")
+    print(f"{'loss':>6} {'device s':>9} {'MB/s':>6} {'dropped':>8} {'aiocoap s':>10} {'MB/s':>6} {'dropped':>8} {'ratio':>6} "
+          f"{'offer->committed s':>19}")
+    for loss, dev_s, total, dev_drops, ref_s, ref_drops in rows:
+        print(f"{loss * 100:5.0f}% {dev_s:9.2f} {len(payload) / dev_s / 1e6:6.2f} {dev_drops:8d} {ref_s:10.2f} "
+              f"{len(payload) / ref_s / 1e6:6.2f} {ref_drops:8d} {dev_s / ref_s:6.2f} {total:19.2f}")
+    print("device s: download measured on the device (offer checked -> digest verified from flash), into the emulated flash;")
+    print("aiocoap s: aiocoap's client fetching the same resource through the same proxy; ratio = device / aiocoap")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,261 @@
+"""The server side of docs/COAP.md on aiocoap, run by a thread with its own event loop.
+
+Resources under `/<prefix>/`: `<device>/offer` (GET, the binary offer of docs/PROTOCOL.md),
+`o/<offer id>` (GET with Block2: the offered payload, each block read from the package store
+when asked for), `<device>/state` and `<device>/events` (POST, JSON). What answers them is a
+`Backend`: `RegistryBackend` for `fota serve` (registry + package store), the gateway's own
+for `fota gateway`.
+
+    svc = CoapService(RegistryBackend(registry, store), host="127.0.0.1", port=5683)
+    svc.start()
+    ...
+    svc.stop()
+
+Block2 is done here, not by aiocoap: aiocoap's automatic block-wise renders the whole body
+and keeps it per client for 93 s (a block asked for later gets 4.08) and sets no ETag. Here
+every block is read on demand, carries ETag = SHA-256(payload)[:8] and Size2 = payload size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import aiocoap
+from aiocoap import resource
+from aiocoap.numbers.codes import Code
+from aiocoap.optiontypes import BlockOption
+
+from host_tools.errors import FotaError
+from host_tools.package import PackageError
+from host_tools.server.mqtt_service import offer_payload
+from host_tools.server.packages import PackageStore
+from host_tools.server.registry import FINAL, Registry, status_for_event
+
+ETAG_LEN = 8
+FORMAT_OCTETS = 42
+MAX_SZX = 6  # 1024-byte blocks (7 is BERT, which CoAP over UDP does not have)
+Block = BlockOption.BlockwiseTuple
+
+
+class CoapServiceError(FotaError):
+    """The CoAP service could not start."""
+
+
+@dataclass(frozen=True)
+class Payload:
+    """An offered payload: its size, its ETag, and how to read a piece of it."""
+
+    size: int
+    etag: bytes
+    read: Callable[[int, int], bytes]  # (offset, length) -> bytes
+
+
+class Backend(Protocol):
+    def offer(self, device: str) -> bytes | None: ...
+
+    def payload(self, offer_id: int) -> Payload | None: ...
+
+    def state(self, device: str, state: dict) -> None: ...
+
+    def event(self, device: str, event: dict) -> None: ...
+
+
+def payload_etag(read: Callable[[int, int], bytes], size: int, piece: int = 1 << 16) -> bytes:
+    """ETag of a payload: the first 8 bytes of its SHA-256, read piece by piece."""
+    h = hashlib.sha256()
+    for offset in range(0, size, piece):
+        h.update(read(offset, min(piece, size - offset)))
+    return h.digest()[:ETAG_LEN]
+
+
+def record_event(registry: Registry, device: str, event: dict) -> str | None:
+    """Log a device event and move its offer on (the MQTT service's rule); returns a final status."""
+    registry.add_event(device, event)
+    offer_id = event.get("offer")
+    outcome = status_for_event(event)
+    if offer_id is None or outcome is None:
+        return None
+    status, code, reason = outcome
+    registry.set_offer_status(int(offer_id), status, code=code, reason=reason)
+    return status if status in FINAL else None
+
+
+class RegistryBackend:
+    """`fota serve`: offers from the registry, payloads from the package store."""
+
+    def __init__(self, registry: Registry, store: PackageStore, *, on_final: Callable[[str], None] | None = None) -> None:
+        self.registry = registry
+        self.store = store
+        self.on_final = on_final  # called with the device when its offer reached a final status
+        self._etags: dict[str, bytes] = {}  # package id -> ETag (8 bytes each; payloads are not kept)
+        self._lock = threading.Lock()
+
+    def offer(self, device: str) -> bytes | None:
+        """The device's newest offer that has no outcome yet (what MQTT keeps retained)."""
+        current = [o for o in self.registry.offers(device) if o.status not in FINAL]
+        if not current:
+            return None
+        o = current[-1]
+        return offer_payload(o.id, o.chunk, o.policy, self.store.offer_blob(o.package))
+
+    def payload(self, offer_id: int) -> Payload | None:
+        o = self.registry.offer(offer_id)
+        if o is None:
+            return None
+        try:
+            package, _ = self.store.load(o.package)
+        except PackageError:
+            return None
+        pid = o.package
+        size = package.manifest.encoded_size or package.manifest.image_size
+
+        def read(offset: int, length: int) -> bytes:
+            return self.store.chunk(pid, offset, length)
+
+        with self._lock:
+            etag = self._etags.get(pid)
+            if etag is None:
+                etag = self._etags[pid] = payload_etag(read, size)
+        return Payload(size, etag, read)
+
+    def state(self, device: str, state: dict) -> None:
+        self.registry.record_state(device, state)
+
+    def event(self, device: str, event: dict) -> None:
+        if record_event(self.registry, device, event) and self.on_final:
+            self.on_final(device)
+
+
+def block_response(request: aiocoap.Message, size: int, etag: bytes, read: Callable[[int, int], bytes],
+                   max_szx: int = MAX_SZX) -> aiocoap.Message:
+    """The Block2 answer to a GET (RFC 7959 2.4): the asked block, or block 0, at most 2**(max_szx+4) bytes."""
+    asked = request.opt.block2
+    if asked is None:
+        block = Block(0, 0, max_szx)
+    elif asked.size_exponent > MAX_SZX:  # BERT: not over UDP; answer with 1024-byte blocks
+        block = Block(asked.block_number, 0, min(MAX_SZX, max_szx))
+    else:
+        block = asked.reduced_to(max_szx)  # a smaller SZX than asked: the client keeps it
+    if block.start >= size and block.block_number > 0:
+        return aiocoap.Message(code=Code.BAD_OPTION)
+    data = read(block.start, block.size)
+    more = block.start + len(data) < size
+    msg = aiocoap.Message(code=Code.CONTENT, payload=data, etag=etag, size2=size, content_format=FORMAT_OCTETS)
+    if asked is not None or more:
+        msg.opt.block2 = Block(block.block_number, more, block.size_exponent)
+    return msg
+
+
+class FotaResource(resource.Resource, resource.PathCapable):
+    """Everything under /<prefix>/: the remaining path picks the resource."""
+
+    def __init__(self, backend: Backend, *, max_szx: int = MAX_SZX) -> None:
+        super().__init__()
+        self.backend = backend
+        self.max_szx = max_szx
+        self.blocks_served = 0
+        self.bytes_served = 0
+
+    async def needs_blockwise_assembly(self, request) -> bool:
+        return request.code != Code.GET  # GETs answer Block2 themselves; POSTs may come in Block1
+
+    async def render_get(self, request):
+        path = request.opt.uri_path
+        if len(path) == 2 and path[0] == "o" and path[1].isdigit():
+            payload = self.backend.payload(int(path[1]))
+            if payload is None:
+                return aiocoap.Message(code=Code.NOT_FOUND)
+            msg = block_response(request, payload.size, payload.etag, payload.read, self.max_szx)
+            self.blocks_served += 1
+            self.bytes_served += len(msg.payload)
+            return msg
+        if len(path) == 2 and path[1] == "offer":
+            blob = self.backend.offer(path[0])
+            if blob is None:
+                return aiocoap.Message(code=Code.NOT_FOUND)
+            etag = hashlib.sha256(blob).digest()[:ETAG_LEN]
+            return block_response(request, len(blob), etag, lambda o, n: blob[o : o + n], self.max_szx)
+        return aiocoap.Message(code=Code.NOT_FOUND)
+
+    async def render_post(self, request):
+        path = request.opt.uri_path
+        if len(path) != 2 or path[1] not in ("state", "events"):
+            return aiocoap.Message(code=Code.NOT_FOUND)
+        try:
+            body = json.loads(request.payload)
+        except ValueError:
+            return aiocoap.Message(code=Code.BAD_REQUEST)
+        if not isinstance(body, dict):
+            return aiocoap.Message(code=Code.BAD_REQUEST)
+        if path[1] == "state":
+            self.backend.state(path[0], body)
+        else:
+            self.backend.event(path[0], body)
+        return aiocoap.Message(code=Code.CHANGED)
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+class CoapService:
+    """aiocoap's UDP transport on (host, port), serving one FotaResource."""
+
+    def __init__(self, backend: Backend, *, host: str = "127.0.0.1", port: int = 5683, prefix: str = "fota",
+                 max_szx: int = MAX_SZX) -> None:
+        self.host = host
+        self.port = port or free_udp_port(host)
+        self.resource = FotaResource(backend, max_szx=max_szx)
+        self.prefix = prefix
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._context: aiocoap.Context | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def url(self) -> str:
+        return f"coap://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 10) -> None:
+        self._thread = threading.Thread(target=self._run, name="coap-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout) or self._error:
+            raise CoapServiceError(f"the CoAP service did not start on {self.host}:{self.port}: {self._error}")
+
+    def _run(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(self._loop)
+        site = resource.Site()
+        site.add_resource([self.prefix], self.resource)
+        try:
+            self._context = self._loop.run_until_complete(
+                aiocoap.Context.create_server_context(site, bind=(self.host, self.port), transports=["udp6"]))
+        except Exception as exc:  # noqa: BLE001 - reported to start()
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._loop.run_forever()
+
+    def stop(self) -> None:
+        if self._loop is None or self._context is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self._context.shutdown(), self._loop)
+        try:
+            future.result(10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            if self._thread:
+                self._thread.join(10)
+            self._loop.close()
+            self._loop = None
