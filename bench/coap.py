@@ -24,12 +24,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import aiocoap  # noqa: E402
 from aiocoap.numbers.constants import TransportTuning  # noqa: E402
-from coapkit import coap_board, start_server  # noqa: E402
-from udp_proxy import Impairment, UdpProxy  # noqa: E402
 
+from coapkit import coap_board, start_server  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
 from mqttkit import device_id, wait_final, wait_until  # noqa: E402
 from simkit import fw_image, fw_package  # noqa: E402
+from udp_proxy import Impairment, UdpProxy  # noqa: E402
 
 
 def tuning(ack_ms: int) -> TransportTuning:

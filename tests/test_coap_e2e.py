@@ -15,15 +15,15 @@ import time
 import aiocoap
 import pytest
 from aiocoap.optiontypes import BlockOption
-from coapkit import coap_board, start_server
-from udp_proxy import Impairment, UdpProxy
 
+from coapkit import coap_board, start_server
 from host_tools.gateway import Gateway, GatewayConfig
 from host_tools.server.coap_service import CoapService, Payload, RegistryBackend
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.runtime import BoardRun
 from mqttkit import device_id, wait_final, wait_until
 from simkit import fw_image, fw_package
+from udp_proxy import Impairment, UdpProxy
 
 FOTA = [sys.executable, "-m", "host_tools.cli"]
 
@@ -65,6 +65,15 @@ def test_update_succeeds_only_after_the_self_test_committed(tmp_path, server, en
     names = events(server, board)
     assert names.index("committed") > names.index("rebooting") > names.index("downloaded")  # success only after the commit
     assert "SUCCEEDED" not in seen[:-1] and offer.status == "SUCCEEDED" and run.flash.faults == []
+
+
+@pytest.mark.fw
+def test_zlib_update_fits_a_64k_heap(tmp_path, server):
+    board = coap_board(tmp_path, "heap", port=server.coap.port)
+    with BoardRun(board, heapsize="64k") as run:
+        connected(server, board)
+        offer = wait_final(server, server.deploy(pkg(pad=20_000, encoding="zlib"), [device_id(board)])[0], 60)
+    assert offer.status == "SUCCEEDED" and "MemoryError" not in run.transcript()
 
 
 @pytest.mark.fw
