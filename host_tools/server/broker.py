@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 
-from host_tools.errors import FotaError
+from host_tools.server.loopthread import LoopThread
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -21,67 +20,46 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedBroker:
-    """amqtt on loopback, run by a thread with its own event loop."""
+    """amqtt on loopback, run on a LoopThread."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.host = host
         self.port = port or free_port(host)
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lt = LoopThread("amqtt-broker")
         self._broker = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
         return f"mqtt://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10) -> None:
-        self._thread = threading.Thread(target=self._run, name="amqtt-broker", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error:
-            raise FotaError(f"the embedded MQTT broker did not start: {self._error}")
+        self._broker = self._lt.start(self._start, what="the embedded MQTT broker", timeout=timeout)
 
-    def _run(self) -> None:
+    async def _start(self):
         from amqtt.broker import Broker
 
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
         config = {
             "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
             "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
         }
-        try:
-            self._broker = Broker(config, loop=self._loop)
-            self._loop.run_until_complete(self._broker.start())
-        except Exception as exc:  # noqa: BLE001 - reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self._loop.run_forever()
+        broker = Broker(config, loop=asyncio.get_running_loop())
+        await broker.start()
+        return broker
 
     async def _shutdown(self) -> None:
         await self._broker.shutdown()
         # amqtt 0.12 leaves the transports of clients that vanished (power cut, reset)
         # open; close them and their tasks so nothing outlives the broker.
-        for transport in list(getattr(self._loop, "_transports", {}).values()):
+        loop = asyncio.get_running_loop()
+        for transport in list(getattr(loop, "_transports", {}).values()):
             transport.close()
-        tasks = [t for t in asyncio.all_tasks(self._loop) if t is not asyncio.current_task()]
+        tasks = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task()]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         await asyncio.sleep(0)
 
     def stop(self) -> None:
-        if self._loop is None or self._broker is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
-        try:
-            future.result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread:
-                self._thread.join(10)
-            self._loop.close()
-            self._loop = None
+        if self._broker is not None:
+            self._lt.stop(self._shutdown)
+            self._broker = None

@@ -18,7 +18,6 @@ every block is read on demand, carries ETag = SHA-256(payload)[:8] and Size2 = p
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import socket
@@ -34,6 +33,7 @@ from aiocoap.optiontypes import BlockOption
 
 from host_tools.errors import FotaError
 from host_tools.package import PackageError
+from host_tools.server.loopthread import LoopThread
 from host_tools.server.mqtt_service import offer_payload
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import FINAL, Registry, status_for_event
@@ -216,46 +216,25 @@ class CoapService:
         self.port = port or free_udp_port(host)
         self.resource = FotaResource(backend, max_szx=max_szx)
         self.prefix = prefix
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lt = LoopThread("coap-server")
         self._context: aiocoap.Context | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
 
     @property
     def url(self) -> str:
         return f"coap://{self.host}:{self.port}"
 
     def start(self, timeout: float = 10) -> None:
-        self._thread = threading.Thread(target=self._run, name="coap-server", daemon=True)
-        self._thread.start()
-        if not self._ready.wait(timeout) or self._error:
-            raise CoapServiceError(f"the CoAP service did not start on {self.host}:{self.port}: {self._error}")
+        try:
+            self._context = self._lt.start(self._start, what=f"the CoAP service on {self.host}:{self.port}", timeout=timeout)
+        except FotaError as exc:
+            raise CoapServiceError(exc.message) from exc
 
-    def _run(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self._loop)
+    async def _start(self) -> aiocoap.Context:
         site = resource.Site()
         site.add_resource([self.prefix], self.resource)
-        try:
-            self._context = self._loop.run_until_complete(
-                aiocoap.Context.create_server_context(site, bind=(self.host, self.port), transports=["udp6"]))
-        except Exception as exc:  # noqa: BLE001 - reported to start()
-            self._error = exc
-            self._ready.set()
-            return
-        self._ready.set()
-        self._loop.run_forever()
+        return await aiocoap.Context.create_server_context(site, bind=(self.host, self.port), transports=["udp6"])
 
     def stop(self) -> None:
-        if self._loop is None or self._context is None:
-            return
-        future = asyncio.run_coroutine_threadsafe(self._context.shutdown(), self._loop)
-        try:
-            future.result(10)
-        finally:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            if self._thread:
-                self._thread.join(10)
-            self._loop.close()
-            self._loop = None
+        if self._context is not None:
+            self._lt.stop(self._context.shutdown)
+            self._context = None
