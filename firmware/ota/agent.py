@@ -13,6 +13,7 @@ the image is hashed again from flash before `set_boot()`.
     agent.finish()                                # digests, then install per policy (resets)
 """
 
+import json
 import time
 
 try:
@@ -116,6 +117,15 @@ class Agent:
             "detail": res.get("detail"),
             "errors": self.store.data["errors"],
         }
+
+    def state_json(self, device_id, offer_id):
+        """The reported state document (docs/PROTOCOL.md) that every transport sends."""
+        st = self.status()
+        st["id"] = device_id
+        st["board"] = self.identity.board
+        st["hw_rev"] = self.identity.hw_rev
+        st["offer"] = offer_id
+        return json.dumps(st)
 
     def _fail(self, code, detail):
         self.store.log_error(code, detail, self.now())

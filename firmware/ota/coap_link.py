@@ -123,7 +123,7 @@ class CoapLink:
                 self._events.pop(0)
                 self._state_due = True
             if self._state_due:
-                self._post(self._p_state, self._state_json())
+                self._post(self._p_state, self.agent.state_json(self.device_id, self.offer_id))
                 self._state_due = False
         finally:
             self._flushing = False
@@ -133,15 +133,6 @@ class CoapLink:
         if code >= _SERVER_ERROR:
             raise CoapError(BAD_RESPONSE, code)
         self._ok()  # 2.xx, or a 4.xx that retrying cannot change: either way the message is done
-
-    def _state_json(self):
-        st = self.agent.status()
-        ident = self.agent.identity
-        st["id"] = self.device_id
-        st["board"] = ident.board
-        st["hw_rev"] = ident.hw_rev
-        st["offer"] = self.offer_id
-        return json.dumps(st)
 
     # -- running ---------------------------------------------------------------
     def connect(self):

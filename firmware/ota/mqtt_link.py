@@ -87,13 +87,7 @@ class MqttLink:
         self.publish_state()
 
     def publish_state(self):
-        st = self.agent.status()
-        ident = self.agent.identity
-        st["id"] = self.device_id
-        st["board"] = ident.board
-        st["hw_rev"] = ident.hw_rev
-        st["offer"] = self.offer_id
-        self.client.publish(self.t_state, json.dumps(st), retain=True, qos=1)
+        self.client.publish(self.t_state, self.agent.state_json(self.device_id, self.offer_id), retain=True, qos=1)
 
     # -- connection ------------------------------------------------------------
     def connect(self):
