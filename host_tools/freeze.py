@@ -1,6 +1,6 @@
 """Freeze MicroPython sources the way a firmware build does: mpy-cross each .py.
 
-    modules = freeze_tree(Path("firmware"))        # {"ota/agent.mpy": b"M\x06...", ...}
+    modules = freeze_tree(Path("firmware"))        # {"fota/agent.mpy": b"M\x06...", ...}
     modules.update(freeze_sources({"app.py": "VERSION = '1.0'"}))
 """
 

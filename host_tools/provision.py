@@ -2,7 +2,7 @@
 
 Works the same on a USB board (`/dev/ttyUSB0`) and on a running virtual board
 (`sim:NAME`, through its pty). Writes `config.json`, the `main.py` that starts
-the update service (firmware/ota/device.py), and optionally `trusted_keys.py`.
+the update service (firmware/fota/device.py), and optionally `trusted_keys.py`.
 
     provision("/dev/ttyUSB0", DeviceConfig(board="esp32_generic", hw_rev="A",
               server="mqtt://192.168.1.10:1883", wifi=("lab", "secret")))
@@ -22,7 +22,7 @@ from host_tools.errors import FotaError
 from host_tools.keys import PublicKey, trusted_keys_module
 
 MAIN_PY = """import app
-from ota import device
+from fota import device
 device.run(app)
 """
 

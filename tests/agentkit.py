@@ -12,9 +12,9 @@ from simkit import fw_image, fw_package, new_board
 # main.py of the test boards: the agent's real entry sequence, driven by scenario.json.
 MAIN = r"""
 import app, gc, json, os, time
-from ota.agent import Agent, Identity
-from ota.errors import OtaError
-from ota.source import FileSource, pump
+from fota.agent import Agent, Identity
+from fota.errors import OtaError
+from fota.source import FileSource, pump
 import trusted_keys
 
 cfg = json.loads(open("scenario.json").read())

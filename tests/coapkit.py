@@ -13,8 +13,8 @@ from simkit import fw_image, new_board
 MAIN = r"""
 import app, json, machine, time
 from coap.client import CoapClient
-from ota.agent import Agent, Identity
-from ota.coap_link import CoapLink
+from fota.agent import Agent, Identity
+from fota.coap_link import CoapLink
 import trusted_keys
 
 net = json.loads(open("net.json").read())

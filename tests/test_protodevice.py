@@ -216,7 +216,7 @@ def test_lost_chunks_are_asked_for_again(server):
 
 
 def test_codes_match_the_firmware():
-    loaded = importlib.util.spec_from_file_location("fw_errors", ROOT / "firmware" / "ota" / "errors.py")
+    loaded = importlib.util.spec_from_file_location("fw_errors", ROOT / "firmware" / "fota" / "errors.py")
     fw = importlib.util.module_from_spec(loaded)
     loaded.loader.exec_module(fw)
     assert protodevice.NAMES == fw._NAMES and protodevice.LWM2M == fw._LWM2M

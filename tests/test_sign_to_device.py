@@ -13,8 +13,8 @@ pytestmark = pytest.mark.fw
 
 DEVICE_CHECK = """
 import sys
-from ota import manifest
-from ota.errors import OtaError
+from fota import manifest
+from fota.errors import OtaError
 import trusted_keys
 for path in sys.argv[1:]:
     with open(path, "rb") as f:

@@ -6,5 +6,5 @@
 
 include("$(PORT_DIR)/boards/manifest.py")
 
-package("ota", base_path="$(BOARD_DIR)/../../firmware")
+package("fota", base_path="$(BOARD_DIR)/../../firmware")
 package("mqtt", base_path="$(BOARD_DIR)/../../firmware")

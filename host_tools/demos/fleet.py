@@ -39,7 +39,7 @@ def self_test():
     except OSError:
         return False
 '''
-MAIN = "import app\nfrom ota import device\ndevice.run(app)\n"
+MAIN = "import app\nfrom fota import device\ndevice.run(app)\n"
 BOARDS = [("test", "A", True)] * 2 + [("canary", "A", True)] * 2 + [("canary", "A", False)] + \
          [("field", "A", True)] * 4 + [("field", "B", True)]
 

@@ -1,6 +1,6 @@
 """A protocol-level fota device in CPython: docs/PROTOCOL.md on the wire, no flash, no MicroPython.
 
-`ProtoDevice` does what firmware/ota/mqtt_link.py and agent.py do with an offer: the manifest checks
+`ProtoDevice` does what firmware/fota/mqtt_link.py and agent.py do with an offer: the manifest checks
 before any chunk is asked for (same codes, same `failed` event), windows of chunk requests with
 re-requests on timeout, both digests after the download, `downloading` / `progress` / `downloaded` /
 `rebooting`, then `committed` or `rolled_back` after a simulated reboot, and the retained state JSON
@@ -33,7 +33,7 @@ from functools import lru_cache
 from host_tools.keys import PublicKey
 from host_tools.package import HEADER_SIZE, SIGNATURE_SIZE
 
-# firmware/ota/errors.py (tests/test_protodevice.py checks these against it)
+# firmware/fota/errors.py (tests/test_protodevice.py checks these against it)
 BAD_HEADER, FORMAT_VERSION, MANIFEST_SIZE, UNKNOWN_KEY, BAD_SIGNATURE, MALFORMED, UNSUPPORTED_FIELD = 1, 2, 3, 4, 5, 6, 7
 WRONG_BOARD, WRONG_CHIP, WRONG_HW_REV, ROLLBACK, EXPIRED, MIN_VERSION, TOO_BIG, BAD_ENCODING = 8, 9, 10, 11, 12, 13, 14, 15
 DIGEST_MISMATCH, ENCODED_DIGEST, BAD_IMAGE, CHUNK_RANGE, SELF_TEST_FAILED, INFLATE, CANCELLED = 16, 17, 19, 20, 22, 25, 26
@@ -107,7 +107,7 @@ def _signature_ok(raw: bytes, signature: bytes, signed: bytes) -> bool:
 
 @lru_cache(maxsize=1)
 def _device_manifest():
-    # The device's own manifest rules (firmware/ota/manifest.py imports under CPython by design):
+    # The device's own manifest rules (firmware/fota/manifest.py imports under CPython by design):
     # the simulator refuses exactly what a device refuses, with the same codes.
     import sys
 
@@ -115,7 +115,7 @@ def _device_manifest():
 
     if str(FIRMWARE_DIR) not in sys.path:
         sys.path.append(str(FIRMWARE_DIR))
-    from ota import errors, manifest
+    from fota import errors, manifest
 
     return manifest, errors.OtaError
 
@@ -123,7 +123,7 @@ def _device_manifest():
 def check_offer(blob: bytes, spec: DeviceSpec, seq_floor: int, version: str, now: float | None):
     """docs/FORMAT.md "Device checks, in order" on header + manifest + signature; raises Refused.
 
-    Header, manifest and device checks are firmware/ota/manifest.py's; only the signature goes
+    Header, manifest and device checks are firmware/fota/manifest.py's; only the signature goes
     through pyca (the same verdicts, tested in tests/test_ed25519.py, at fleet speed).
     """
     fm, OtaError = _device_manifest()
@@ -175,7 +175,7 @@ class ProtoDevice:
         self.gets = self.chunks = self.bytes_in = self.duplicates = self.rerequests = self.lost = 0
         self.events_sent = self.offers_ignored = self.crashes = self.foreign = 0
         self._rng = random.Random(spec.id)
-        self._m = None  # the offer's manifest, as firmware/ota/manifest.py parsed it
+        self._m = None  # the offer's manifest, as firmware/fota/manifest.py parsed it
         self._pending: tuple[str, int, int] | None = None  # (version, seq, offer) across the reboot
         self._retry_at: float | None = None
         self._retries = 0

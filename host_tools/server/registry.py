@@ -52,7 +52,7 @@ SCHEMA_TYPES = {
 # Offer statuses: OFFERED -> DOWNLOADING -> DOWNLOADED -> INSTALLING -> SUCCEEDED, or one of
 # ROLLED_BACK, REFUSED (the device refused the package, with its reason), FAILED, TIMED_OUT, CANCELLED.
 FINAL = ("SUCCEEDED", "ROLLED_BACK", "REFUSED", "FAILED", "TIMED_OUT", "CANCELLED")
-REFUSAL_CODES = range(1, 16)  # firmware/ota/errors.py: the manifest checks
+REFUSAL_CODES = range(1, 16)  # firmware/fota/errors.py: the manifest checks
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 The first segment starts with `esp_app_desc_t` (file offset 0x20) and goes on
 with a frozen-module archive: b"FRZ1", u32 count, then per module u16 name
-length, the name (a path such as "ota/agent.mpy"), u32 data length, the data.
+length, the name (a path such as "fota/agent.mpy"), u32 data length, the data.
 Booting a slot extracts the archive and puts it on the board's sys.path where
 a real board has `.frozen`.
 

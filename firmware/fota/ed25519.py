@@ -2,7 +2,7 @@
 
 Runs on MicroPython (ESP32 and the Unix port) and CPython:
 
-    from ota.ed25519 import verify
+    from fota.ed25519 import verify
     if not verify(public_key, message, signature):
         ...  # reject the manifest
 

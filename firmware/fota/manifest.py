@@ -4,8 +4,8 @@ The agent reads the 32-byte header, learns the manifest length, reads the
 manifest and the 64-byte signature, and asks `check` whether to go on. Nothing
 has been erased or written yet; every refusal is an `OtaError` with its code:
 
-    from ota import manifest
-    from ota.errors import OtaError
+    from fota import manifest
+    from fota.errors import OtaError
     from trusted_keys import KEYS
 
     header = stream.read(manifest.HEADER_SIZE)

@@ -6,7 +6,7 @@ the first chunk is an app image for this chip; every chunk goes where it belongs
 the image is hashed again from flash before `set_boot()`.
 
     agent = Agent(Identity("sim", 0, "A", "1.0.0"), trusted_keys.KEYS)
-    agent.boot()                                  # confirm or roll back a new image (ota.confirm)
+    agent.boot()                                  # confirm or roll back a new image (fota.confirm)
     agent.offer(header_manifest_signature, chunk=4096)
     for offset in agent.wanted(8):
         agent.on_chunk(offset, memoryview(data))

@@ -4,7 +4,7 @@ Every refusal in docs/FORMAT.md "Device checks" has its own small integer code.
 The code travels in `OtaError.code` (and `args[0]`), is logged by name, and is
 reported to the server as an LwM2M Object 5 "update result":
 
-    from ota import errors
+    from fota import errors
     try:
         m = manifest.check(signed, signature, KEYS, device, slot_size)
     except errors.OtaError as e:

@@ -3,7 +3,7 @@
 `fota provision` writes `config.json` and this `main.py`:
 
     import app
-    from ota import device
+    from fota import device
     device.run(app)        # never returns; app.self_test() is the self-test
 
 config.json: {"board": "esp32_generic", "chip_id": 0, "hw_rev": "A",
