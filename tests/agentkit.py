@@ -14,7 +14,7 @@ MAIN = r"""
 import app, gc, json, os, time
 from fota.agent import Agent, Identity
 from fota.errors import OtaError
-from fota.source import FileSource, pump
+from fota.link.source import FileSource, pump
 import trusted_keys
 
 cfg = json.loads(open("scenario.json").read())

@@ -12,9 +12,9 @@ from simkit import fw_image, new_board
 # timeouts (net.json) keep lossy tests fast; the defaults are RFC 7252's.
 MAIN = r"""
 import app, json, machine, time
-from coap.client import CoapClient
+from fota.coap.client import CoapClient
 from fota.agent import Agent, Identity
-from fota.coap_link import CoapLink
+from fota.link.coap import CoapLink
 import trusted_keys
 
 net = json.loads(open("net.json").read())

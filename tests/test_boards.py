@@ -253,7 +253,7 @@ def test_freeze_manifest_freezes_firmware_packages(name):
     exec(compile((board_dir / "manifest.py").read_text(), str(board_dir / "manifest.py"), "exec"), api)
     assert calls[0] == ("include", Path("/mpy/ports/esp32/boards/manifest.py"))
     packages = {c[1]: c[2] for c in calls if c[0] == "package"}
-    assert set(packages) == {"fota", "mqtt"}
+    assert set(packages) == {"fota"}
     for pkg, base in packages.items():
         assert base == ROOT / "firmware"
         assert (base / pkg / "__init__.py").exists()

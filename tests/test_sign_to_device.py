@@ -13,7 +13,7 @@ pytestmark = pytest.mark.fw
 
 DEVICE_CHECK = """
 import sys
-from fota import manifest
+from fota.check import manifest
 from fota.errors import OtaError
 import trusted_keys
 for path in sys.argv[1:]:

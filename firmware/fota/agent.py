@@ -6,33 +6,28 @@ the first chunk is an app image for this chip; every chunk goes where it belongs
 the image is hashed again from flash before `set_boot()`.
 
     agent = Agent(Identity("sim", 0, "A", "1.0.0"), trusted_keys.KEYS)
-    agent.boot()                                  # confirm or roll back a new image (fota.confirm)
+    agent.boot()                                  # confirm or roll back a new image (fota.boot)
     agent.offer(header_manifest_signature, chunk=4096)
     for offset in agent.wanted(8):
         agent.on_chunk(offset, memoryview(data))
     agent.finish()                                # digests, then install per policy (resets)
+
+This is the only API a link uses: the state constants below, offers (`offer`, `wanted`,
+`on_chunk`, `finish`), outcomes (`cancel`, `cancel_with`, `restart`), offers already done
+(`is_done`, `mark_done`) and the reported state (`state_json`). Persistence is the BootState's
+(fota.boot.state), which only this module and fota.boot touch.
 """
 
 import json
 import time
 
-try:
-    import esp32
-    import machine
-except ImportError:  # CPython: importable for tests and tools; the board supplies both
-    esp32 = machine = None
-
-from . import confirm, errors, manifest, otadata, store
+from . import errors
+from .boot import confirm
+from .boot.state import BootState
+from .check import manifest
+from .compat import const, ticks_diff, ticks_ms
 from .errors import OtaError
-from .slot import SECTOR, SlotWriter
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
-
+from .slot.writer import SECTOR, SlotWriter
 
 # LwM2M Object 5 "State" (resource 3)
 IDLE = const(0)
@@ -41,7 +36,8 @@ DOWNLOADED = const(2)
 UPDATING = const(3)
 _MARGIN = const(1024)  # inflate.MARGIN: input kept ahead of the decoder
 _JOURNAL_BYTES = const(65536)  # persist the chunk bitmap after this much new data
-_APP_MAGIC = const(0xE9)
+_APP_MAGIC = const(0xE9)  # esp_image_header_t.magic
+_APP_DESC_AT = const(0x20)  # esp_app_desc_t follows the 24-byte image header and first segment header
 _DESC_MAGIC = b"\x32\x54\xcd\xab"  # esp_app_desc_t magic 0xABCD5432, little-endian
 AUTO = "auto"
 CONSENT = "consent"
@@ -58,6 +54,15 @@ class Identity:
         self.version = version  # the version this firmware was built as (until an update commits)
 
 
+# Is the start of an image (the first chunk) an app image for chip `chip_id`? esp_image_header_t
+# (magic, segment count <= 16, chip id at 12) and the esp_app_desc_t magic; BAD_IMAGE otherwise.
+def check_image_start(mv, chip_id):
+    if len(mv) < _APP_DESC_AT + 4 or mv[0] != _APP_MAGIC or mv[1] > 16:
+        raise OtaError(errors.BAD_IMAGE)
+    if mv[12] | (mv[13] << 8) != chip_id or bytes(mv[_APP_DESC_AT : _APP_DESC_AT + 4]) != _DESC_MAGIC:
+        raise OtaError(errors.BAD_IMAGE)
+
+
 class Agent:
     def __init__(self, identity, keys, *, policy=AUTO, reporter=None, clock=None,
                  state_path="fota_state.json", journal_path="fota_journal.json",
@@ -68,14 +73,11 @@ class Agent:
         self.policy = policy
         self.reporter = reporter
         self.clock = clock  # () -> Unix time, or None when the clock is not set
-        self.store = store.Store(state_path)
-        self.journal_path = journal_path
-        self.config_path = config_path
+        self.boot_state = BootState(state_path, journal_path, config_path)
         self.self_test_ms = self_test_ms
         self.max_hold_s = max_hold_s
         self.window = window  # (start minute of day, minutes) in local time, or None
         self.reset_after_commit = reset_after_commit
-        self.wdt = None  # the self-test's watchdog: keep feeding it after a commit
         self.checks = []
         self.migrate = None
         self.state = IDLE
@@ -91,12 +93,17 @@ class Agent:
         self._fresh = 0
         self._started = 0
 
+    # The self-test's watchdog: keep feeding it after a commit (an ESP32 watchdog cannot be stopped).
+    @property
+    def wdt(self):
+        return self.boot_state.wdt
+
     # -- reporting ---------------------------------------------------------
     def now(self):
         return self.clock() if self.clock else None
 
     def version(self):
-        return self.store.data["version"] or self.identity.version
+        return self.boot_state.version(self.identity.version)
 
     def report(self, event, **info):
         if self.reporter:
@@ -105,17 +112,17 @@ class Agent:
             self.reporter(event, info)
 
     def status(self):
-        res = self.store.data["result"] or {}
+        seq, res, errs = self.boot_state.status()
         w = self._writer
         return {
             "state": self.state,
             "version": self.version(),
-            "seq": self.store.data["seq_floor"],
+            "seq": seq,
             "progress": [w.count, w.chunks] if w else None,
             "result": res.get("lwm2m", 0),
             "code": res.get("code", 0),
             "detail": res.get("detail"),
-            "errors": self.store.data["errors"],
+            "errors": errs,
         }
 
     def state_json(self, device_id, offer_id):
@@ -127,13 +134,28 @@ class Agent:
         st["offer"] = offer_id
         return json.dumps(st)
 
-    def _fail(self, code, detail):
-        self.store.log_error(code, detail, self.now())
-        self.store.set_result(code, errors.lwm2m_result(code), detail, self.manifest.version if self.manifest else None, self.now())
-        self.store.save()
+    def _fail(self, code, detail, report=True):
+        self.boot_state.failed(code, detail, self.manifest.version if self.manifest else None, self.now())
         self.state = IDLE
         self._writer = self._inflater = None
-        self.report("failed", code=code, name=errors.name(code), detail=detail)
+        if report:
+            self.report("failed", code=code, name=errors.name(code), detail=detail)
+
+    # -- offers a link has seen through -------------------------------------
+    def is_done(self, offer_id):
+        """True when the offer already had an outcome: it is never tried again."""
+        return self.boot_state.is_done(offer_id)
+
+    def mark_done(self, offer_id):
+        self.boot_state.mark_done(offer_id)
+
+    def source(self, offer_id):
+        """The version (hex) of the offer's resource pinned by pin_source(), across resets; or None."""
+        return self.boot_state.source(offer_id)
+
+    def pin_source(self, offer_id, version):
+        """Record which version of the offer's resource is being fetched (restart() forgets it)."""
+        self.boot_state.pin_source(offer_id, version)
 
     # -- boot --------------------------------------------------------------
     def add_check(self, name, fn):
@@ -142,7 +164,21 @@ class Agent:
 
     def boot(self):
         """Run first in main.py: confirm a new image, or report the rollback of one."""
-        return confirm.on_boot(self)
+        pending = self.boot_state.pending()
+        if pending:
+            self.tag = pending.get("tag")
+        result, code, detail = confirm.on_boot(self.boot_state, self.checks, self.migrate, self.self_test_ms,
+                                               self.reset_after_commit, self.now(), self._boot_event)
+        if code:
+            self._fail(code, detail)
+            if result is None:
+                raise OtaError(code)
+        return result
+
+    def _boot_event(self, event, **info):
+        if event == "rebooting":
+            self.state = UPDATING
+        self.report(event, **info)
 
     # -- offer and download -------------------------------------------------
     def offer(self, blob, chunk=SECTOR, tag=None):
@@ -166,37 +202,29 @@ class Agent:
     def _begin(self, blob, chunk):
         mlen, _ = manifest.parse_header(blob[: manifest.HEADER_SIZE])
         end = manifest.HEADER_SIZE + mlen
-        running = esp32.Partition(esp32.Partition.RUNNING)
-        od_part, entries, slots = confirm.ota_layout()
-        run_idx = confirm.slot_index(slots, running)
-        if otadata.slot_state(entries, run_idx, len(slots)) == otadata.PENDING_VERIFY:
-            raise OtaError(errors.UNCONFIRMED)
-        target = running.get_next_update()
-        if target.info()[2] == running.info()[2]:
-            raise OtaError(errors.NO_SLOT)
+        bs = self.boot_state
+        target = bs.prepare()
         ident = self.identity
-        dev = manifest.Device(ident.board, ident.chip_id, ident.hw_rev, self.store.data["seq_floor"], self.version(), self.now())
+        dev = manifest.Device(ident.board, ident.chip_id, ident.hw_rev, bs.seq_floor(), self.version(), self.now())
         m = manifest.check(blob[:end], blob[end : end + manifest.SIGNATURE_SIZE], self.keys, dev, target.info()[3])
         self.manifest = m
         self._target = target
-        self._slots = (od_part, entries, slots, confirm.slot_index(slots, target))
         self._writer = SlotWriter(target, m.image_size, chunk)
-        self._writer.before_first = self._first_write
         self._inflater = None
         self._fresh = 0
         self.approved = False
         if m.encoding == 1:
-            from .inflate import Inflater
+            from .slot.inflate import Inflater
 
             if chunk > SECTOR:
                 raise OtaError(errors.CHUNK_RANGE)
-            self._inflater = Inflater(self._writer, m, self._carry, self._buf)
+            self._inflater = Inflater(self._inflated, m, self._carry, self._buf)
         else:
-            j = store.read_json(self.journal_path)
-            if j and j.get("id") == m.image_sha256.hex() and j.get("slot") == target.info()[4]:
+            j = bs.journal(m.image_sha256.hex(), target.info()[4])
+            if j:
                 self._writer.resume(j)
         self.state = DOWNLOADING
-        self._started = time.ticks_ms()
+        self._started = ticks_ms()
         self.report("downloading", version=m.version, size=m.encoded_size, have=self._writer.count)
         return m
 
@@ -234,8 +262,11 @@ class Agent:
         w = self._writer
         if offset >= w.size or offset % w.chunk:
             raise OtaError(errors.CHUNK_RANGE)
-        if offset and not w.has(0):
-            return False  # the first chunk decides whether flash is touched at all
+        if not w.has(0):
+            if offset:
+                return False  # the first chunk decides whether flash is touched at all
+            w.check_range(0, len(mv))
+            self._first_write(mv)
         if not w.write_chunk(offset, mv):
             return False
         self._fresh += len(mv)
@@ -243,29 +274,20 @@ class Agent:
             self._save_journal()
         return True
 
+    # The inflater's output on its way to the slot: the image start is checked first.
+    def _inflated(self, offset, mv):
+        if offset == 0:
+            self._first_write(mv)
+        self._writer.write_at(offset, mv)
+
+    # Before anything is erased: is this an app image for this chip? Then drop a stale otadata entry.
     def _first_write(self, mv):
-        # Called by the slot writer before it erases anything: is this an app image
-        # for this chip (header and descriptor)? Then drop a stale otadata entry.
-        self._check_header(mv)
-        self._erase_stale()
-
-    def _check_header(self, mv):
-        # The image header and app descriptor at the start of the first chunk.
-        if len(mv) < 0x24 or mv[0] != _APP_MAGIC or mv[1] > 16:
-            raise OtaError(errors.BAD_IMAGE)
-        if mv[12] | (mv[13] << 8) != self.identity.chip_id or bytes(mv[0x20:0x24]) != _DESC_MAGIC:
-            raise OtaError(errors.BAD_IMAGE)
-
-    def _erase_stale(self):
-        od_part, entries, slots, target_idx = self._slots
-        if od_part is not None and otadata.erase_stale(od_part, entries, target_idx, len(slots)):
+        check_image_start(mv, self.identity.chip_id)
+        if self.boot_state.erase_stale():
             self.report("otadata", erased="stale entry for " + self._target.info()[4])
 
     def _save_journal(self):
-        j = self._writer.journal()
-        j["id"] = self.manifest.image_sha256.hex()
-        j["slot"] = self._target.info()[4]
-        store.write_atomic(self.journal_path, _dumps(j))
+        self.boot_state.save_journal(self._writer.journal(), self.manifest.image_sha256.hex(), self._target.info()[4])
         self._fresh = 0
         self.report("progress", have=self._writer.count, total=self._writer.chunks)
 
@@ -280,16 +302,14 @@ class Agent:
         try:
             self._verify()
         except OtaError as e:
-            store.remove(self.journal_path)
+            self.boot_state.drop_journal()
             self._fail(e.code, "verify")
             raise
         m = self.manifest
-        self.store.data["download"] = {"slot": self._target.info()[4], "seq": m.sequence, "version": m.version,
-                                       "sha": m.image_sha256.hex(), "size": m.image_size}
-        self.store.save()
-        store.remove(self.journal_path)
+        self.boot_state.downloaded(self._target.info()[4], m)
+        self.boot_state.drop_journal()
         self.state = DOWNLOADED
-        self.report("downloaded", version=m.version, ms=time.ticks_diff(time.ticks_ms(), self._started))
+        self.report("downloaded", version=m.version, ms=ticks_diff(ticks_ms(), self._started))
         if self.policy == AUTO:
             return self.install()
         return errors.LWM2M_DEFERRED
@@ -299,7 +319,7 @@ class Agent:
         if not self.complete():
             raise OtaError(errors.INCOMPLETE)
         if self._inflater is not None:
-            if not self._inflater.finished() or self._inflater._decoded != m.image_size:
+            if not self._inflater.finished() or self._inflater.decoded != m.image_size:
                 raise OtaError(errors.INFLATE)
             if self._inflater.sha.digest() != m.encoded_sha256:
                 raise OtaError(errors.ENCODED_DIGEST)
@@ -310,12 +330,24 @@ class Agent:
         """Abandon the download in progress (the server withdrew the offer)."""
         self.cancel_with(errors.CANCELLED, "cancelled")
 
-    def cancel_with(self, code, detail):
-        """End the attempt in progress with `code`; chunks already in flash stay for a retry."""
+    def cancel_with(self, code, detail, report=True):
+        """End the attempt in progress with `code`; chunks already in flash stay for a retry.
+
+        report=False records the failure without a "failed" event: the link chose to end it.
+        """
         if self.state == DOWNLOADING:
             if self._writer is not None and self._inflater is None:
                 self._save_journal()
-            self._fail(code, detail)
+            self._fail(code, detail, report)
+
+    def restart(self, detail):
+        """The source changed under the offer: end the attempt quietly, drop what is in flash.
+
+        The next offer() of it starts from chunk 0 (journal and pinned source version dropped).
+        """
+        self.cancel_with(errors.CANCELLED, detail, report=False)
+        self.boot_state.drop_journal()
+        self.boot_state.forget_source()
 
     def approve(self):
         """Consent given (by the server or a local callback): install when allowed."""
@@ -345,10 +377,7 @@ class Agent:
         if not self.may_install():
             self.report("deferred", version=self.manifest.version)
             return errors.LWM2M_DEFERRED
-        return confirm.stage_and_reboot(self, self._target, self.manifest)
-
-
-def _dumps(obj):
-    import json
-
-    return json.dumps(obj)
+        self.boot_state.stage(self._target, self.manifest, self.version(), self.tag)
+        code = confirm.set_boot(self.boot_state, self._target, self._boot_event)  # resets unless refused
+        self._fail(code, "set_boot refused the image")
+        raise OtaError(code)

@@ -20,12 +20,7 @@ import network
 
 from .agent import Agent, Identity
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from .compat import const, sleep_ms, ticks_diff, ticks_ms
 
 
 _WIFI_WAIT_MS = const(20000)
@@ -48,11 +43,11 @@ def connect_wifi(cfg):
     wlan = network.WLAN(network.STA_IF)
     wlan.active(True)
     if wifi and not wlan.isconnected():
-        wlan.config(pm=network.PM_NONE)
+        wlan.config(pm=network.PM_NONE)  # pyright: ignore[reportAttributeAccessIssue] - ESP32 port only, not in the stubs
         wlan.connect(wifi["ssid"], wifi.get("key"))
-        start = time.ticks_ms()
-        while not wlan.isconnected() and time.ticks_diff(time.ticks_ms(), start) < _WIFI_WAIT_MS:
-            time.sleep_ms(100)
+        start = ticks_ms()
+        while not wlan.isconnected() and ticks_diff(ticks_ms(), start) < _WIFI_WAIT_MS:
+            sleep_ms(100)
     return wlan
 
 
@@ -74,10 +69,10 @@ def tls_context(cfg):
 
 def build(app, cfg):
     """The agent and its MQTT link, wired; nothing connected yet."""
-    from mqtt.client import MQTTClient
-    import trusted_keys
+    from .mqtt.client import MQTTClient
+    import trusted_keys  # pyright: ignore[reportMissingImports] - generated at provisioning (fota keys export)
 
-    from .mqtt_link import MqttLink
+    from .link.mqtt import MqttLink
 
     device_id = cfg.get("device_id") or machine.unique_id().hex()
     ident = Identity(cfg["board"], cfg.get("chip_id", 0), cfg["hw_rev"], getattr(app, "VERSION", "0"))

@@ -15,12 +15,7 @@ Codes 1..15 are the manifest checks, in FORMAT.md order; 16 and up belong to
 the update agent (download, digest, flash and boot failures).
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from .compat import const
 
 
 # docs/FORMAT.md, "Device checks, in order" (the check number is on the right).

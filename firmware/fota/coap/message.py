@@ -12,12 +12,7 @@ so the caller can reject the message (section 5.4.1). Nothing here allocates exc
 `path_options`, which runs once per resource and attempt.
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 # Section 3: header. Version 1, type, token length; code class.detail as c << 5 | dd.

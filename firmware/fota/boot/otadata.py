@@ -3,7 +3,7 @@
 MicroPython exposes no `esp_ota_get_state_partition()`, so the agent reads the
 two 32-byte `esp_ota_select_entry_t` records itself (shared/reference/esp32-ota.md):
 
-    from fota import otadata
+    from fota.boot import otadata
     entries = otadata.read(part)          # part = Partition.find(TYPE_DATA, 0)[0]
     state = otadata.slot_state(entries, slot_index, slot_count)   # e.g. PENDING_VERIFY
     otadata.erase_stale(part, entries, target_index, slot_count)  # what esp_ota_begin does (IDF 5.5)
@@ -12,12 +12,7 @@ two 32-byte `esp_ota_select_entry_t` records itself (shared/reference/esp32-ota.
 import binascii
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 # esp_ota_img_states_t (esp_flash_partitions.h)

@@ -6,12 +6,7 @@
 
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 _CONNECT = const(0x10)  # section 2.2.1

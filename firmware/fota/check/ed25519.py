@@ -2,7 +2,7 @@
 
 Runs on MicroPython (ESP32 and the Unix port) and CPython:
 
-    from fota.ed25519 import verify
+    from fota.check.ed25519 import verify
     if not verify(public_key, message, signature):
         ...  # reject the manifest
 
@@ -31,12 +31,7 @@ verify() returns True or False and never raises for malformed input.
 
 from .sha512 import SHA512
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 _SIG_LEN = const(64)  # RFC 8032 section 5.1.6

@@ -4,7 +4,8 @@ Chunks are written where they belong (any order, duplicates ignored), so a
 bitmap of received chunks and of erased sectors is all the progress there is;
 `journal()` returns it for the agent to persist, `resume()` takes it back after
 a reset. Program-only writes (`writeblocks(n, buf, off)`) never erase, so a chunk
-written again after a power cut writes the same bits and is harmless.
+written again after a power cut writes the same bits and is harmless. The writer knows
+only flash: whether the data is an image worth writing is decided before it is called.
 
     w = SlotWriter(target, image_size, chunk_size)
     w.write_chunk(offset, memoryview(data))     # True when new
@@ -14,14 +15,8 @@ written again after a power cut writes the same bits and is harmless.
 
 import hashlib
 
-from .errors import CHUNK_RANGE, FLASH, OtaError
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
+from ..errors import CHUNK_RANGE, FLASH, OtaError
 
 
 SECTOR = const(4096)
@@ -45,7 +40,6 @@ class SlotWriter:
         self.erased = bytearray(((image_size + SECTOR - 1) // SECTOR + 7) // 8)
         self.count = 0
         self.written = 0  # bytes programmed by write_at (the sequential path)
-        self.before_first = None  # fn(mv): vets the image start before the first erase
 
     # Progress as plain data for the journal.
     def journal(self):
@@ -78,14 +72,17 @@ class SlotWriter:
                 return i
         return -1
 
-    # A chunk of the raw image at `offset`: must start on a chunk boundary and be a
-    # whole chunk (the last one may be short). Returns False for a duplicate.
-    def write_chunk(self, offset, mv):
-        n = len(mv)
+    # CHUNK_RANGE unless `n` bytes at `offset` are a chunk: on a chunk boundary, a whole
+    # chunk (the last one may be short), inside the image.
+    def check_range(self, offset, n):
         if offset % self.chunk or offset >= self.size or offset + n > self.size:
             raise OtaError(CHUNK_RANGE)
         if n != self.chunk and offset + n != self.size:
             raise OtaError(CHUNK_RANGE)
+
+    # A chunk of the raw image at `offset` (see check_range). Returns False for a duplicate.
+    def write_chunk(self, offset, mv):
+        self.check_range(offset, len(mv))
         index = offset // self.chunk
         if _bit(self.got, index):
             return False
@@ -99,9 +96,6 @@ class SlotWriter:
         end = offset + len(mv)
         if end > self.size:
             raise OtaError(CHUNK_RANGE)
-        if offset == 0 and self.before_first is not None:
-            self.before_first(mv)
-            self.before_first = None
         first = offset // SECTOR
         try:
             if not offset % SECTOR and len(mv) == SECTOR and not _bit(self.erased, first):

@@ -3,7 +3,7 @@
 The ESP32 MicroPython port ships sha256 and sha1 only, and Ed25519 needs
 SHA-512. Usage (same results as CPython's hashlib.sha512):
 
-    from fota.sha512 import sha512, SHA512
+    from fota.check.sha512 import sha512, SHA512
     digest = sha512(b"abc")
     h = SHA512()
     h.update(b"a")
@@ -21,12 +21,7 @@ under CPython, far less on a device.
 
 import struct
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 _M32 = const(0xFFFFFFFF)

@@ -14,12 +14,7 @@ result, and a bounded error log.
 import json
 import os
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 MAX_ERRORS = const(8)

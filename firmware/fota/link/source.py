@@ -7,7 +7,7 @@ wants), so every agent path runs without a network:
     result = pump(agent, src)       # installs and resets when the policy says so
 """
 
-from . import manifest
+from ..check import manifest
 
 
 class FileSource:

@@ -4,7 +4,7 @@ The agent reads the 32-byte header, learns the manifest length, reads the
 manifest and the 64-byte signature, and asks `check` whether to go on. Nothing
 has been erased or written yet; every refusal is an `OtaError` with its code:
 
-    from fota import manifest
+    from fota.check import manifest
     from fota.errors import OtaError
     from trusted_keys import KEYS
 
@@ -25,7 +25,7 @@ OtaError leaves `check` or `parse_manifest`, whatever the bytes.
 """
 
 from .ed25519 import verify
-from .errors import (
+from ..errors import (
     BAD_ENCODING,
     BAD_HEADER,
     BAD_SIGNATURE,
@@ -44,12 +44,7 @@ from .errors import (
     OtaError,
 )
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 # FORMAT.md layout: header, manifest (TLV), signature, payload.

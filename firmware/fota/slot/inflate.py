@@ -4,12 +4,13 @@
 chunks the transport pushes are kept in a carry buffer and the decoder is only
 asked for output while at least MARGIN input bytes are buffered (more than one
 256-byte output step can consume, block headers included): it never runs dry
-mid-symbol. Output fills a 4 KiB buffer that goes to the slot a sector at a time.
+mid-symbol. Output fills a 4 KiB buffer that goes to `out(offset, mv)` (the slot writer's
+write_at, or a step before it) a sector at a time.
 Chunks must come in order; a duplicate is ignored, one from ahead is refused
 (the transport asks for it again). The SHA-256 of the encoded stream is kept as
 it arrives; the image itself is hashed from flash at the end.
 
-    inf = Inflater(writer, manifest, carry=bytearray(4096 + MARGIN), buf=bytearray(4096))
+    inf = Inflater(writer.write_at, manifest, carry=bytearray(4096 + MARGIN), buf=bytearray(4096))
     inf.feed(offset, memoryview(chunk))
     inf.finished()                     # all of encoded_size consumed, stream ended
 """
@@ -17,14 +18,8 @@ it arrives; the image itself is hashed from flash at the end.
 import hashlib
 import io
 
-from .errors import CHUNK_RANGE, INFLATE, OtaError
-
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
+from ..errors import CHUNK_RANGE, INFLATE, OtaError
 
 
 MARGIN = const(1024)
@@ -66,10 +61,10 @@ class _Carry(io.IOBase):
 
 
 class Inflater:
-    def __init__(self, writer, m, carry, buf):
+    def __init__(self, out, m, carry, buf):
         import deflate  # MicroPython only; not needed to import this module
 
-        self.writer = writer
+        self.emit = out
         self.encoded_size = m.encoded_size
         self.image_size = m.image_size
         self.next = 0
@@ -78,7 +73,7 @@ class Inflater:
         self._dec = deflate.DeflateIO(self._carry, deflate.ZLIB, m.zlib_wbits)
         self._out = buf
         self._fill = 0
-        self._decoded = 0
+        self.decoded = 0
         self._ended = False
 
     # Take the chunk at encoded `offset`. True if it was the next one and was used.
@@ -108,8 +103,8 @@ class Inflater:
                 self._ended = True
                 break
             self._fill += n
-            self._decoded += n
-            if self._decoded > self.image_size:
+            self.decoded += n
+            if self.decoded > self.image_size:
                 raise OtaError(INFLATE)
             if self._fill == len(self._out):
                 self._flush()
@@ -117,6 +112,6 @@ class Inflater:
             self._flush()
 
     def _flush(self):
-        start = self._decoded - self._fill
-        self.writer.write_at(start, memoryview(self._out)[: self._fill])
+        start = self.decoded - self._fill
+        self.emit(start, memoryview(self._out)[: self._fill])
         self._fill = 0

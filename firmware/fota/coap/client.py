@@ -1,4 +1,4 @@
-"""CoAP client over UDP (RFC 7252) with Block2 (RFC 7959): the protocol only.
+"""CoAP client over UDP (RFC 7252); whole resources with Block2 (RFC 7959, blockwise.py).
 
     c = CoapClient("192.168.1.10", 5683, ack_timeout_ms=2000)   # RFC 7252 4.8 defaults
     c.connect()                                   # a UDP socket; nothing is sent yet
@@ -35,52 +35,24 @@ from .message import (
     CONTENT,
     EMPTY,
     FORMAT_JSON,
-    GET,
     MAX_SZX,
     NO_SLOT,
     POST,
     RST,
     TIMEOUT,
     TOKEN_LEN,
-    TOO_LARGE,
     BAD_RESPONSE,
     ETAG_CHANGED,
     RESET,
     CoapError,
     Msg,
-    block2,
     encode,
     encode_empty,
     path_options,
 )
 
-try:
-    from micropython import const
-    from time import ticks_add, ticks_diff, ticks_ms
-except ImportError:  # CPython: importable for tests and host tools
-    from time import monotonic  # pyright: ignore[reportAttributeAccessIssue] - CPython only
-
-    def const(x):
-        return x
-
-    def ticks_ms():
-        return int(monotonic() * 1000)
-
-    def ticks_add(a, b):
-        return a + b
-
-    def ticks_diff(a, b):
-        return a - b
-
-
-try:
-    from random import getrandbits
-except ImportError:  # a port without random: os.urandom
-    from os import urandom
-
-    def getrandbits(n):
-        return int.from_bytes(urandom(4), "big") & ((1 << n) - 1)
-
+from .blockwise import Block2
+from ..compat import const, getrandbits, ticks_add, ticks_diff, ticks_ms
 
 # Section 4.8: transmission parameters (the defaults; all are constructor arguments)
 _ACK_TIMEOUT_MS = const(2000)
@@ -102,7 +74,7 @@ class Exchange:
         self.n = 0
         self.state = _FREE
         self.mid = 0
-        self.deadline = 0
+        self.deadline = ticks_ms()
         self.timeout = 0
         self.tries = 0
         self.tag = None  # the caller's
@@ -136,7 +108,9 @@ class CoapClient:
         self._seen = [-1] * _SEEN
         self._seen_at = 0
         self._tok = bytearray(TOKEN_LEN)
-        self._first = Msg()
+        self._blocks = None  # blockwise.Block2 for get(), made on the first call
+        self._into = None
+        self._got = 0
         self._poll = None
         self._ipoll = None
 
@@ -377,45 +351,39 @@ class CoapClient:
     def get(self, path, buf, szx=MAX_SZX, restarts=2):
         """GET a whole resource into `buf`, block-wise when needed; returns (code, length).
 
-        A smaller SZX in an answer is kept for the rest of the transfer; the ETag must be the
-        same on every block (a change starts over, at most `restarts` times); Size2 or data
+        The checks are blockwise.Block2's: a smaller SZX in an answer is kept, the ETag must be
+        the same on every block (a change starts over, at most `restarts` times), Size2 or data
         beyond len(buf) raise TOO_LARGE. A code other than 2.05 returns (code, 0).
         """
         if isinstance(path, str):
             path = path_options(path)
-        etag = self._first  # the first block's ETag
-        num = got = 0
+        if self.busy():  # its answers would be consumed here: finish a window first
+            raise CoapError(NO_SLOT, "exchanges outstanding")
+        if self._blocks is None:
+            self._blocks = Block2(self)
+        rx = self._blocks
+        self._into = buf
+        rx.begin(path, szx, self._store, limit=len(buf))
+        got = 0
         while True:
-            m = self.request(GET, path, block=block2(num, 0, szx), size2=0 if num == 0 else -1)
-            if m.code != CONTENT:
-                return m.code, 0
-            if m.size2 > len(buf):
-                raise CoapError(TOO_LARGE, m.size2)
-            n = m.payload_len()
-            more, offset = 0, 0
-            if m.block2 >= 0:
-                more, rszx = m.block2 & 8, m.block2 & 7
-                if rszx > szx or rszx > MAX_SZX:
-                    raise CoapError(BAD_RESPONSE, "block size grew")
-                offset = (m.block2 >> 4) << (rszx + 4)
-                if offset != got or (more and n != 16 << rszx):
-                    raise CoapError(BAD_RESPONSE, "block")
-                szx = rszx
-            elif num:
-                raise CoapError(BAD_RESPONSE, "no Block2")
-            if num == 0:
-                etag.etag[:] = m.etag
-                etag.etag_len = m.etag_len
-            elif not m.same_etag(etag):
-                if restarts <= 0:
-                    raise CoapError(ETAG_CHANGED)
+            rx.ask(got)
+            try:
+                code = None
+                while code is None:
+                    code = rx.receive(1000)
+            except CoapError as e:
+                if e.code != ETAG_CHANGED or restarts <= 0:
+                    raise
                 restarts -= 1
-                num = got = 0
+                rx.begin(path, szx, self._store, limit=len(buf))
+                got = 0
                 continue
-            if offset + n > len(buf):
-                raise CoapError(TOO_LARGE, offset + n)
-            buf[offset : offset + n] = self.payload()
-            got = offset + n
-            if not more:
+            if code != CONTENT:
+                return code, 0
+            got = self._got
+            if not rx.more:
                 return CONTENT, got
-            num = got >> (szx + 4)
+
+    def _store(self, offset, mv):
+        self._into[offset : offset + len(mv)] = mv
+        self._got = offset + len(mv)

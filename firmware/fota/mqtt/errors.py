@@ -1,6 +1,6 @@
 """Codes of the MQTT client's failures, and the error that carries them.
 
-    from mqtt.errors import MQTTError, KEEPALIVE
+    from fota.mqtt.errors import MQTTError, KEEPALIVE
     try:
         client.poll(1000)
     except OSError as e:                  # MQTTError is an OSError: one handler for every connection failure
@@ -12,12 +12,7 @@ refusals; the client's own start at 200, clear of every errno value (Linux, newl
 handler that looks for EAGAIN or ETIMEDOUT in args[0] never mistakes one for them.
 """
 
-try:
-    from micropython import const
-except ImportError:  # CPython
-
-    def const(x):
-        return x
+from ..compat import const
 
 
 # MQTT 3.1.1 section 3.2.2.3: CONNACK return codes (the broker refused the connection)

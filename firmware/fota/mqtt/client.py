@@ -1,4 +1,4 @@
-"""MQTT 3.1.1 client: the protocol only (retry policy is in mqtt.backoff).
+"""MQTT 3.1.1 client: the protocol only (reconnecting is in fota.mqtt.robust).
 
     c = MQTTClient("esp32-0a1b2c", "broker.example", keepalive=30, ssl=ctx)
     c.set_callback(on_msg)            # on_msg(topic: bytes, payload: memoryview, retained: bool)
@@ -30,21 +30,7 @@ from errno import ENOTCONN
 from .errors import CONNECTION_CLOSED, KEEPALIVE, PROTOCOL_ERROR, SUBSCRIBE_REFUSED, TIMEOUT, TLS_VERIFY, MQTTError
 from .packets import connect_packet, put_length, put_str, to_bytes
 
-try:
-    from micropython import const
-    from time import ticks_diff, ticks_ms
-except ImportError:  # CPython: importable for tests and host tools
-    from time import monotonic
-
-    def const(x):
-        return x
-
-    def ticks_ms():
-        return int(monotonic() * 1000)
-
-    def ticks_diff(a, b):
-        return a - b
-
+from ..compat import const, ticks_diff, ticks_ms
 
 # Section 2.2.1: control packet types (high nibble of the first byte) with their fixed flags
 _CONNACK = const(0x20)

@@ -1,0 +1,1 @@
+"""Update links: one core (offers, events, attempts, back-off), thin MQTT and CoAP adapters."""

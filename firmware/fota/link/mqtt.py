@@ -1,0 +1,164 @@
+"""The update link over MQTT (docs/PROTOCOL.md): topics and the chunk window; the rest is core.Link.
+
+    link = MqttLink(agent, client, device_id)
+    agent.reporter = link.report          # agent events go out as MQTT events
+    link.run()                             # forever: connect, serve offers, publish state
+
+Topics fota/<device>/{offer, cmd, data} in, {get, events, state} out. A window of chunks is
+asked for with `get` and asked again when half of it came; a chunk_timeout_ms without data
+is a miss, and after `max_timeouts` of them the attempt ends (CONNECTION_LOST).
+"""
+
+from .. import errors
+from ..agent import DOWNLOADING
+from ..backoff import Backoff
+from ..compat import sleep_ms
+from ..errors import OtaError
+from .core import Link
+from .wire import DATA_HEAD, GET_HEAD, GET_MAX, pack_get, parse_data
+
+
+class MqttLink(Link):
+    def __init__(self, agent, client, device_id, *, prefix="fota", window=8, chunk_timeout_ms=3000,
+                 max_timeouts=8, retry_base_ms=2000, retry_cap_ms=300000):
+        super().__init__(agent, device_id, max_misses=max_timeouts + 1, retry_base_ms=retry_base_ms,
+                         retry_cap_ms=retry_cap_ms)
+        self.client = client
+        base = prefix + "/" + device_id + "/"
+        self._base = base.encode()
+        self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", base + "get"
+        self.t_data, self.t_events, self.t_cmd = base + "data", base + "events", base + "cmd"
+        self._suffix = {b"offer": self._on_offer, b"data": self._on_data, b"cmd": self._on_cmd}
+        self.window = window
+        self.chunk_timeout_ms = chunk_timeout_ms
+        self.max_timeouts = max_timeouts
+        self._in_callback = False
+        self._inflight = []
+        self._reconnect = Backoff(500, 30000)
+        self._req = bytearray(GET_HEAD + 4 * GET_MAX)
+        client.set_callback(self._on_message)
+
+    # -- core.Link hooks: where events, state and requests go ---------------------------
+    def _send_event(self, text):
+        self.client.publish(self.t_events, text, qos=1)
+
+    def _send_state(self, text):
+        self.client.publish(self.t_state, text, retain=True, qos=1)
+
+    def _may_send(self):
+        return not self._in_callback  # callbacks only enqueue: the buffer is the client's
+
+    def _send_failed(self, e):
+        self._drop(e)
+
+    def _begin_fetch(self, m):
+        self._inflight = []
+        self._request()
+
+    def _stop_fetch(self):
+        self._inflight = []
+
+    # -- connection --------------------------------------------------------------------
+    def connect(self):
+        """Connect (once), subscribe, send what queued up while offline."""
+        self.client.connect(clean_session=True)
+        self.client.subscribe(self.t_offer, 1)
+        self.client.subscribe(self.t_cmd, 1)
+        self.client.subscribe(self.t_data, 0)
+        self.connected = True
+        self._reconnect.reset()
+        self._state_due = True
+        self._flush()
+        if self.agent.state == DOWNLOADING and self.offer_id is not None:
+            self._request()  # resume an interrupted download where it stopped
+
+    def run(self, until=None):
+        """Serve forever (or until `until()` is true): reconnects with back-off."""
+        while until is None or not until():
+            if not self.connected:
+                try:
+                    self.connect()
+                except Exception as e:  # noqa: BLE001 - any failure to connect (OSError, MQTTError): back off
+                    print("fota: MQTT connect failed:", repr(e))
+                    self._drop(e)
+                    sleep_ms(self._reconnect.next_ms())
+                    continue
+            self.step(100)
+
+    def step(self, timeout_ms=100):
+        try:
+            self.client.poll(timeout_ms)
+            if self._flush_due():
+                self._flush()
+            if self._complete:
+                self._finish()
+            self._tick()
+        except OSError as e:
+            self._drop(e)
+        except OtaError:
+            pass  # already reported by the agent (approve() whose install failed)
+
+    def _drop(self, e):
+        self.connected = False
+        try:
+            self.client.close()
+        except OSError:
+            pass
+
+    # -- messages ----------------------------------------------------------------------
+    def _on_message(self, topic, payload, retained):
+        cut = topic.rfind(b"/")
+        if bytes(topic[: cut + 1]) != self._base:
+            return  # not this device's topic (a broker may misroute; never act on another device's offer)
+        handler = self._suffix.get(bytes(topic[cut + 1 :]))
+        if handler:
+            self._in_callback = True
+            try:
+                handler(payload)
+            finally:
+                self._in_callback = False
+
+    def _on_offer(self, payload):
+        if len(payload) == 0:
+            self.withdrawn()
+        else:
+            self.on_offer(payload, len(payload))
+
+    def _on_cmd(self, payload):
+        self.on_command(bytes(payload))
+
+    def _on_data(self, payload):
+        head = parse_data(payload) if self.agent.state == DOWNLOADING else None
+        if head is None or head[0] != self.offer_id:
+            return
+        offset = head[1]
+        self._heard()
+        if offset in self._inflight:
+            self._inflight.remove(offset)
+        if self._chunk(offset, payload[DATA_HEAD : DATA_HEAD + head[2]]) and not self._complete:
+            if len(self._inflight) <= self.window // 2:
+                self._request()
+
+    # -- chunk windows -------------------------------------------------------------------
+    def _request(self):
+        want = [o for o in self.agent.wanted(self.window + len(self._inflight)) if o not in self._inflight]
+        want = want[: max(0, self.window - len(self._inflight))]
+        if not want:
+            return
+        n = pack_get(self._req, self.offer_id, want)
+        self.client.publish(self.t_get, memoryview(self._req)[:n], qos=0)
+        self._inflight.extend(want)
+        self._asked()
+
+    def _tick(self):
+        if self._retry_at is not None:
+            if not self._retry_left():
+                self._retry_due()
+            return
+        if self.agent.state != DOWNLOADING or not self._silent_for(self.chunk_timeout_ms):
+            return
+        if self._miss():
+            self._give_up(errors.CONNECTION_LOST, "no data after %d requests" % self.max_timeouts)
+            return
+        self._inflight = []  # ask again for everything outstanding
+        self._request()

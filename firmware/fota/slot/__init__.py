@@ -1,0 +1,1 @@
+"""Writing a slot: the slot writer (flash only) and the zlib inflater in front of it."""
