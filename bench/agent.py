@@ -109,7 +109,7 @@ def main() -> int:
     filler = b"".join(rng.choice(words) for _ in range(args.size // 5))[: args.size]  # compresses like code
     v1 = fw_image("1.0.0")
     extra = (("blob.py", "DATA = " + repr(filler)),)
-    from host_tools.build import BuildSpec, build_image
+    from host_tools.image.build import BuildSpec, build_image
     from simkit import APP_TEMPLATE, session_signer
 
     spec = BuildSpec(board="sim", version="2.0.0", trusted_keys=(session_signer().public_key,),

@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import cache, lru_cache
 from pathlib import Path
 
-from host_tools.freeze import freeze_sources
+from host_tools.image.freeze import freeze_sources
+from host_tools.image.sim_image import build_sim_image
 from host_tools.sim.device import SimDevice
-from host_tools.sim.image import build_sim_image
 
 
 @cache
@@ -31,7 +31,7 @@ def session_signer():
     """One signing key for the whole test session (what `fota keygen` makes)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    from host_tools.keys import FileSigner
+    from host_tools.image.keys import FileSigner
 
     return FileSigner(Ed25519PrivateKey.generate())
 
@@ -51,7 +51,7 @@ def self_test():
 @cache
 def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
     """A sim image with firmware/ frozen, an `app` module and the test key trusted."""
-    from host_tools.build import BuildSpec, build_image
+    from host_tools.image.build import BuildSpec, build_image
 
     modules = [("app.py", APP_TEMPLATE.format(version=version, behaviour=behaviour))]
     step = 24 * 1024  # frozen data in modules of ~24 KiB (mpy-cross's own heap is small)
@@ -64,7 +64,7 @@ def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
 
 
 def fw_package(image: bytes, *, version: str, sequence: int, encoding: str = "raw", signer=None, **fields) -> bytes:
-    from host_tools.package import Manifest, make_package
+    from host_tools.image.package import Manifest, make_package
 
     m = Manifest(sequence=sequence, version=version, board=fields.pop("board", "sim"), chip_id=fields.pop("chip_id", 0),
                  hw_revs=fields.pop("hw_revs", ("A",)), image_size=0, image_sha256=b"", **fields)

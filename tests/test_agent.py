@@ -7,7 +7,7 @@ import json
 import pytest
 
 from agentkit import CONFIG, events, make_board, run_until_done, status, v2_package
-from host_tools.sim.board import espidf
+from host_tools.esp import espidf
 from simkit import fw_image, fw_package
 
 pytestmark = pytest.mark.fw

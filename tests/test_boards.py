@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import boards
-from host_tools.build import BuildSpec, build_image
+from host_tools.esp import boards
 from host_tools.esp.app_image import CHIP_IDS, DROM_BASE, Segment, app_desc, build_app_image
 from host_tools.esp.partition_table import APP_ALIGN, TABLE_MAX_LENGTH, PartitionTable
+from host_tools.image.build import BuildSpec, build_image
 
 pytestmark = pytest.mark.host
 
@@ -43,7 +43,7 @@ KEYS = {
     "partitions",
     "slot_size",
     "hw_revs",
-}  # + "heap" on real boards (host_tools.boards gives the sim 128k)
+}  # + "heap" on real boards (host_tools.esp.boards gives the sim 128k)
 SECOND_STAGE_BOOTLOADER = {"esp32": 0x1000, "esp32s2": 0x1000, "esp32s3": 0x0, "esp32c3": 0x0, "esp32c6": 0x0}
 # A MicroPython v1.20 ESP32_GENERIC app image: the size the 4 MiB OTA slots were cut for.
 MICROPYTHON_IMAGE_BYTES = 1_558_512

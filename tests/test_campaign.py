@@ -24,7 +24,7 @@ from host_tools.fleet.campaign import (
     report,
 )
 from host_tools.fleet.window import Window, WindowError
-from host_tools.package import Manifest
+from host_tools.image.package import Manifest
 from host_tools.server.registry import Registry
 
 pytestmark = pytest.mark.host

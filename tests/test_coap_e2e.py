@@ -17,8 +17,8 @@ import pytest
 from aiocoap.optiontypes import BlockOption
 
 from coapkit import coap_board, start_server
-from host_tools.gateway import Gateway, GatewayConfig
 from host_tools.server.coap_service import CoapService, Payload, RegistryBackend
+from host_tools.server.gateway import Gateway, GatewayConfig
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.runtime import BoardRun
 from mqttkit import device_id, wait_final, wait_until

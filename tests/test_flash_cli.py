@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from host_tools import boards
 from host_tools.cli import main
+from host_tools.device.flashing import detected_chip, flash_image
+from host_tools.esp import boards
 from host_tools.esp.app_image import Segment, build_app_image
-from host_tools.flashing import detected_chip, flash_image
 from simkit import app_image
 
 pytestmark = pytest.mark.host

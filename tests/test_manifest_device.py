@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import FIRMWARE, run_micropython
-from host_tools.keys import FileSigner, trusted_keys_module
-from host_tools.package import HEADER, Manifest, header_bytes, make_package, sign_manifest
+from host_tools.image.keys import FileSigner, trusted_keys_module
+from host_tools.image.package import HEADER, Manifest, header_bytes, make_package, sign_manifest
 
 
 def _load(name: str):
@@ -276,7 +276,7 @@ def assert_outcomes(items: list[Case], got: list[str]) -> None:
 
 def valid_detail(data: bytes) -> str:
     """The driver's OK line for a package from make_package, computed on the host."""
-    from host_tools.package import parse_package
+    from host_tools.image.package import parse_package
 
     m = parse_package(data).manifest
     enc = "-" if m.encoded_sha256 is None else m.encoded_sha256.hex()

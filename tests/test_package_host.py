@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from host_tools import boards
-from host_tools.build import BuildSpec, build_image, check_app_image
 from host_tools.cli import main
+from host_tools.esp import boards
 from host_tools.esp.app_image import ImageError, Segment, build_app_image
-from host_tools.keys import FileSigner, KeyError_, PublicKey, generate_key
-from host_tools.package import (
+from host_tools.image.build import BuildSpec, build_image, check_app_image
+from host_tools.image.keys import FileSigner, KeyError_, PublicKey, generate_key
+from host_tools.image.package import (
     MANIFEST_MAX,
     Manifest,
     PackageError,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import time
 from contextlib import contextmanager
 from dataclasses import replace
@@ -13,11 +12,12 @@ import paho.mqtt.client as mqtt
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from host_tools import firmware, protocol
 from host_tools.fleet import protodevice
 from host_tools.fleet.protodevice import DeviceSpec
 from host_tools.fleet.protofleet import ProtoFleet
-from host_tools.keys import FileSigner
-from host_tools.package import Manifest, make_package, parse_package
+from host_tools.image.keys import FileSigner
+from host_tools.image.package import Manifest, make_package, parse_package
 from host_tools.server.registry import FINAL
 from host_tools.server.service import Server, ServerConfig
 from simkit import app_image, session_signer
@@ -215,13 +215,13 @@ def test_lost_chunks_are_asked_for_again(server):
     assert offer.status == "SUCCEEDED" and dev.lost > 0 and dev.rerequests > 0
 
 
-def test_codes_match_the_firmware():
-    loaded = importlib.util.spec_from_file_location("fw_errors", ROOT / "firmware" / "fota" / "errors.py")
-    fw = importlib.util.module_from_spec(loaded)
-    loaded.loader.exec_module(fw)
-    assert protodevice.NAMES == fw._NAMES and protodevice.LWM2M == fw._LWM2M
-    for code, name in enumerate(fw._NAMES[1:], 1):
-        assert getattr(protodevice, name, code) == code == getattr(fw, name)
+def test_codes_are_the_firmwares():
+    # The simulator and the server use the firmware's own table (host_tools.firmware), not a copy.
+    fw = firmware.errors()
+    assert protodevice.E is fw and fw.__name__ == "_fota_firmware.errors"
+    assert Path(fw.__file__) == ROOT / "firmware" / "fota" / "errors.py"
+    assert all(fw.name(getattr(fw, n)) == n for n in fw._NAMES[1:])
+    assert protocol.is_refusal(fw.BAD_HEADER) and protocol.is_refusal(fw.BAD_ENCODING) and not protocol.is_refusal(fw.DIGEST_MISMATCH)
 
 
 def test_two_hundred_devices_update_at_once(mosquitto_server):

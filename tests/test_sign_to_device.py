@@ -6,7 +6,7 @@ import pytest
 
 from conftest import run_micropython
 from host_tools.cli import main
-from host_tools.keys import PublicKey
+from host_tools.image.keys import PublicKey
 from simkit import app_image
 
 pytestmark = pytest.mark.fw

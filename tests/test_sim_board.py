@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from host_tools.sim.board import espidf
+from host_tools.esp import espidf
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.runtime import BoardRun
 from simkit import app_image, new_board

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from host_tools import boards
+from host_tools.esp import boards, espidf
 from host_tools.esp.app_image import ImageError, parse_app_image
 from host_tools.esp.partition_table import PartitionTable, PartitionTableError
-from host_tools.sim.board import espidf
 from simkit import app_image
 
 pytestmark = pytest.mark.host

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from host_tools.sim.board import espidf
+from host_tools.esp import espidf
 from host_tools.sim.runtime import BoardRun
 from simkit import app_image, new_board
 

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from host_tools.build import BuildSpec, build_image
-from host_tools.cli_campaign import render_plan, render_report, render_status
 from host_tools.fleet.campaign import COMPLETED, PAUSED, CampaignSpec
-from host_tools.keys import generate_key
-from host_tools.package import Manifest, make_package
+from host_tools.fleet.render import render_plan, render_report, render_status
+from host_tools.image.build import BuildSpec, build_image
+from host_tools.image.keys import generate_key
+from host_tools.image.package import Manifest, make_package
 from host_tools.server.service import Server, ServerConfig
 from host_tools.sim.device import SimDevice
 from host_tools.sim.runtime import BoardRun

@@ -18,9 +18,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-from host_tools.freeze import freeze_sources
+from host_tools.image.freeze import freeze_sources
+from host_tools.image.sim_image import build_sim_image
 from host_tools.sim.device import SimDevice
-from host_tools.sim.image import build_sim_image
 from host_tools.sim.runtime import BoardRun
 
 APP = """

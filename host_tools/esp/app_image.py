@@ -17,7 +17,7 @@ import struct
 from dataclasses import dataclass
 
 from host_tools.errors import FotaError
-from host_tools.sim.board import espidf
+from host_tools.esp import espidf
 
 CHIP_IDS = {"esp32": 0, "esp32s2": 2, "esp32c3": 5, "esp32s3": 9, "esp32c2": 0xC, "esp32c6": 0xD, "esp32h2": 0x10, "esp32p4": 0x12}
 DROM_BASE = 0x3F400020  # 0x20 into a 64 KiB page, like the file offset of the first segment

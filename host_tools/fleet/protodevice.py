@@ -24,46 +24,25 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import struct
 import time
 import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from host_tools.keys import PublicKey
-from host_tools.package import HEADER_SIZE, SIGNATURE_SIZE
+from host_tools import firmware, protocol
+from host_tools.image.keys import PublicKey
+from host_tools.image.package import HEADER_SIZE, SIGNATURE_SIZE
 
-# firmware/fota/errors.py (tests/test_protodevice.py checks these against it)
-BAD_HEADER, FORMAT_VERSION, MANIFEST_SIZE, UNKNOWN_KEY, BAD_SIGNATURE, MALFORMED, UNSUPPORTED_FIELD = 1, 2, 3, 4, 5, 6, 7
-WRONG_BOARD, WRONG_CHIP, WRONG_HW_REV, ROLLBACK, EXPIRED, MIN_VERSION, TOO_BIG, BAD_ENCODING = 8, 9, 10, 11, 12, 13, 14, 15
-DIGEST_MISMATCH, ENCODED_DIGEST, BAD_IMAGE, CHUNK_RANGE, SELF_TEST_FAILED, INFLATE, CANCELLED = 16, 17, 19, 20, 22, 25, 26
-CONNECTION_LOST, BUSY = 28, 30
-NAMES = ("OK", "BAD_HEADER", "FORMAT_VERSION", "MANIFEST_SIZE", "UNKNOWN_KEY", "BAD_SIGNATURE", "MALFORMED",
-         "UNSUPPORTED_FIELD", "WRONG_BOARD", "WRONG_CHIP", "WRONG_HW_REV", "ROLLBACK", "EXPIRED", "MIN_VERSION", "TOO_BIG",
-         "BAD_ENCODING", "DIGEST_MISMATCH", "ENCODED_DIGEST", "UNCONFIRMED", "BAD_IMAGE", "CHUNK_RANGE", "FLASH",
-         "SELF_TEST_FAILED", "SELF_TEST_TIMEOUT", "NO_SLOT", "INFLATE", "CANCELLED", "OUT_OF_MEMORY", "CONNECTION_LOST",
-         "INCOMPLETE", "BUSY")
-LWM2M = b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06\x05\x05\x08\x06\x08\x08\x08\x08\x08\x05\x0a\x03\x04\x08\x08"
-LWM2M_SUCCESS, LWM2M_FAILED = 1, 8
+# The firmware's own error table (firmware/fota/errors.py): codes, names, LwM2M results.
+E = firmware.errors()
+name, lwm2m_result = E.name, E.lwm2m_result
 
 IDLE, DOWNLOADING, DOWNLOADED, UPDATING = 0, 1, 2, 3  # LwM2M Object 5 State
-POLICIES = ("auto", "consent", "download-only")
 BEHAVIOURS = ("ok", "fail-self-test", "silent", "crash")
-OFFER = struct.Struct("<4sIHBB")  # PROTOCOL.md "Offer": magic, offer id, chunk size, policy, reserved
-DATA = struct.Struct("<IIH")  # "Chunk data": offer id, offset, length
-GET = struct.Struct("<IH")  # "Chunk request": offer id, count (then count x u32 offset)
 PROGRESS_BYTES = 65536  # a `progress` event per this much payload (the agent's journal interval), and at the end
 MAX_EVENTS = 16  # events kept while offline (mqtt_link._MAX_EVENTS)
 MAX_ERRORS = 8  # the persisted error log (store.MAX_ERRORS)
 _APP_HEAD = 0x24  # image header + esp_app_desc_t magic: what the agent checks before the first flash write
-
-
-def name(code: int) -> str:
-    return NAMES[code] if 0 < code < len(NAMES) else f"E{code}"
-
-
-def lwm2m_result(code: int) -> int:
-    return LWM2M[code] if 0 < code < len(LWM2M) else LWM2M_FAILED
 
 
 class Refused(Exception):
@@ -105,42 +84,27 @@ def _signature_ok(raw: bytes, signature: bytes, signed: bytes) -> bool:
     return PublicKey(raw).verify(signature, signed)
 
 
-@lru_cache(maxsize=1)
-def _device_manifest():
-    # The device's own manifest rules (firmware/fota/manifest.py imports under CPython by design):
-    # the simulator refuses exactly what a device refuses, with the same codes.
-    import sys
-
-    from host_tools.build import FIRMWARE_DIR
-
-    if str(FIRMWARE_DIR) not in sys.path:
-        sys.path.append(str(FIRMWARE_DIR))
-    from fota import errors, manifest
-
-    return manifest, errors.OtaError
-
-
 def check_offer(blob: bytes, spec: DeviceSpec, seq_floor: int, version: str, now: float | None):
     """docs/FORMAT.md "Device checks, in order" on header + manifest + signature; raises Refused.
 
     Header, manifest and device checks are firmware/fota/manifest.py's; only the signature goes
     through pyca (the same verdicts, tested in tests/test_ed25519.py, at fleet speed).
     """
-    fm, OtaError = _device_manifest()
+    fm = firmware.manifest()  # the device's own manifest rules: refused exactly as a device refuses, same codes
     try:
         mlen, key_id = fm.parse_header(bytes(blob[:HEADER_SIZE]))
         end = HEADER_SIZE + mlen
         if len(blob) < end + SIGNATURE_SIZE:
-            raise Refused(MANIFEST_SIZE)
+            raise Refused(E.MANIFEST_SIZE)
         candidates = [k for k in spec.keys if k.key_id == key_id]
         if not candidates:
-            raise Refused(UNKNOWN_KEY)
+            raise Refused(E.UNKNOWN_KEY)
         signature = bytes(blob[end : end + SIGNATURE_SIZE])
         if not any(_signature_ok(k.raw, signature, bytes(blob[:end])) for k in candidates):
-            raise Refused(BAD_SIGNATURE)
+            raise Refused(E.BAD_SIGNATURE)
         m = fm.parse_manifest(bytes(blob[HEADER_SIZE:end]))
         fm.check_device(m, fm.Device(spec.board, spec.chip_id, spec.hw_rev, seq_floor, version, now), spec.slot_size)
-    except OtaError as e:
+    except E.OtaError as e:
         raise Refused(e.code) from None
     return m
 
@@ -160,9 +124,9 @@ class ProtoDevice:
         self.spec = spec
         self.id = spec.id
         self.clock = clock  # Unix time (expiry, the error log)
-        base = f"{prefix}/{spec.id}/".encode()
-        self.t_state, self.t_events, self.t_get = base + b"state", base + b"events", base + b"get"
-        self.t_offer, self.t_data, self.t_cmd = base + b"offer", base + b"data", base + b"cmd"
+        t = {kind: protocol.topic(prefix, spec.id, kind).encode() for kind in protocol.TOPICS}
+        self.t_state, self.t_events, self.t_get = t["state"], t["events"], t["get"]
+        self.t_offer, self.t_data, self.t_cmd = t["offer"], t["data"], t["cmd"]
         self._handlers = {self.t_offer: self._on_offer, self.t_data: self._on_data, self.t_cmd: self._on_cmd}
         self.version, self.seq, self.slot = spec.version, spec.seq, "ota_0"
         self.state, self.result, self.code, self.detail = IDLE, 0, 0, None
@@ -236,14 +200,14 @@ class ProtoDevice:
         version, seq, offer = pending
         self._mark_done(offer)
         if self.spec.behaviour == "fail-self-test":
-            self.errors = (self.errors + [[SELF_TEST_FAILED, "app", int(self.clock())]])[-MAX_ERRORS:]
-            self.result, self.code, self.detail = LWM2M_FAILED, SELF_TEST_FAILED, "rolled back: app"
-            self.report("rolled_back", offer, version=version, code=SELF_TEST_FAILED, name=name(SELF_TEST_FAILED),
+            self.errors = (self.errors + [[E.SELF_TEST_FAILED, "app", int(self.clock())]])[-MAX_ERRORS:]
+            self.result, self.code, self.detail = E.LWM2M_FAILED, E.SELF_TEST_FAILED, "rolled back: app"
+            self.report("rolled_back", offer, version=version, code=E.SELF_TEST_FAILED, name=name(E.SELF_TEST_FAILED),
                         detail="app")
             return
         self.version, self.seq = version, max(self.seq, seq)
         self.slot = "ota_1" if self.slot == "ota_0" else "ota_0"
-        self.result, self.code, self.detail = LWM2M_SUCCESS, 0, "committed"
+        self.result, self.code, self.detail = E.LWM2M_SUCCESS, 0, "committed"
         self.report("committed", offer, version=version, seq=seq)
 
     def on_message(self, topic: bytes, payload: bytes) -> None:
@@ -257,23 +221,24 @@ class ProtoDevice:
     def _on_offer(self, payload: bytes) -> None:
         if not payload:  # withdrawn
             if self.offer_id is not None and self.state == DOWNLOADING:
-                self._fail(CANCELLED, "cancelled")
+                self._fail(E.CANCELLED, "cancelled")
             self.offer_id, self._retry_at = None, None
             return
-        if len(payload) < OFFER.size or payload[:4] != b"OFR1":
+        offer = protocol.decode_offer(payload)
+        if offer is None:
             return
-        _, offer_id, chunk, policy, _ = OFFER.unpack_from(payload)
+        offer_id = offer.offer_id
         if offer_id == self.offer_id or offer_id in self.done:
             return
         if self.spec.behaviour == "silent":
             self.offers_ignored += 1
             return
         if self.state in (DOWNLOADING, UPDATING):
-            self.report("failed", offer_id, code=BUSY, name=name(BUSY), detail="offer refused")
+            self.report("failed", offer_id, code=E.BUSY, name=name(E.BUSY), detail="offer refused")
             self._mark_done(offer_id)
             return
-        self.offer_id, self._blob, self._chunk = offer_id, payload[OFFER.size:], chunk
-        self._policy = POLICIES[policy] if policy < len(POLICIES) else "auto"
+        self.offer_id, self._blob, self._chunk = offer_id, offer.blob, offer.chunk
+        self._policy = protocol.policy_name(offer.policy)
         self._approved, self._crashed, self._retries = False, False, 0
         self._start_attempt(fresh=True)
 
@@ -281,8 +246,8 @@ class ProtoDevice:
         self._retry_at = None
         self._timeouts = 0
         try:
-            if not 0 < self._chunk <= 4096:
-                raise Refused(CHUNK_RANGE)
+            if not 0 < self._chunk <= protocol.MAX_CHUNK:
+                raise Refused(E.CHUNK_RANGE)
             m = check_offer(self._blob, self.spec, self.seq, self.version, self.clock())
         except Refused as e:
             self._fail(e.code, e.detail)
@@ -319,18 +284,18 @@ class ProtoDevice:
             offset += step
         if not want:
             return
-        want = want[:16]
-        self.link.publish(self.t_get, GET.pack(self.offer_id, len(want)) + struct.pack(f"<{len(want)}I", *want), 0, False)
+        want = want[: protocol.MAX_REQUEST]
+        self.link.publish(self.t_get, protocol.encode_get(self.offer_id, want), 0, False)
         self.gets += 1
         self._inflight.extend(want)
         self._last_data = time.monotonic()
 
     def _on_data(self, payload: bytes) -> None:
-        if len(payload) < DATA.size or self.state != DOWNLOADING:
+        decoded = protocol.decode_data(payload) if self.state == DOWNLOADING else None
+        if decoded is None or decoded[0] != self.offer_id:
             return
-        offer_id, offset, length = DATA.unpack_from(payload)
-        if offer_id != self.offer_id or DATA.size + length > len(payload):
-            return
+        _, offset, data = decoded
+        length = len(data)
         if self.spec.loss and self._rng.random() < self.spec.loss:
             self.lost += 1
             return
@@ -342,14 +307,14 @@ class ProtoDevice:
             self._inflight.remove(offset)
         size = self._m.encoded_size
         if offset % self._chunk or offset >= size or length != min(self._chunk, size - offset):
-            return self._give_up(CHUNK_RANGE, f"chunk at {offset}")
+            return self._give_up(E.CHUNK_RANGE, f"chunk at {offset}")
         try:
             if offset == self._next:
-                self._consume(payload[DATA.size : DATA.size + length])
+                self._consume(data)
                 while self._next in self._ahead:
                     self._consume(self._ahead.pop(self._next))
             elif offset > self._next and offset not in self._ahead:
-                self._ahead[offset] = payload[DATA.size : DATA.size + length]
+                self._ahead[offset] = data
             else:
                 self.duplicates += 1
         except Refused as e:
@@ -371,7 +336,7 @@ class ProtoDevice:
             try:
                 data = self._inflater.decompress(data)
             except zlib.error:
-                raise Refused(INFLATE, f"chunk at {self._next - len(data)}") from None
+                raise Refused(E.INFLATE, f"chunk at {self._next - len(data)}") from None
             self._img_sha.update(data)
         self._decoded += len(data)
         if len(self._head) < _APP_HEAD:
@@ -379,9 +344,9 @@ class ProtoDevice:
             h = self._head
             if len(h) >= _APP_HEAD and (h[0] != 0xE9 or h[1] > 16 or h[12] | h[13] << 8 != self.spec.chip_id
                                         or h[0x20:0x24] != b"\x32\x54\xcd\xab"):
-                raise Refused(BAD_IMAGE, "chunk at 0")
+                raise Refused(E.BAD_IMAGE, "chunk at 0")
         if self._decoded > self._m.image_size:
-            raise Refused(INFLATE, "longer than image_size")
+            raise Refused(E.INFLATE, "longer than image_size")
         self._fresh += len(data)
         if self._fresh >= PROGRESS_BYTES or self._next >= self._m.encoded_size:
             self._fresh = 0
@@ -398,11 +363,11 @@ class ProtoDevice:
             self._img_sha.update(tail)
             self._decoded += len(tail)
             if not self._inflater.eof or self._decoded != m.image_size:
-                return self._give_up(INFLATE, "verify")
+                return self._give_up(E.INFLATE, "verify")
             if self._sha.digest() != m.encoded_sha256:
-                return self._give_up(ENCODED_DIGEST, "verify")
+                return self._give_up(E.ENCODED_DIGEST, "verify")
         if self._decoded != m.image_size or self._img_sha.digest() != m.image_sha256:
-            return self._give_up(DIGEST_MISMATCH, "verify")
+            return self._give_up(E.DIGEST_MISMATCH, "verify")
         self.state = DOWNLOADED
         self.report("downloaded", version=m.version, ms=int((time.monotonic() - self._started) * 1000))
         if self._policy == "auto" or self._approved:
@@ -428,7 +393,7 @@ class ProtoDevice:
             if self.state == DOWNLOADED:
                 self._install()
         elif cmd.get("cmd") == "cancel" and self.state in (DOWNLOADING, DOWNLOADED):
-            self._give_up(CANCELLED, "cancelled")
+            self._give_up(E.CANCELLED, "cancelled")
 
     @property
     def busy(self) -> bool:
@@ -443,7 +408,7 @@ class ProtoDevice:
             return
         self._timeouts += 1
         if self._timeouts > self.spec.max_timeouts:
-            self._fail(CONNECTION_LOST, f"no data after {self.spec.max_timeouts} requests")
+            self._fail(E.CONNECTION_LOST, f"no data after {self.spec.max_timeouts} requests")
             cap = min(self.spec.retry_cap, self.spec.retry_base * 2 ** self._retries)
             self._retries += 1
             self._retry_at = now + self._rng.uniform(0, cap)
@@ -451,12 +416,3 @@ class ProtoDevice:
         self.rerequests += 1
         self._inflight = []  # ask again for everything outstanding
         self._request()
-
-
-def __getattr__(attr: str):
-    # ProtoFleet (the network side) lives in protofleet.py; importable from here as well.
-    if attr == "ProtoFleet":
-        from host_tools.fleet.protofleet import ProtoFleet
-
-        return ProtoFleet
-    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")

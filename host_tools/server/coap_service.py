@@ -31,12 +31,12 @@ from aiocoap import resource
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
 
+from host_tools import protocol
 from host_tools.errors import FotaError
-from host_tools.package import PackageError
+from host_tools.image.package import PackageError
 from host_tools.server.loopthread import LoopThread
-from host_tools.server.mqtt_service import offer_payload
 from host_tools.server.packages import PackageStore
-from host_tools.server.registry import FINAL, Registry, status_for_event
+from host_tools.server.registry import Registry
 
 ETAG_LEN = 8
 FORMAT_OCTETS = 42
@@ -75,18 +75,6 @@ def payload_etag(read: Callable[[int, int], bytes], size: int, piece: int = 1 <<
     return h.digest()[:ETAG_LEN]
 
 
-def record_event(registry: Registry, device: str, event: dict) -> str | None:
-    """Log a device event and move its offer on (the MQTT service's rule); returns a final status."""
-    registry.add_event(device, event)
-    offer_id = event.get("offer")
-    outcome = status_for_event(event)
-    if offer_id is None or outcome is None:
-        return None
-    status, code, reason = outcome
-    registry.set_offer_status(int(offer_id), status, code=code, reason=reason)
-    return status if status in FINAL else None
-
-
 class RegistryBackend:
     """`fota serve`: offers from the registry, payloads from the package store."""
 
@@ -99,11 +87,11 @@ class RegistryBackend:
 
     def offer(self, device: str) -> bytes | None:
         """The device's newest offer that has no outcome yet (what MQTT keeps retained)."""
-        current = [o for o in self.registry.offers(device) if o.status not in FINAL]
+        current = [o for o in self.registry.offers(device) if o.status not in protocol.FINAL]
         if not current:
             return None
         o = current[-1]
-        return offer_payload(o.id, o.chunk, o.policy, self.store.offer_blob(o.package))
+        return protocol.encode_offer(o.id, o.chunk, o.policy, self.store.offer_blob(o.package))
 
     def payload(self, offer_id: int) -> Payload | None:
         o = self.registry.offer(offer_id)
@@ -129,7 +117,7 @@ class RegistryBackend:
         self.registry.record_state(device, state)
 
     def event(self, device: str, event: dict) -> None:
-        if record_event(self.registry, device, event) and self.on_final:
+        if self.registry.record_event(device, event) and self.on_final:
             self.on_final(device)
 
 

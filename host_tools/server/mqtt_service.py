@@ -12,22 +12,15 @@ from __future__ import annotations
 
 import json
 import socket
-import struct
 import threading
 from urllib.parse import urlparse
 
 import paho.mqtt.client as mqtt
 
+from host_tools import protocol
 from host_tools.errors import FotaError
 from host_tools.server.packages import PackageStore
-from host_tools.server.registry import FINAL, Registry, status_for_event
-
-OFFER_MAGIC = b"OFR1"
-OFFER_HEAD = struct.Struct("<4sIHBB")
-GET_HEAD = struct.Struct("<IH")
-DATA_HEAD = struct.Struct("<IIH")
-MAX_REQUEST = 16
-POLICIES = {"auto": 0, "consent": 1, "download-only": 2}
+from host_tools.server.registry import Registry
 
 
 class ServerError(FotaError):
@@ -41,10 +34,6 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
         raise ServerError(f"broker URL {url!r} is not mqtt://HOST:PORT or mqtts://HOST:PORT")
     tls = parsed.scheme in ("mqtts", "ssl")
     return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
-
-
-def offer_payload(offer_id: int, chunk: int, policy: int, blob: bytes) -> bytes:
-    return OFFER_HEAD.pack(OFFER_MAGIC, offer_id, chunk, policy, 0) + blob
 
 
 class MqttService:
@@ -91,10 +80,10 @@ class MqttService:
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 3 or parts[0] != self.prefix:
+        parsed = protocol.parse_topic(self.prefix, msg.topic)
+        if parsed is None:
             return
-        device, kind = parts[1], parts[2]
+        device, kind = parsed
         try:
             if kind == "get":
                 self._serve_chunks(device, msg.payload)
@@ -102,49 +91,42 @@ class MqttService:
                 self.registry.record_state(device, json.loads(msg.payload))
             elif kind == "events":
                 self._on_event(device, json.loads(msg.payload))
-        except (ValueError, KeyError, struct.error):
+        except (ValueError, KeyError):
             return  # a malformed message from a device changes nothing
 
     def _serve_chunks(self, device: str, payload: bytes) -> None:
-        offer_id, count = GET_HEAD.unpack_from(payload)
+        offer_id, offsets = protocol.decode_get(payload)
         offer = self.registry.offer(offer_id)
-        if offer is None or offer.device != device or count > MAX_REQUEST:
+        if offer is None or offer.device != device:
             return
-        offsets = struct.unpack_from(f"<{count}I", payload, GET_HEAD.size)
-        topic = f"{self.prefix}/{device}/data"
+        topic = protocol.topic(self.prefix, device, "data")
         for offset in offsets:
             if offset % offer.chunk:
                 continue
             data = self.store.chunk(offer.package, offset, offer.chunk)
             if not data:
                 continue
-            self._client.publish(topic, DATA_HEAD.pack(offer_id, offset, len(data)) + data, qos=0)
+            self._client.publish(topic, protocol.encode_data(offer_id, offset, data), qos=0)
             self.bytes_served += len(data)
             self.chunks_served += 1
 
     def _on_event(self, device: str, event: dict) -> None:
-        self.registry.add_event(device, event)
-        offer_id = event.get("offer")
-        outcome = status_for_event(event)
-        if offer_id is None or outcome is None:
-            return
-        status, code, reason = outcome
-        self.registry.set_offer_status(int(offer_id), status, code=code, reason=reason)
-        if status in FINAL:
+        if self.registry.record_event(device, event):
             self.clear_offer(device)
 
     # -- offers ---------------------------------------------------------------
     def offer(self, device: str, package_id: str, *, chunk: int = 4096, policy: str = "auto") -> int:
         """Record an offer and publish it retained, so an offline device gets it later."""
-        offer_id = self.registry.create_offer(device, package_id, chunk=chunk, policy=POLICIES[policy])
+        code = protocol.policy_code(policy)
+        offer_id = self.registry.create_offer(device, package_id, chunk=chunk, policy=code)
         blob = self.store.offer_blob(package_id)
-        info = self._client.publish(f"{self.prefix}/{device}/offer", offer_payload(offer_id, chunk, POLICIES[policy], blob),
+        info = self._client.publish(protocol.topic(self.prefix, device, "offer"), protocol.encode_offer(offer_id, chunk, code, blob),
                                     qos=1, retain=True)
         info.wait_for_publish(10)
         return offer_id
 
     def clear_offer(self, device: str) -> None:
-        self._client.publish(f"{self.prefix}/{device}/offer", b"", qos=1, retain=True)
+        self._client.publish(protocol.topic(self.prefix, device, "offer"), b"", qos=1, retain=True)
 
     def command(self, device: str, cmd: dict) -> None:
-        self._client.publish(f"{self.prefix}/{device}/cmd", json.dumps(cmd), qos=1).wait_for_publish(10)
+        self._client.publish(protocol.topic(self.prefix, device, "cmd"), json.dumps(cmd), qos=1).wait_for_publish(10)

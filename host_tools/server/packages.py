@@ -11,7 +11,7 @@ import hashlib
 import threading
 from pathlib import Path
 
-from host_tools.package import HEADER_SIZE, SIGNATURE_SIZE, Package, PackageError, parse_package
+from host_tools.image.package import HEADER_SIZE, SIGNATURE_SIZE, Package, PackageError, parse_package
 
 
 class PackageStore:

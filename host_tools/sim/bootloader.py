@@ -18,8 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from host_tools.esp import espidf
 from host_tools.esp.partition_table import Partition, PartitionTable, PartitionTableError
-from host_tools.sim.board import espidf
 from host_tools.sim.flash import Flash
 
 FACTORY_INDEX = -1

@@ -24,12 +24,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import boards
 from host_tools.errors import FotaError
+from host_tools.esp import boards, espidf
 from host_tools.esp.app_image import ImageError, Segment, build_app_image, parse_app_image
 from host_tools.esp.partition_table import Partition, PartitionTable
 from host_tools.sim import bootloader
-from host_tools.sim.board import espidf
 from host_tools.sim.flash import Flash
 
 BOOTLOADER_NOTE = b"fota sim: second-stage bootloader region (the bootloader is emulated by host_tools.sim)"

@@ -38,12 +38,13 @@ from pathlib import Path
 from typing import TextIO
 
 from host_tools.errors import FotaError
+from host_tools.esp import espidf
+from host_tools.image.sim_image import frozen_modules
 from host_tools.sim import bootloader
-from host_tools.sim.board import espidf
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
-from host_tools.sim.image import frozen_modules
 
 BOARD_MODULES = Path(__file__).with_name("board")
+ESP_RULES = Path(espidf.__file__)  # host_tools/esp/espidf.py: portable, the board gets a copy on its MICROPYPATH
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
 REQ = struct.Struct("<BII")
@@ -300,7 +301,7 @@ class BoardRun:
         env = dict(os.environ)
         env.pop("MICROPYPATH", None)
         env.update(
-            MICROPYPATH=str(BOARD_MODULES),
+            MICROPYPATH=board_path(self.board.path.parent),
             FOTA_SIM_BUS=str(child.fileno()),
             FOTA_SIM_RUNNING=str(self._slot.offset),
             FOTA_SIM_RESET_CAUSE=str(cause),
@@ -313,7 +314,7 @@ class BoardRun:
         )
         if raw:
             env["FOTA_SIM_RAW"] = "1"
-        heap = parse_size(self.heapsize) + frozen_heap_cost(frozen)
+        heap = parse_size(self.heapsize) + frozen_heap_cost(frozen, env["MICROPYPATH"])
         cmd = [micropython_binary(), "-X", f"heapsize={heap}", "-i", str(BOARD_MODULES / "_simboot.py")]
         self._child = subprocess.Popen(
             cmd, stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=[child.fileno()],
@@ -520,7 +521,7 @@ def parse_size(text: str | int) -> int:
 
 HEAP_PROBE = """
 import gc, sys
-sys.path[:] = [sys.argv[1], sys.argv[2]]
+sys.path[:] = [sys.argv[1]] + sys.argv[2].split(":")
 gc.collect()
 base = gc.mem_alloc()
 for name in sys.argv[3:]:
@@ -533,7 +534,25 @@ print(gc.mem_alloc() - base)
 """
 
 
-def frozen_heap_cost(frozen: Path) -> int:
+def board_path(home: Path) -> str:
+    """MICROPYPATH of a board: its own modules (sim/board/), then the ESP-IDF rules (esp/espidf.py).
+
+    The rules are product code (host_tools/esp/), shared with the host's image checks; the board
+    gets a copy of that one file in `home/.board-lib/` (refreshed whenever it differs), so nothing
+    else of host_tools/esp/ is importable on the board.
+    """
+    lib = home / ".board-lib"
+    target = lib / ESP_RULES.name
+    source = ESP_RULES.read_bytes()
+    if not target.exists() or target.read_bytes() != source:
+        lib.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_bytes(source)
+        tmp.replace(target)
+    return f"{BOARD_MODULES}:{lib}"
+
+
+def frozen_heap_cost(frozen: Path, path: str | None = None) -> int:
     """Heap the slot's frozen modules and the board's own modules take on the Unix port.
 
     On a chip frozen bytecode stays in flash and esp32/machine/network are C; the
@@ -550,7 +569,7 @@ def frozen_heap_cost(frozen: Path) -> int:
     )
     board = ["_simbus", "espidf", "esp32", "machine", "network"]
     out = subprocess.run(
-        [micropython_binary(), "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), str(BOARD_MODULES), *board, *names],
+        [micropython_binary(), "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), path or board_path(frozen.parent.parent), *board, *names],
         capture_output=True, text=True, timeout=60, cwd=str(frozen),
     )
     cost = int(out.stdout.strip() or 0) if out.returncode == 0 else 0

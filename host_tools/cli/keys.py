@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from host_tools.errors import FotaError
-from host_tools.keys import PublicKey, generate_key, trusted_keys_module
+from host_tools.image.keys import PublicKey, generate_key, trusted_keys_module
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import threading
 import time
 from collections import OrderedDict
@@ -26,11 +25,11 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
+from host_tools import protocol
 from host_tools.errors import FotaError
-from host_tools.package import PackageError, parse_package
+from host_tools.image.package import PackageError, parse_package
 from host_tools.server.coap_service import ETAG_LEN, CoapService, Payload
-from host_tools.server.mqtt_service import DATA_HEAD, GET_HEAD, MAX_REQUEST, OFFER_HEAD, OFFER_MAGIC, parse_broker_url
-from host_tools.server.registry import FINAL, status_for_event
+from host_tools.server.mqtt_service import parse_broker_url
 
 MAX_OFFER_IDS = 256  # offer id -> digest mappings kept for serving payloads
 
@@ -176,7 +175,7 @@ class Gateway:
         self._client.loop_stop()
 
     def _topic(self, device: str, kind: str) -> str:
-        return f"{self.config.prefix}/{device}/{kind}"
+        return protocol.topic(self.config.prefix, device, kind)
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         subs = []
@@ -186,15 +185,16 @@ class Gateway:
         self._connected.set()
 
     def _on_message(self, client, userdata, msg) -> None:
-        parts = msg.topic.split("/")
-        if len(parts) != 3 or parts[0] != self.config.prefix or parts[1] not in self.devices:
+        parsed = protocol.parse_topic(self.config.prefix, msg.topic)
+        if parsed is None or parsed[0] not in self.devices:
             return
+        device, kind = parsed
         try:
-            if parts[2] == "offer":
-                self._on_offer(parts[1], msg.payload)
-            elif parts[2] == "data":
+            if kind == "offer":
+                self._on_offer(device, msg.payload)
+            elif kind == "data":
                 self._on_data(msg.payload)
-        except (ValueError, struct.error, PackageError, OSError) as exc:
+        except (ValueError, PackageError, OSError) as exc:
             print(f"fota gateway: {msg.topic}: {exc}", flush=True)
 
     # -- offers from upstream ----------------------------------------------------------
@@ -203,13 +203,14 @@ class Gateway:
             if not payload:  # withdrawn upstream
                 self.offers.pop(device, None)
                 return
-            magic, offer_id, chunk, _policy, _ = OFFER_HEAD.unpack_from(payload)
-            if magic != OFFER_MAGIC or chunk == 0:
+            offer = protocol.decode_offer(payload)
+            if offer is None or offer.chunk == 0:
                 return
+            offer_id, chunk = offer.offer_id, offer.chunk
             current = self.offers.get(device)
             if current is not None and current.offer_id == offer_id:
                 return
-            m = parse_package(payload[OFFER_HEAD.size :]).manifest  # only to learn the digest and size
+            m = parse_package(offer.blob).manifest  # only to learn the digest and size
             digest = m.encoded_sha256 or m.image_sha256
             size = m.encoded_size or m.image_size
             self.offers[device] = _Offer(device, offer_id, bytes(payload), digest, size)
@@ -227,21 +228,22 @@ class Gateway:
         now = time.monotonic()
         want = [o for o in range(0, f.size, f.chunk) if o not in f.got and o not in f.asked]
         room = self.config.window - len(f.asked)
-        want = want[: max(0, min(room, MAX_REQUEST))]
+        want = want[: max(0, min(room, protocol.MAX_REQUEST))]
         if not want:
             return
         for o in want:
             f.asked[o] = now
-        body = GET_HEAD.pack(f.offer_id, len(want)) + struct.pack(f"<{len(want)}I", *want)
-        self._client.publish(self._topic(f.device, "get"), body, qos=0)
+        self._client.publish(self._topic(f.device, "get"), protocol.encode_get(f.offer_id, want), qos=0)
         f.last_data = f.last_data or now
 
     def _on_data(self, payload: bytes) -> None:
-        offer_id, offset, length = DATA_HEAD.unpack_from(payload)
-        data = payload[DATA_HEAD.size : DATA_HEAD.size + length]
+        decoded = protocol.decode_data(payload)
+        if decoded is None:
+            return
+        offer_id, offset, data = decoded
         with self._lock:
             f = next((f for f in self.fetches.values() if f.offer_id == offer_id), None)
-            if f is None or offset % f.chunk or offset >= f.size or offset in f.got or len(data) != length:
+            if f is None or offset % f.chunk or offset >= f.size or offset in f.got:
                 return
             if len(data) != min(f.chunk, f.size - offset):
                 return
@@ -310,8 +312,7 @@ class Gateway:
         if device not in self.devices:
             return
         self._client.publish(self._topic(device, "events"), json.dumps(event), qos=1)
-        outcome = status_for_event(event)
-        if outcome is not None and outcome[0] in FINAL:
+        if protocol.final_status(event) is not None:
             with self._lock:
                 o = self.offers.get(device)
                 if o is not None and o.offer_id == event.get("offer"):

@@ -1,4 +1,4 @@
-"""`fota gateway`: serve CoAP devices from a central MQTT fota server (host_tools.gateway)."""
+"""`fota gateway`: serve CoAP devices from a central MQTT fota server (host_tools.server.gateway)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from host_tools.errors import FotaError
-from host_tools.gateway import Gateway, GatewayConfig
+from host_tools.server.gateway import Gateway, GatewayConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from host_tools.errors import FotaError
-from host_tools.server.mqtt_service import POLICIES, MqttService
+from host_tools.protocol import POLICIES
+from host_tools.server.mqtt_service import MqttService
 from host_tools.server.packages import PackageStore
 from host_tools.server.service import Server, ServerConfig, default_data_dir, open_registry, running_server
 

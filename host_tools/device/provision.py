@@ -1,7 +1,7 @@
 """`fota provision`: write a board's configuration over its REPL (mpremote) and read it back.
 
 Works the same on a USB board (`/dev/ttyUSB0`) and on a running virtual board
-(`sim:NAME`, through its pty). Writes `config.json`, the `main.py` that starts
+(`sim:NAME`, through its pty: `resolve=host_tools.sim.ports.resolve_port`, as the CLI does). Writes `config.json`, the `main.py` that starts
 the update service (firmware/fota/device.py), and optionally `trusted_keys.py`.
 
     provision("/dev/ttyUSB0", DeviceConfig(board="esp32_generic", hw_rev="A",
@@ -14,12 +14,13 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from host_tools import boards
 from host_tools.errors import FotaError
-from host_tools.keys import PublicKey, trusted_keys_module
+from host_tools.esp import boards
+from host_tools.image.keys import PublicKey, trusted_keys_module
 
 MAIN_PY = """import app
 from fota import device
@@ -58,18 +59,11 @@ class DeviceConfig:
         return cfg | self.extra
 
 
-def resolve_port(port: str, home=None) -> str:
-    """A serial device path for mpremote: sim:NAME -> the running virtual board's pty."""
-    if not port.startswith("sim:"):
-        if not Path(port).exists():
-            raise ProvisionError(f"no serial port {port}", hint="is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)")
-        return port
-    from host_tools.sim.device import SimDevice
-
-    board = SimDevice.open(port[4:], home)
-    if not board.repl_link.is_symlink():
-        raise ProvisionError(f"virtual board {board.name} is not running", hint=f"start it with: fota sim run {board.name}")
-    return str(board.repl_link.resolve())
+def serial_port(port: str) -> str:
+    """A serial device path for mpremote; it has to exist."""
+    if not Path(port).exists():
+        raise ProvisionError(f"no serial port {port}", hint="is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*)")
+    return port
 
 
 def mpremote(device: str, *args: str, timeout: float = 60) -> str:
@@ -80,9 +74,11 @@ def mpremote(device: str, *args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def provision(port: str, config: DeviceConfig, *, home=None, reset: bool = True) -> dict:
-    """Write config.json, main.py (and trusted_keys.py), read config.json back, then reset."""
-    device = resolve_port(port, home)
+def provision(port: str, config: DeviceConfig, *, reset: bool = True, resolve: Callable[[str], str] = serial_port) -> dict:
+    """Write config.json, main.py (and trusted_keys.py), read config.json back, then reset.
+
+    `resolve` turns the port name into what mpremote connects to (a virtual board's pty, say)."""
+    device = resolve(port)
     cfg = config.to_json()
     with tempfile.TemporaryDirectory() as tmp:
         files = {"config.json": json.dumps(cfg, indent=1), "main.py": MAIN_PY}

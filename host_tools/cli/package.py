@@ -6,12 +6,12 @@ import argparse
 import time
 from pathlib import Path
 
-from host_tools import boards
-from host_tools.build import BuildSpec, build_image
-from host_tools.cli_keys import passphrase_from_env
+from host_tools.cli.keys import passphrase_from_env
+from host_tools.esp import boards
 from host_tools.esp.app_image import parse_app_image
-from host_tools.keys import FileSigner, PublicKey
-from host_tools.package import Manifest, VerifyError, decode_payload, make_package, parse_package, verify_package
+from host_tools.image.build import BuildSpec, build_image
+from host_tools.image.keys import FileSigner, PublicKey
+from host_tools.image.package import Manifest, VerifyError, decode_payload, make_package, parse_package, verify_package
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -71,7 +71,7 @@ def cmd_sign(args) -> int:
         min_version=args.min_version, created=now, notes=args.notes,
         expires=None if args.expires_in is None else now + int(args.expires_in * 86400),
     )
-    from host_tools.build import check_app_image
+    from host_tools.image.build import check_app_image
 
     check_app_image(image, board)
     package = make_package(image, manifest, signer, encoding=args.encoding)

@@ -15,7 +15,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 
 from host_tools.errors import EXIT_VERIFY_FAILED, FotaError
-from host_tools.keys import PublicKey, Signer
+from host_tools.image.keys import PublicKey, Signer
 
 MAGIC = b"FOTA"
 FORMAT_VERSION = 1

@@ -15,14 +15,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools import boards
+from host_tools.esp import boards, espidf
 from host_tools.esp.app_image import ImageError, parse_app_image
-from host_tools.freeze import freeze_sources, freeze_tree
-from host_tools.keys import PublicKey, trusted_keys_module
-from host_tools.sim.board import espidf
-from host_tools.sim.image import build_sim_image
+from host_tools.firmware import FIRMWARE_DIR
+from host_tools.image.freeze import freeze_sources, freeze_tree
+from host_tools.image.keys import PublicKey, trusted_keys_module
+from host_tools.image.sim_image import build_sim_image
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
 FIRMWARE_BIN_HINT = (
     "use the app image: micropython.bin from ports/esp32/build-<BOARD>/ (served for OTA as *.app-bin), "
     "not firmware.bin"

@@ -21,8 +21,9 @@ from host_tools.fleet.campaign import (
     CampaignSpec,
     report,
 )
+from host_tools.fleet.render import render_plan, render_report, render_status
 from host_tools.server.packages import PackageStore
-from host_tools.server.registry import FINAL, Registry
+from host_tools.server.registry import Registry
 from host_tools.server.service import default_data_dir, open_registry
 
 
@@ -99,45 +100,11 @@ def cmd_create(args) -> int:
     return 0
 
 
-def render_plan(spec: CampaignSpec, plan) -> str:
-    lines = [f"campaign {spec.name}: package {spec.package}, waves {' -> '.join(spec.waves)}"]
-    for index, wave in enumerate(spec.waves):
-        members = [d for d, w in plan.targets if w == index]
-        lines.append(f"  wave {index + 1} ({wave}): {len(members)} device(s) {', '.join(members)}")
-    lines.append(f"  excluded: {len(plan.excluded)}")
-    lines += [f"    {device}: {reason}" for device, reason in plan.excluded]
-    return "\n".join(lines)
-
-
 def cmd_action(args) -> int:
     runner = _runner(_registry(args))
     getattr(runner, args.action)(args.name)
     print(f"campaign {args.name}: {args.action}")
     return 0
-
-
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = int(width * done / total) if total else width
-    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
-
-
-def render_status(registry: Registry, name: str) -> str:
-    data = report(registry, name)
-    camp = data["campaign"]
-    if camp is None:
-        raise CampaignError(f"no campaign named {name!r}")
-    waves = camp["spec"]["waves"]
-    lines = [f"campaign {name}: {camp['status']} (wave {camp['wave'] + 1}/{len(waves)}) {camp['note'] or ''}".rstrip()]
-    for index, wave in enumerate(waves):
-        rows = [r for r in data["devices"] if r["wave"] == index]
-        done = sum(1 for r in rows if r["status"] in FINAL)
-        ok = sum(1 for r in rows if r["status"] == "SUCCEEDED")
-        lines.append(f"  wave {index + 1} {wave:<8} {_bar(done, len(rows))}  succeeded {ok}")
-    lines.append(f"  {'device':<14} {'wave':>4}  {'status':<12} reason")
-    for r in data["devices"]:
-        wave = "-" if r["wave"] < 0 else str(r["wave"] + 1)
-        lines.append(f"  {r['device']:<14} {wave:>4}  {r['status']:<12} {r['reason'] or ''}")
-    return "\n".join(lines)
 
 
 def cmd_status(args) -> int:
@@ -151,20 +118,6 @@ def cmd_status(args) -> int:
         if not args.follow or status in (COMPLETED, PAUSED, "ABORTED"):
             return 0
         time.sleep(1)
-
-
-def render_report(registry: Registry, name: str) -> str:
-    data = report(registry, name)
-    lines = [f"campaign {name}: {data['campaign']['status']}"]
-    lines += [f"  {status:<12} {count}" for status, count in sorted(data["by_status"].items())]
-    if data["by_reason"]:
-        lines.append("  by reason:")
-        lines += [f"    {count} x {reason}" for reason, count in sorted(data["by_reason"].items())]
-    if data["by_hw_rev"]:
-        lines.append("  failures and exclusions by hardware revision:")
-        for hw, counts in sorted(data["by_hw_rev"].items()):
-            lines.append(f"    {hw}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    return "\n".join(lines)
 
 
 def cmd_report(args) -> int:

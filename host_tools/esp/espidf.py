@@ -1,7 +1,8 @@
 """ESP-IDF's OTA data and app-image rules, as plain Python for both interpreters.
 
-The virtual board's `esp32` module (MicroPython) and its bootloader (CPython) both
-use this file, so the app side (`esp_ota_ops.c`) and the bootloader side
+The host's app-image checks (host_tools/esp/app_image.py, `fota build`), the virtual
+board's `esp32` module (MicroPython: the supervisor copies this file onto the board's
+MICROPYPATH) and its bootloader (CPython) all use this file, so the app side (`esp_ota_ops.c`) and the bootloader side
 (`bootloader_utility.c`, `bootloader_common.c`, `esp_image_format.c`) apply the
 same rules to the same bytes. Sources: ESP-IDF v5.5.1, see
 shared/reference/esp32-ota.md.

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from host_tools.errors import EXIT_USAGE, FotaError
 
-COMMAND_MODULES = ("host_tools.cli_sim",)
-OPTIONAL_COMMAND_MODULES = ("host_tools.cli_keys", "host_tools.cli_package", "host_tools.cli_server", "host_tools.cli_board", "host_tools.cli_campaign",
-                            "host_tools.cli_gateway")
+COMMAND_MODULES = ("host_tools.cli.sim",)
+OPTIONAL_COMMAND_MODULES = ("host_tools.cli.keys", "host_tools.cli.package", "host_tools.cli.server", "host_tools.cli.board", "host_tools.cli.campaign",
+                            "host_tools.cli.gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from host_tools.flashing import flash_image
+from host_tools.sim import ports
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,14 +35,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_flash(args) -> int:
-    board = args.board or ("sim" if args.port.startswith("sim:") else "esp32_generic")
-    print(flash_image(args.port, args.image, board=board, home=args.home, baud=args.baud))
+    board = args.board or ("sim" if ports.is_sim(args.port) else "esp32_generic")
+    print(ports.flash(args.port, args.image, board=board, home=args.home, baud=args.baud))
     return 0
 
 
 def cmd_provision(args) -> int:
-    from host_tools.keys import PublicKey
-    from host_tools.provision import DeviceConfig, provision
+    from host_tools.device.provision import DeviceConfig, provision
+    from host_tools.image.keys import PublicKey
 
     ca = None
     if args.ca:
@@ -55,7 +55,7 @@ def cmd_provision(args) -> int:
         wifi=(args.wifi_ssid, args.wifi_key) if args.wifi_ssid else None, ca_der=ca,
         trusted=[PublicKey.load(p) for p in args.trust],
     )
-    back = provision(args.port, config, home=args.home, reset=not args.no_reset)
+    back = provision(args.port, config, reset=not args.no_reset, resolve=lambda port: ports.resolve_port(port, args.home))
     shown = {k: ("***" if k == "wifi" else v) for k, v in back.items()}
     print(f"provisioned {args.port}: {shown}")
     return 0
@@ -65,9 +65,7 @@ def cmd_console(args) -> int:
     import os
     import sys
 
-    from host_tools.provision import resolve_port
-
-    device = resolve_port(args.port, args.home)
+    device = ports.resolve_port(args.port, args.home)
     mpremote = str(Path(sys.executable).with_name("mpremote"))
     os.execv(mpremote, [mpremote, "connect", device, "repl"])
     return 0

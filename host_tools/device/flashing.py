@@ -2,11 +2,11 @@
 
 A real board goes through esptool (5.x, dashed commands): detect the chip, check
 that it is the board's chip, write the app image to ota_0 and erase otadata, so
-the bootloader boots ota_0 and writes {seq 1, VALID}. `sim:NAME` does the same
-to a virtual board.
+the bootloader boots ota_0 and writes {seq 1, VALID}. A virtual board (`sim:NAME`)
+is flashed the same way by host_tools.sim.ports, which uses `read_image` and
+`check_fits` from here.
 
     flash_image("/dev/ttyUSB0", Path("app.bin"), board="esp32_generic")
-    flash_image("sim:dev1", Path("app.bin"), board="sim")
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from host_tools import boards
-from host_tools.build import check_app_image
 from host_tools.errors import FotaError
+from host_tools.esp import boards
+from host_tools.image.build import check_app_image
 
 CHIP_NAMES = {"ESP32": "esp32", "ESP32-S2": "esp32s2", "ESP32-S3": "esp32s3", "ESP32-C3": "esp32c3", "ESP32-C6": "esp32c6",
               "ESP32-C2": "esp32c2", "ESP32-H2": "esp32h2", "ESP32-P4": "esp32p4"}
@@ -39,18 +39,24 @@ def detected_chip(esptool_output: str) -> str | None:
 
 
 def check_fits(image: bytes, board: boards.BoardDef) -> None:
+    """The image is an app image for `board` and fits its OTA slot."""
     check_app_image(image, board)
     if len(image) > board.slot_size:
         raise FlashError(f"the image is {len(image)} bytes; {board.name}'s OTA slot holds {board.slot_size}")
 
 
-def flash_image(port: str, image_path: Path, *, board: str, home=None, baud: int = 460800) -> str:
-    """Flash an app image as the first USB flash; returns a one-line summary."""
+def read_image(image_path: Path) -> bytes:
+    """The app image file's bytes."""
     if not image_path.exists():
         raise FlashError(f"no such image file: {image_path}")
-    image = image_path.read_bytes()
+    return image_path.read_bytes()
+
+
+def flash_image(port: str, image_path: Path, *, board: str, baud: int = 460800) -> str:
+    """Flash an app image as the first USB flash; returns a one-line summary."""
+    image = read_image(image_path)
     if port.startswith("sim:"):
-        return _flash_sim(port[4:], image, home)
+        raise FlashError(f"{port} is a virtual board", hint="flash it with: fota flash --port {port} (host_tools.sim.ports.flash)")
     definition = boards.load(board)
     check_fits(image, definition)
     if not Path(port).exists():
@@ -65,16 +71,6 @@ def flash_image(port: str, image_path: Path, *, board: str, home=None, baud: int
     if otadata is not None:
         _esptool(port, baud, ["erase-region", f"0x{otadata.offset:x}", f"0x{otadata.size:x}"])
     return f"flashed {image_path.name} to {slot.name} at 0x{slot.offset:x} on {port} ({chip}); otadata erased"
-
-
-def _flash_sim(name: str, image: bytes, home) -> str:
-    from host_tools.sim.device import SimDevice
-
-    device = SimDevice.open(name, home)
-    definition = boards.load(device.config["board"])
-    check_fits(image, definition)
-    device.flash_app(image)
-    return f"flashed {len(image)} bytes to ota_0 of virtual board {name}; otadata erased"
 
 
 def _detect(port: str, baud: int) -> str | None:

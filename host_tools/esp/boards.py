@@ -13,7 +13,7 @@ from pathlib import Path
 from host_tools.errors import FotaError
 from host_tools.esp.partition_table import PartitionTable
 
-BOARDS_DIR = Path(__file__).resolve().parent.parent / "boards"
+BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
 
 
 class BoardError(FotaError):

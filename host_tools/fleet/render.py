@@ -1,0 +1,61 @@
+"""Campaigns as text: the plan, the live status and the report that `fota campaign` and the demo print.
+
+    print(render_status(registry, "r42"))
+"""
+
+from __future__ import annotations
+
+from host_tools.fleet.campaign import CampaignError, CampaignSpec, Plan, report
+from host_tools.protocol import FINAL
+from host_tools.server.registry import Registry
+
+
+def render_plan(spec: CampaignSpec, plan: Plan) -> str:
+    """A new campaign's waves and exclusions (`fota campaign create`)."""
+    lines = [f"campaign {spec.name}: package {spec.package}, waves {' -> '.join(spec.waves)}"]
+    for index, wave in enumerate(spec.waves):
+        members = [d for d, w in plan.targets if w == index]
+        lines.append(f"  wave {index + 1} ({wave}): {len(members)} device(s) {', '.join(members)}")
+    lines.append(f"  excluded: {len(plan.excluded)}")
+    lines += [f"    {device}: {reason}" for device, reason in plan.excluded]
+    return "\n".join(lines)
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / total) if total else width
+    return "[" + "#" * filled + "." * (width - filled) + f"] {done}/{total}"
+
+
+def render_status(registry: Registry, name: str) -> str:
+    """One campaign's progress per wave and each device's status (`fota campaign status`)."""
+    data = report(registry, name)
+    camp = data["campaign"]
+    if camp is None:
+        raise CampaignError(f"no campaign named {name!r}")
+    waves = camp["spec"]["waves"]
+    lines = [f"campaign {name}: {camp['status']} (wave {camp['wave'] + 1}/{len(waves)}) {camp['note'] or ''}".rstrip()]
+    for index, wave in enumerate(waves):
+        rows = [r for r in data["devices"] if r["wave"] == index]
+        done = sum(1 for r in rows if r["status"] in FINAL)
+        ok = sum(1 for r in rows if r["status"] == "SUCCEEDED")
+        lines.append(f"  wave {index + 1} {wave:<8} {_bar(done, len(rows))}  succeeded {ok}")
+    lines.append(f"  {'device':<14} {'wave':>4}  {'status':<12} reason")
+    for r in data["devices"]:
+        wave = "-" if r["wave"] < 0 else str(r["wave"] + 1)
+        lines.append(f"  {r['device']:<14} {wave:>4}  {r['status']:<12} {r['reason'] or ''}")
+    return "\n".join(lines)
+
+
+def render_report(registry: Registry, name: str) -> str:
+    """A campaign's outcome by status, reason and hardware revision (`fota campaign report`)."""
+    data = report(registry, name)
+    lines = [f"campaign {name}: {data['campaign']['status']}"]
+    lines += [f"  {status:<12} {count}" for status, count in sorted(data["by_status"].items())]
+    if data["by_reason"]:
+        lines.append("  by reason:")
+        lines += [f"    {count} x {reason}" for reason, count in sorted(data["by_reason"].items())]
+    if data["by_hw_rev"]:
+        lines.append("  failures and exclusions by hardware revision:")
+        for hw, counts in sorted(data["by_hw_rev"].items()):
+            lines.append(f"    {hw}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    return "\n".join(lines)
