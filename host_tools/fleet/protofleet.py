@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 
 from host_tools.fleet.protodevice import DeviceSpec, ProtoDevice
-from host_tools.server.mqtt_service import parse_broker_url
+from host_tools.server.mqtt_client import parse_broker_url
 
 _CONNACK, _PUBLISH, _PUBACK, _SUBACK, _PINGRESP = 0x20, 0x30, 0x40, 0x90, 0xD0  # MQTT 3.1.1 section 2.2.1
 PINGREQ, DISCONNECT = b"\xc0\x00", b"\xe0\x00"

@@ -23,13 +23,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from host_tools import protocol
 from host_tools.errors import FotaError
 from host_tools.image.package import PackageError, parse_package
 from host_tools.server.coap_service import ETAG_LEN, CoapService, Payload
-from host_tools.server.mqtt_service import parse_broker_url
+from host_tools.server.mqtt_client import paho_client, parse_broker_url, start_client
 
 MAX_OFFER_IDS = 256  # offer id -> digest mappings kept for serving payloads
 
@@ -143,25 +141,12 @@ class Gateway:
         self._ticker: threading.Thread | None = None
         host, port, tls = parse_broker_url(config.upstream)
         self._host, self._port = host, port
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=config.client_id, clean_session=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_disconnect = lambda *a: self._connected.clear()
-        self._client.reconnect_delay_set(0.2, 5)
-        if tls:
-            self._client.tls_set(ca_certs=config.ca_file)
+        self._client = paho_client(config.client_id, tls, config.ca_file, self._connected, self._on_connect, self._on_message)
         self.coap = CoapService(self, host=config.coap_host, port=config.coap_port, prefix=config.prefix)
 
     # -- life cycle ------------------------------------------------------------------
     def start(self, timeout: float = 10) -> None:
-        try:
-            self._client.connect(self._host, self._port, keepalive=30)
-        except OSError as exc:
-            raise GatewayError(f"cannot reach the upstream MQTT broker at {self._host}:{self._port}: {exc}") from exc
-        self._client.loop_start()
-        if not self._connected.wait(timeout):
-            self._client.loop_stop()
-            raise GatewayError(f"no CONNACK from the upstream MQTT broker at {self._host}:{self._port}")
+        start_client(self._client, self._host, self._port, self._connected, timeout, GatewayError, "the upstream MQTT broker")
         self.coap.start()
         self._ticker = threading.Thread(target=self._tick_loop, name="gateway-fetch", daemon=True)
         self._ticker.start()

@@ -13,27 +13,11 @@ from __future__ import annotations
 import json
 import socket
 import threading
-from urllib.parse import urlparse
-
-import paho.mqtt.client as mqtt
 
 from host_tools import protocol
-from host_tools.errors import FotaError
+from host_tools.server.mqtt_client import ServerError, paho_client, parse_broker_url, start_client
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Registry
-
-
-class ServerError(FotaError):
-    """The broker cannot be reached, or a request makes no sense."""
-
-
-def parse_broker_url(url: str) -> tuple[str, int, bool]:
-    """mqtt://HOST:PORT or mqtts://HOST:PORT (TLS) -> (host, port, tls)."""
-    parsed = urlparse(url)
-    if parsed.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not parsed.hostname:
-        raise ServerError(f"broker URL {url!r} is not mqtt://HOST:PORT or mqtts://HOST:PORT")
-    tls = parsed.scheme in ("mqtts", "ssl")
-    return parsed.hostname, parsed.port or (8883 if tls else 1883), tls
 
 
 class MqttService:
@@ -49,22 +33,10 @@ class MqttService:
         self.bytes_served = 0
         self.chunks_served = 0
         self._connected = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.on_disconnect = lambda *a: self._connected.clear()
-        self._client.reconnect_delay_set(0.2, 5)
-        if tls:
-            self._client.tls_set(ca_certs=ca_file)  # verifies the broker against this CA (or the system's)
+        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message)
 
     def start(self, timeout: float = 10) -> None:
-        try:
-            self._client.connect(self.host, self.port, keepalive=30)
-        except OSError as exc:
-            raise ServerError(f"cannot reach the MQTT broker at {self.host}:{self.port}: {exc}") from exc
-        self._client.loop_start()
-        if not self._connected.wait(timeout):
-            raise ServerError(f"no CONNACK from the MQTT broker at {self.host}:{self.port}")
+        start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
 
     def stop(self) -> None:
         self._client.disconnect()
