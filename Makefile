@@ -16,19 +16,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test,lint]'
 	@touch $@
 
-# mosquitto: a real broker for the transport tests (Debian package; needs root or sudo).
+# mosquitto: a real broker for the transport tests; chromium + chromium-driver: the console's browser
+# tests (Debian packages; needs root or sudo; nothing is downloaded outside the package registries).
 system-deps:
-	@command -v mosquitto >/dev/null 2>&1 || { \
+	@{ command -v mosquitto && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null || \
-	  echo "warning: could not install mosquitto; tests that need it are skipped"; }
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto chromium chromium-driver >/dev/null || \
+	  echo "warning: could not install mosquitto, chromium, chromium-driver; tests that need them are skipped"; }
 
 test: setup system-deps
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m hil --port sim:hil-ci  # the hardware-in-the-loop suite, on a virtual board
 
+# KEEP=1: keep serving the console after the report (Ctrl-C ends it)
 demo: setup
-	$(BIN)/python -m host_tools.demos.fleet
+	$(BIN)/python -m host_tools.demos.fleet $(if $(KEEP),--serve)
 
 lint: setup mpy-check
 	$(BIN)/ruff check host_tools tests bench

@@ -19,3 +19,4 @@ def test_demo_runs_the_campaign_to_its_report(tmp_path, capsys):
     assert "SUCCEEDED    8" in report
     assert "1 x ROLLED_BACK: SELF_TEST_FAILED: app" in report
     assert "1 x EXCLUDED: hardware revision B not in A" in report
+    assert "console http://127.0.0.1:" in out and "/console/#token=" in out

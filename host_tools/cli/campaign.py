@@ -1,7 +1,10 @@
 """`fota campaign create|start|pause|resume|abort|status|report`.
 
-The running `fota serve` moves campaigns on (every second); these commands read
-and change the registry it shares.
+The running `fota serve` moves campaigns on (every second). These commands are
+clients of its HTTP API (--server URL --token T, or $FOTA_SERVER / $FOTA_TOKEN,
+so they work from another machine; on the server's machine serve.json and
+api_tokens.json are found in the data directory). With no server running, they
+read and change the registry directly (the local shortcut).
 """
 
 from __future__ import annotations
@@ -19,9 +22,12 @@ from host_tools.fleet.campaign import (
     CampaignError,
     CampaignRunner,
     CampaignSpec,
+    Plan,
     report,
+    spec_of,
 )
-from host_tools.fleet.render import render_plan, render_report, render_status
+from host_tools.fleet.render import render_plan, render_report_data, render_status_data
+from host_tools.server.api.client import ApiClient
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Registry
 from host_tools.server.service import default_data_dir, open_registry
@@ -50,22 +56,36 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--policy", choices=("auto", "consent", "download-only"))
     p.add_argument("--rollback-package", help="stored package id offered back to updated devices on abort")
     p.add_argument("--data", type=Path)
+    _remote(p)
     p.set_defaults(handler=cmd_create)
     for action in ("start", "pause", "resume", "abort"):
         p = camp.add_parser(action, help=f"{action} a campaign")
         p.add_argument("name")
         p.add_argument("--data", type=Path)
+        _remote(p)
         p.set_defaults(handler=cmd_action, action=action)
     p = camp.add_parser("status", help="waves and devices, with progress")
     p.add_argument("name")
     p.add_argument("--follow", action="store_true", help="redraw until the campaign completes or pauses")
     p.add_argument("--data", type=Path)
+    _remote(p)
     p.set_defaults(handler=cmd_status)
     p = camp.add_parser("report", help="outcomes; failures by reason and hardware revision")
     p.add_argument("name")
     p.add_argument("--json", action="store_true")
     p.add_argument("--data", type=Path)
+    _remote(p)
     p.set_defaults(handler=cmd_report)
+
+
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="the fota API, http://HOST:PORT (default: $FOTA_SERVER, else the local fota serve)")
+    p.add_argument("--token", help="API token (default: $FOTA_TOKEN, else the local server's operator token)")
+
+
+def _api(args) -> ApiClient | None:
+    """The API of the server to talk to; None: no server runs here and none was named (the registry is used directly)."""
+    return ApiClient.locate(args.data or default_data_dir(args.home), url=args.server, token=args.token)
 
 
 def _registry(args) -> Registry:
@@ -80,50 +100,76 @@ def _runner(registry: Registry) -> CampaignRunner:
 
 
 def cmd_create(args) -> int:
-    registry = _registry(args)
+    api = _api(args)
     package = args.package
+    if api is not None:
+        if Path(package).exists():
+            package = api.post("/api/packages", data=Path(package).read_bytes())["id"]
+        body = {k: v for k, v in _spec_fields(args, package).items() if v not in (None, [])}
+        plan = api.post("/api/campaigns", body | ({"preset": args.preset} if args.preset else {}))
+        print(render_plan(spec_of(plan), Plan([(t["device"], t["wave"]) for t in plan["targets"]],
+                                              [(e["device"], e["reason"]) for e in plan["excluded"]])))
+        return 0
+    registry = _registry(args)
     if Path(package).exists():
         store = PackageStore((args.data or default_data_dir(args.home)) / "packages")
         package, parsed = store.add(Path(package).read_bytes())
         registry.add_package(package, str(store.path(package)), parsed.manifest)
-    overrides = {k: v for k, v in {
-        "success_threshold": args.success, "error_threshold": args.error, "min_sample": args.min_sample,
-        "device_timeout_s": args.timeout, "retries": args.retries, "max_in_flight": args.max_in_flight,
-        "window": args.window, "policy": args.policy, "rollback_package": args.rollback_package,
-        "waves": args.waves.split(",") if args.waves else None,
-    }.items() if v is not None}
-    base = dict(name=args.name, package=package, groups=args.group, tags=args.tag, versions=args.from_version,
-                boards=args.board, hw_revs=args.hw_rev)
+    fields = _spec_fields(args, package)
+    base = {k: fields.pop(k) for k in ("name", "package", "groups", "tags", "versions", "boards", "hw_revs")}
+    overrides = {k: v for k, v in fields.items() if v is not None}
     spec = CampaignSpec.with_preset(args.preset, **base, **overrides) if args.preset else CampaignSpec(**base, **overrides)
     plan = _runner(registry).create(spec)
     print(render_plan(spec, plan))
     return 0
 
 
+def _spec_fields(args, package: str) -> dict:
+    """CampaignSpec's fields from the command line (None: not given, the preset's or the default value)."""
+    return {"name": args.name, "package": package, "groups": args.group, "tags": args.tag, "versions": args.from_version,
+            "boards": args.board, "hw_revs": args.hw_rev, "success_threshold": args.success, "error_threshold": args.error,
+            "min_sample": args.min_sample, "device_timeout_s": args.timeout, "retries": args.retries,
+            "max_in_flight": args.max_in_flight, "window": args.window, "policy": args.policy,
+            "rollback_package": args.rollback_package, "waves": args.waves.split(",") if args.waves else None}
+
+
 def cmd_action(args) -> int:
-    runner = _runner(_registry(args))
-    getattr(runner, args.action)(args.name)
+    api = _api(args)
+    if api is not None:
+        api.post(f"/api/campaigns/{args.name}/{args.action}")
+    else:
+        getattr(_runner(_registry(args)), args.action)(args.name)
     print(f"campaign {args.name}: {args.action}")
     return 0
 
 
-def cmd_status(args) -> int:
+def _report_data(args) -> dict:
+    api = _api(args)
+    if api is not None:
+        return api.get(f"/api/campaigns/{args.name}/report")
     registry = _registry(args)
+    if registry.campaign(args.name) is None:
+        raise CampaignError(f"no campaign named {args.name!r}")
+    return report(registry, args.name)
+
+
+def cmd_status(args) -> int:
     while True:
-        text = render_status(registry, args.name)
+        data = _report_data(args)
+        text = render_status_data(data, args.name)
         if args.follow and sys.stdout.isatty():
             sys.stdout.write("\x1b[H\x1b[2J")
         print(text, flush=True)
-        status = registry.campaign(args.name)["status"]
+        status = data["campaign"]["status"]
         if not args.follow or status in (COMPLETED, PAUSED, "ABORTED"):
             return 0
         time.sleep(1)
 
 
 def cmd_report(args) -> int:
-    registry = _registry(args)
+    data = _report_data(args)
     if args.json:
-        print(json.dumps(report(registry, args.name), indent=1, default=str))
+        print(json.dumps(data, indent=1, default=str))
     else:
-        print(render_report(registry, args.name))
+        print(render_report_data(data, args.name))
     return 0

@@ -1,4 +1,8 @@
-"""`fota serve`, `fota deploy`, `fota devices`."""
+"""`fota serve`, `fota deploy`, `fota devices`.
+
+deploy and devices are clients of the server's HTTP API (--server/--token, $FOTA_SERVER/$FOTA_TOKEN,
+else the local server's serve.json and operator token); without the API they use the local registry.
+"""
 
 from __future__ import annotations
 
@@ -12,11 +16,13 @@ from pathlib import Path
 
 from host_tools.errors import FotaError
 from host_tools.protocol import POLICIES
+from host_tools.server.api.client import ApiClient
 from host_tools.server.mqtt_service import MqttService
 from host_tools.server.packages import PackageStore
 from host_tools.server.service import Server, ServerConfig, default_data_dir, open_registry, running_server
 
 COAP_PORT = 5683  # RFC 7252 12.6
+API_PORT = 8470  # the HTTP API and console by default
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="CoAP (UDP) port, docs/COAP.md (default: 5683, or a free one if 5683 is taken; 0: a free one)")
     p.add_argument("--coap-host", default="127.0.0.1", help="address CoAP listens on (default: loopback)")
     p.add_argument("--no-coap", action="store_true", help="serve MQTT only")
+    p.add_argument("--api-port", type=int, default=None,
+                   help="HTTP API and web console port (default: 8470, or a free one if 8470 is taken; 0: a free one)")
+    p.add_argument("--api-host", default="127.0.0.1", help="address the HTTP API listens on (default: loopback)")
+    p.add_argument("--no-api", action="store_true", help="no HTTP API and console")
+    p.add_argument("--webhook", action="append", default=[], help="URL that gets campaign events (repeatable)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("deploy", help="offer a package to devices now")
@@ -41,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--chunk", type=int, default=4096)
     p.add_argument("--policy", choices=sorted(POLICIES), default="auto")
     p.add_argument("--data", type=Path)
+    _remote(p)
     p.set_defaults(handler=cmd_deploy)
 
     p = sub.add_parser("devices", help="list devices with version, state and last error")
@@ -48,7 +60,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--group")
     p.add_argument("--json", action="store_true")
     p.add_argument("--assign", nargs="+", metavar=("DEVICE", "GROUP"), help="put DEVICE in GROUP(s)")
+    _remote(p)
     p.set_defaults(handler=cmd_devices)
+
+
+def _remote(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--server", help="the fota API, http://HOST:PORT (default: $FOTA_SERVER, else the local fota serve)")
+    p.add_argument("--token", help="API token (default: $FOTA_TOKEN, else the local server's operator token)")
+
+
+def _api(args) -> ApiClient | None:
+    """The API to use; None: a local server without the API, or none at all (then the old local paths)."""
+    return ApiClient.locate(_data(args), url=args.server, token=args.token)
 
 
 def _data(args) -> Path:
@@ -57,12 +80,17 @@ def _data(args) -> Path:
 
 def cmd_serve(args) -> int:
     coap_port = None if args.no_coap else _coap_port(args.coap_host, args.coap_port)
+    api_port = None if args.no_api else _api_port(args.api_host, args.api_port)
     server = Server(ServerConfig(_data(args), broker_url=args.broker, prefix=args.prefix, broker_port=args.port, broker_ca=args.ca, database=args.database,
-                                 coap_port=coap_port, coap_host=args.coap_host))
+                                 coap_port=coap_port, coap_host=args.coap_host, api_port=api_port, api_host=args.api_host,
+                                 webhooks=tuple(args.webhook)))
     signal.signal(signal.SIGTERM, _interrupt)
     server.start()
     coap = f", CoAP {server.coap.url}" if server.coap else ""
     print(f"fota serve: broker {server.broker_url}{coap}, data {server.config.data_dir}, prefix {args.prefix}", flush=True)
+    if server.api:
+        print(f"fota serve: console {server.api.url}/console/ (tokens in {server.api.tokens.path}), API {server.api.url}/docs",
+              flush=True)
     try:
         while True:
             time.sleep(3600)
@@ -86,7 +114,28 @@ def _coap_port(host: str, asked: int | None) -> int:
     return COAP_PORT
 
 
+def _api_port(host: str, asked: int | None) -> int:
+    """The port asked for, or 8470 when it is free, else a free one (serve.json says which)."""
+    if asked is not None:
+        return asked
+    with socket.socket() as s:
+        try:
+            s.bind((host, API_PORT))
+        except OSError:
+            print(f"fota serve: TCP port {API_PORT} is taken; the HTTP API on a free port (see serve.json)", file=sys.stderr)
+            return 0
+    return API_PORT
+
+
 def cmd_deploy(args) -> int:
+    api = _api(args)
+    if api is not None:
+        package = api.post("/api/packages", data=args.package.read_bytes())
+        body = {"package": package["id"], "chunk": args.chunk, "policy": args.policy}
+        body |= {"devices": args.device} if args.device else {"group": args.group}
+        for offer in api.post("/api/deploy", body)["offers"]:
+            print(f"offer {offer['offer']}: {package['version']} (seq {package['sequence']}) -> {offer['device']}")
+        return 0
     data_dir = _data(args)
     info = running_server(data_dir)
     registry = open_registry(data_dir)
@@ -110,18 +159,30 @@ def cmd_deploy(args) -> int:
 
 
 def cmd_devices(args) -> int:
-    registry = open_registry(_data(args))
-    if args.assign:
-        registry.set_groups(args.assign[0], args.assign[1:])
-    rows = registry.devices(args.group)
+    api = _api(args)
+    if api is not None:
+        if args.assign:
+            api.put(f"/api/devices/{args.assign[0]}/groups", {"names": args.assign[1:]})
+        rows = api.get("/api/devices", group=args.group)
+        last = {d["id"]: d.get("last_offer") for d in rows}
+        for d in rows:
+            d.pop("last_offer", None)
+            d["errors"] = json.dumps(d["errors"])
+    else:
+        registry = open_registry(_data(args))
+        if args.assign:
+            registry.set_groups(args.assign[0], args.assign[1:])
+        rows = registry.devices(args.group)
+        last = {}
+        for d in rows:
+            offers = registry.offers(d["id"])
+            last[d["id"]] = {"id": offers[-1].id, "status": offers[-1].status} if offers else None
     if args.json:
         print(json.dumps(rows, indent=1))
         return 0
     print(f"{'device':<14} {'board':<8} {'hw':<3} {'version':<9} {'seq':>4} {'state':<11} {'offer':<24} last error")
     for d in rows:
-        offers = registry.offers(d["id"])
-        last = offers[-1] if offers else None
-        offer = f"{last.id}:{last.status}" if last else "-"
+        offer = f"{last[d['id']]['id']}:{last[d['id']]['status']}" if last.get(d["id"]) else "-"
         errors = json.loads(d["errors"] or "[]")
         err = f"{errors[-1][0]} {errors[-1][1]}" if errors else "-"
         state = {0: "idle", 1: "downloading", 2: "downloaded", 3: "updating"}.get(d["state"], "-")

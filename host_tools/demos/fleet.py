@@ -76,6 +76,7 @@ def start_boards(home: Path, v1: bytes, port: int) -> tuple[list[SimDevice], lis
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, help="keep keys, boards and the registry here (default: a temp dir)")
+    parser.add_argument("--serve", action="store_true", help="keep serving the web console after the report (Ctrl-C ends)")
     args = parser.parse_args(argv)
     home = args.home or Path(tempfile.mkdtemp(prefix="fota-demo-"))
     home.mkdir(parents=True, exist_ok=True)
@@ -89,9 +90,10 @@ def main(argv=None) -> int:
           f"(zlib payload {len(package.payload)} B), package for hardware revision A only")
 
     banner("fota serve: embedded MQTT broker + SQLite registry")
-    server = Server(ServerConfig(home / "server", tick_s=0.5))
+    server = Server(ServerConfig(home / "server", tick_s=0.5, api_port=0))
     server.start()
     print(f"broker {server.broker_url}, data {server.config.data_dir}")
+    print(f"console {server.api.url}/console/#token={server.api.tokens.token_for('operator')}", flush=True)
     runs: list[BoardRun] = []
     try:
         banner(f"{len(BOARDS)} virtual boards boot v1 and report in")
@@ -123,6 +125,14 @@ def main(argv=None) -> int:
 
         banner("report")
         print(render_report(server.registry, "r2"))
+        if args.serve:
+            banner("serving the console until Ctrl-C")
+            print(f"console {server.api.url}/console/#token={server.api.tokens.token_for('operator')}", flush=True)
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
     finally:
         for run in runs:
             run.stop()

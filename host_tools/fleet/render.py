@@ -28,7 +28,11 @@ def _bar(done: int, total: int, width: int = 24) -> str:
 
 def render_status(registry: Registry, name: str) -> str:
     """One campaign's progress per wave and each device's status (`fota campaign status`)."""
-    data = report(registry, name)
+    return render_status_data(report(registry, name), name)
+
+
+def render_status_data(data: dict, name: str) -> str:
+    """render_status from a campaign report (campaign.report's, or the HTTP API's /report)."""
     camp = data["campaign"]
     if camp is None:
         raise CampaignError(f"no campaign named {name!r}")
@@ -48,7 +52,11 @@ def render_status(registry: Registry, name: str) -> str:
 
 def render_report(registry: Registry, name: str) -> str:
     """A campaign's outcome by status, reason and hardware revision (`fota campaign report`)."""
-    data = report(registry, name)
+    return render_report_data(report(registry, name), name)
+
+
+def render_report_data(data: dict, name: str) -> str:
+    """render_report from a campaign report (campaign.report's, or the HTTP API's /report)."""
     lines = [f"campaign {name}: {data['campaign']['status']}"]
     lines += [f"  {status:<12} {count}" for status, count in sorted(data["by_status"].items())]
     if data["by_reason"]:

@@ -32,6 +32,8 @@ class MqttService:
         self.serve = serve  # False: a CLI client that only publishes offers and commands
         self.bytes_served = 0
         self.chunks_served = 0
+        self.malformed = 0  # device messages that could not be parsed
+        self.rejected = 0  # chunk requests for an unknown offer or for another device's offer
         self._connected = threading.Event()
         self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message)
 
@@ -63,13 +65,14 @@ class MqttService:
                 self.registry.record_state(device, json.loads(msg.payload))
             elif kind == "events":
                 self._on_event(device, json.loads(msg.payload))
-        except (ValueError, KeyError):
-            return  # a malformed message from a device changes nothing
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self.malformed += 1  # a malformed message from a device changes nothing
 
     def _serve_chunks(self, device: str, payload: bytes) -> None:
         offer_id, offsets = protocol.decode_get(payload)
         offer = self.registry.offer(offer_id)
         if offer is None or offer.device != device:
+            self.rejected += 1
             return
         topic = protocol.topic(self.prefix, device, "data")
         for offset in offsets:

@@ -76,6 +76,11 @@ class Registry:
     def close(self) -> None:
         self._db.close()
 
+    @property
+    def db(self):
+        """The database under the registry, for modules that keep their own tables beside it (the API's audit log)."""
+        return self._db
+
     def _exec(self, sql: str, args: tuple = ()) -> None:
         self._db.execute(sql, args)
 
@@ -125,6 +130,9 @@ class Registry:
     def package(self, pid: str) -> dict | None:
         rows = self._all("SELECT * FROM packages WHERE id = ?", (pid,))
         return dict(rows[0]) if rows else None
+
+    def packages(self) -> list[dict]:
+        return [dict(r) for r in self._all("SELECT * FROM packages ORDER BY added")]
 
     # -- offers -------------------------------------------------------------
     def create_offer(self, device: str, package: str, *, chunk: int, policy: int) -> int:
@@ -209,3 +217,9 @@ class Registry:
         sql = "SELECT device, offer, event, body, t FROM events"
         rows = self._all(sql + (" WHERE device = ? ORDER BY id" if device else " ORDER BY id"), (device,) if device else ())
         return [r | {"body": json.loads(r["body"])} for r in rows]
+
+    def events_since(self, after_id: int, limit: int = 1000) -> list[dict]:
+        """Events with an id above `after_id`, oldest first (the API's live feed)."""
+        rows = self._all("SELECT id, device, offer, event, body, t FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+        return [r | {"body": json.loads(r["body"])} for r in rows]
+

@@ -43,6 +43,9 @@ class ServerConfig:
     coap_host: str = "127.0.0.1"
     tick_s: float = 1.0  # how often campaigns move on
     database: str | None = None  # postgresql://...; None: SQLite in the data directory
+    api_port: int | None = None  # None: no HTTP API and console; 0: a free TCP port (host_tools/server/api/)
+    api_host: str = "127.0.0.1"
+    webhooks: tuple[str, ...] = ()  # URLs that get campaign events (paused by a gate, completed, aborted)
 
 
 class Server:
@@ -54,6 +57,8 @@ class Server:
         self.mqtt: MqttService | None = None
         self.coap = None  # CoapService when config.coap_port is not None
         self.campaigns = None
+        self.api = None  # ApiService when config.api_port is not None
+        self.campaign_lock = threading.Lock()  # the ticker and operator actions move a campaign one at a time
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -74,23 +79,32 @@ class Server:
             backend = RegistryBackend(self.registry, self.store, on_final=self.mqtt.clear_offer)
             self.coap = CoapService(backend, host=self.config.coap_host, port=self.config.coap_port, prefix=self.config.prefix)
             self.coap.start()
-        info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca,
-                "database": self.config.database}
-        if self.coap:
-            info["coap"] = self.coap.url
-        (self.config.data_dir / "serve.json").write_text(json.dumps(info) + "\n")
         from host_tools.fleet.campaign import CampaignRunner
 
         self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, withdraw=self.mqtt.clear_offer)
         self._ticker = threading.Thread(target=self._tick_campaigns, name="campaigns", daemon=True)
         self._ticker.start()
+        info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca,
+                "database": self.config.database}
+        if self.coap:
+            info["coap"] = self.coap.url
+        if self.config.api_port is not None:
+            from host_tools.server.api import ApiService
+
+            self.api = ApiService(self, host=self.config.api_host, port=self.config.api_port)
+            self.api.start()
+            info["api"] = self.api.url
+        (self.config.data_dir / "serve.json").write_text(json.dumps(info) + "\n")
 
     def _tick_campaigns(self) -> None:
         while not self._stopping.wait(self.config.tick_s):
-            self.campaigns.tick()
+            with self.campaign_lock:
+                self.campaigns.tick()
 
     def stop(self) -> None:
         self._stopping.set()
+        if self.api:
+            self.api.stop()
         if self._ticker:
             self._ticker.join(10)
         if self.coap:
