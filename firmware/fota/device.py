@@ -13,18 +13,17 @@ config.json: {"board": "esp32_generic", "chip_id": 0, "hw_rev": "A",
 """
 
 import json
-import time
 
 import machine
 import network
 
+from . import clock as _clock
 from .agent import Agent, Identity
 
 from .compat import const, sleep_ms, ticks_diff, ticks_ms
 
 
 _WIFI_WAIT_MS = const(20000)
-_CLOCK_SET_AFTER = const(1600000000)  # Unix time before this: the clock was never set (no NTP yet)
 
 
 def load_config(path="config.json"):
@@ -32,9 +31,9 @@ def load_config(path="config.json"):
         return json.loads(f.read())
 
 
+# Unix time now, or None while the clock is not set (fota.clock converts from the port's epoch).
 def clock():
-    t = int(time.time())
-    return t if t > _CLOCK_SET_AFTER else None
+    return _clock.unix_now()
 
 
 # Join the provisioned Wi-Fi network (if any) with modem sleep off for downloads.
