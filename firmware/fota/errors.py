@@ -51,6 +51,13 @@ OUT_OF_MEMORY = const(27)  # MemoryError while updating
 CONNECTION_LOST = const(28)  # the transport gave up after its bounded retries
 INCOMPLETE = const(29)  # finish() before every chunk arrived
 BUSY = const(30)  # an update is already in progress
+# Anti-rollback and the key hierarchy (issue 14; docs/FORMAT.md "Key lists").
+SECURE_VERSION = const(31)  # the image's esp_app_desc_t secure_version is not the manifest's sequence
+ROLLED_BACK_BEFORE = const(32)  # this image (by SHA-256) rolled back on this device: not installed again
+KEY_LIST = const(33)  # key list malformed or not signed by a root key this firmware trusts
+KEY_LIST_OLD = const(34)  # key list older than the newest seen (or none after one was seen)
+KEY_REVOKED = const(35)  # the package's signing key is revoked by its key list
+WEAK_KEY = const(36)  # a trusted or listed public key is of small order (or no curve point)
 
 # LwM2M Object 5, resource 5 "Update Result" (OMA LwM2M core, appendix E.6).
 LWM2M_INITIAL = const(0)
@@ -99,6 +106,12 @@ _NAMES = (
     "CONNECTION_LOST",
     "INCOMPLETE",
     "BUSY",
+    "SECURE_VERSION",
+    "ROLLED_BACK_BEFORE",
+    "KEY_LIST",
+    "KEY_LIST_OLD",
+    "KEY_REVOKED",
+    "WEAK_KEY",
 )
 
 # LwM2M update result indexed by code: one byte each, index 0 unused.
@@ -108,9 +121,12 @@ _NAMES = (
 # minimum version) "update failed" (8).
 # Agent codes: digests and corrupt streams are integrity failures (5), a bad
 # image an unsupported package (6), memory (3), cancel (10), link (4), the rest 8.
+# Issue 14: secure_version and key-list refusals are integrity failures (5), a package that
+# rolled back here before "update failed" (8).
 _LWM2M = (
     b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
     b"\x05\x05\x08\x06\x08\x08\x08\x08\x08\x05\x0a\x03\x04\x08\x08"
+    b"\x05\x08\x05\x05\x05\x05"
 )
 
 
