@@ -58,6 +58,9 @@ KEY_LIST = const(33)  # key list malformed or not signed by a root key this firm
 KEY_LIST_OLD = const(34)  # key list older than the newest seen (or none after one was seen)
 KEY_REVOKED = const(35)  # the package's signing key is revoked by its key list
 WEAK_KEY = const(36)  # a trusted or listed public key is of small order (or no curve point)
+# Hostile input and faults (issue 12).
+DEADLINE = const(37)  # the attempt ran past its overall deadline (slow retrieval); retried after the back-off
+FAULT = const(38)  # an exception escaped a step of the device's service loop: logged, the link resumes
 
 # LwM2M Object 5, resource 5 "Update Result" (OMA LwM2M core, appendix E.6).
 LWM2M_INITIAL = const(0)
@@ -112,6 +115,8 @@ _NAMES = (
     "KEY_LIST_OLD",
     "KEY_REVOKED",
     "WEAK_KEY",
+    "DEADLINE",
+    "FAULT",
 )
 
 # LwM2M update result indexed by code: one byte each, index 0 unused.
@@ -122,11 +127,12 @@ _NAMES = (
 # Agent codes: digests and corrupt streams are integrity failures (5), a bad
 # image an unsupported package (6), memory (3), cancel (10), link (4), the rest 8.
 # Issue 14: secure_version and key-list refusals are integrity failures (5), a package that
-# rolled back here before "update failed" (8).
+# rolled back here before "update failed" (8). Issue 12: a deadline is a lost connection (4), a fault 8.
 _LWM2M = (
     b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
     b"\x05\x05\x08\x06\x08\x08\x08\x08\x08\x05\x0a\x03\x04\x08\x08"
     b"\x05\x08\x05\x05\x05\x05"
+    b"\x04\x08"
 )
 
 
