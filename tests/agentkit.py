@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+from functools import lru_cache
 from pathlib import Path
 
 from host_tools.sim.runtime import BoardRun
+from ntpkit import SntpServer
 from simkit import fw_image, fw_package, new_board
 
 # main.py of the test boards: the agent's real entry sequence, driven by scenario.json.
@@ -36,9 +38,12 @@ def migrate(old, new):
     with open("config.json", "w") as f:
         f.write(json.dumps(c))
 
-def clock():  # Unix time once NTP has set the clock; None before
-    t = int(time.time())
-    return t if t > 1600000000 else None
+if cfg.get("ntp"):  # the bench's SNTP server (tests/ntpkit.py) sets the chip's clock
+    import ntptime
+    ntptime.host = "127.0.0.1"
+    ntptime.settime()
+
+from fota.device import clock  # Unix time once NTP has set the clock; None before (any epoch)
 
 agent = Agent(Identity("sim", 0, cfg.get("hw_rev", "A"), app.VERSION), trusted_keys.KEYS, reporter=rep, clock=clock,
               self_test_ms=cfg.get("self_test_ms", 3000), policy=cfg.get("policy", "auto"))
@@ -78,8 +83,19 @@ print("DONE")
 CONFIG = {"schema": 1, "interval": 60}
 
 
-def make_board(home: Path, name: str, update: bytes | None, *, v1: bytes | None = None, scenario: dict | None = None):
+@lru_cache(maxsize=1)
+def session_ntp() -> SntpServer:
+    """One SNTP server on loopback serving the host's time, for the whole session (a daemon thread)."""
+    return SntpServer().__enter__()
+
+
+def make_board(home: Path, name: str, update: bytes | None, *, v1: bytes | None = None, scenario: dict | None = None,
+               epoch: int = 2000):
+    """A board running MAIN; scenario {"ntp": True} sets its clock from the session's SNTP server first."""
     board = new_board(home, name, image=v1 or fw_image("1.0.0"), files={"main.py": MAIN})
+    board.config["epoch"] = epoch  # the ESP32 port's 2000, or the Unix port's 1970
+    if (scenario or {}).get("ntp"):
+        board.config["ntp_port"] = session_ntp().port
     board.write_file("scenario.json", json.dumps(scenario or {}))
     board.write_file("config.json", json.dumps(CONFIG))
     if update is not None:

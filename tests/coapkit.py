@@ -20,9 +20,7 @@ import trusted_keys
 net = json.loads(open("net.json").read())
 dev = machine.unique_id().hex()
 
-def clock():
-    t = int(time.time())
-    return t if t > 1600000000 else None
+from fota.clock import unix_now as clock  # Unix time once set; None before (any epoch)
 
 agent = Agent(Identity("sim", 0, net.get("hw_rev", "A"), app.VERSION), trusted_keys.KEYS, clock=clock,
               self_test_ms=net.get("self_test_ms", 3000))

@@ -82,7 +82,7 @@ def test_manifest_refusals_leave_flash_untouched(tmp_path, label, fields, code):
     fields = dict(fields)
     seq = fields.pop("sequence", 2)
     pkg = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=seq, **fields)
-    board = make_board(tmp_path, "ref", pkg)
+    board = make_board(tmp_path, "ref", pkg, scenario={"ntp": True})  # expiry needs a set clock: NTP sets it
     from host_tools.sim.runtime import BoardRun
 
     with BoardRun(board) as run:
@@ -155,9 +155,9 @@ def test_download_resumes_after_a_power_cut_without_starting_over(tmp_path):
 def test_install_policy_busy_lock_and_window(tmp_path, scenario, deferred):
     import time as _time
 
-    if "window" in scenario:  # a 30-minute window starting two hours from now (local time)
-        now = _time.localtime()
-        scenario = {"window": [((now.tm_hour + 2) % 24) * 60 + now.tm_min, 30]}
+    if "window" in scenario:  # a 30-minute window starting two hours from now (the chip's local time is UTC)
+        now = _time.gmtime()
+        scenario = {"window": [((now.tm_hour + 2) % 24) * 60 + now.tm_min, 30], "ntp": True}
     board = make_board(tmp_path, "pol", v2_package(), scenario=scenario)
     from host_tools.sim.runtime import BoardRun
 

@@ -19,7 +19,6 @@ This is the only API a link uses: the state constants below, offers (`offer`, `w
 """
 
 import json
-import time
 
 from . import errors
 from .boot import confirm
@@ -361,12 +360,12 @@ class Agent:
         if not busy:
             self._hold_since = None
         elif self._hold_since is None:
-            self._hold_since = time.time()
+            self._hold_since = ticks_ms()  # a duration: ticks, which no clock setting moves
 
     def may_install(self):
         if self.policy != AUTO and not self.approved:
             return False
-        if self._hold_since is not None and time.time() - self._hold_since < self.max_hold_s:
+        if self._hold_since is not None and ticks_diff(ticks_ms(), self._hold_since) < self.max_hold_s * 1000:
             return False
         return confirm.in_window(self.window, self.now())
 

@@ -41,12 +41,14 @@ from host_tools.errors import FotaError
 from host_tools.esp import espidf
 from host_tools.image.sim_image import frozen_modules
 from host_tools.sim import bootloader
+from host_tools.sim.chipclock import ChipClock
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
 
 BOARD_MODULES = Path(__file__).with_name("board")
 ESP_RULES = Path(espidf.__file__)  # host_tools/esp/espidf.py: portable, the board gets a copy on its MICROPYPATH
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
+OP_RTC_SET = 10  # the board set its RTC (host_tools/sim/chipclock.py)
 REQ = struct.Struct("<BII")
 RSP = struct.Struct("<iI")
 MAX_QUICK_PANICS = 5
@@ -85,6 +87,7 @@ class BoardRun:
         self.echo = echo
         self.heapsize = heapsize or board.config.get("heap", "128k")
         self.link_up = True
+        self.clock = ChipClock.of(board.config)  # the RTC: epoch 2000, unset at power-on, kept across resets
         self.state = "off"  # off | running | halted
         self.events: list[Event] = []
         self._transcript = bytearray()
@@ -275,6 +278,8 @@ class BoardRun:
         self._kill_child()
         self._wdt_deadline = None
         deep_sleep_slot = self._slot if cause == DEEPSLEEP_RESET else None
+        if cause == PWRON_RESET:
+            self.clock.power_on()
         self._slot = None
         cfg = self.board.config
         try:
@@ -312,6 +317,7 @@ class BoardRun:
             FOTA_SIM_FS=str(self.board.fs_path),
             FOTA_SIM_FROZEN=str(frozen),
         )
+        env.update(self.clock.env())
         if raw:
             env["FOTA_SIM_RAW"] = "1"
         heap = parse_size(self.heapsize) + frozen_heap_cost(frozen, env["MICROPYPATH"])
@@ -478,6 +484,9 @@ class BoardRun:
             return 0, b""
         if op == OP_VERIFY:
             return self._verify_image(a, b)
+        if op == OP_RTC_SET:
+            self.clock.set(a, b)
+            return 0, b""
         return -0x102, b""
 
     def _verify_image(self, addr: int, size: int):
@@ -567,7 +576,7 @@ def frozen_heap_cost(frozen: Path, path: str | None = None) -> int:
         ".".join(p.relative_to(frozen).with_suffix("").parts).removesuffix(".__init__")
         for p in frozen.rglob("*.mpy")
     )
-    board = ["_simbus", "espidf", "esp32", "machine", "network"]
+    board = ["_simbus", "espidf", "esp32", "machine", "network", "_simclock", "time", "ntptime"]
     out = subprocess.run(
         [micropython_binary(), "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), path or board_path(frozen.parent.parent), *board, *names],
         capture_output=True, text=True, timeout=60, cwd=str(frozen),

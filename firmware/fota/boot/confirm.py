@@ -20,15 +20,13 @@ decides its own state. `machine.reset()` is called here where the flow says so.
     result, code, detail = confirm.on_boot(boot, checks, migrate, self_test_ms, False, now, report)
 """
 
-import time
-
 try:
     import esp32
     import machine
 except ImportError:  # CPython: importable for tests and tools; the board supplies both
     esp32 = machine = None
 
-from .. import errors
+from .. import clock, errors
 from ..compat import ticks_diff, ticks_ms
 from . import otadata, store
 from .state import copy_file, ota_layout, slot_index
@@ -40,7 +38,7 @@ def in_window(window, now):
     if window is None or now is None:
         return True
     start, length = window
-    t = time.localtime(now)
+    t = clock.localtime(now)  # now is Unix time; the port's localtime takes its own epoch
     minute = t[3] * 60 + t[4]
     return (minute - start) % 1440 < length
 

@@ -25,6 +25,7 @@ OP_WDT_FEED = const(6)
 OP_LINK = const(7)
 OP_IDLE = const(8)
 OP_VERIFY = const(9)  # esp_image_verify() runs in C on a chip: here in the supervisor, off the heap
+OP_RTC_SET = const(10)  # settimeofday(): (device seconds, microseconds); see _simclock
 
 _bus = None
 

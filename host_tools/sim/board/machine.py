@@ -1,4 +1,4 @@
-"""machine for the virtual board: reset, reset_cause, unique_id, WDT, deep sleep.
+"""machine for the virtual board: reset, reset_cause, unique_id, WDT, RTC, deep sleep.
 
 A hard reset, a watchdog expiry or a deep sleep ends this process; the
 supervisor then runs the emulated bootloader (deep-sleep wakes skip its
@@ -8,6 +8,7 @@ rollback step, as CONFIG_BOOTLOADER_SKIP_VALIDATE_IN_DEEP_SLEEP does).
 import time
 
 import _simbus
+from _simclock import RTC  # noqa: F401  the chip's clock: epoch 2000, unset at power-on
 
 try:
     from micropython import const
