@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from host_tools.cli import main
 from host_tools.esp import boards
 from host_tools.esp.app_image import ImageError, Segment, build_app_image
-from host_tools.image.build import BuildSpec, build_image, check_app_image
+from host_tools.image.build import BuildSpec, build_image, check_app_image, stamp_secure_version
 from host_tools.image.keys import FileSigner, KeyError_, PublicKey, generate_key
 from host_tools.image.package import (
     MANIFEST_MAX,
@@ -75,7 +75,8 @@ def test_package_roundtrip_and_verify(encoding):
     pkg = make_package(image, manifest(), signer, encoding=encoding)
     assert signer.calls == 1
     back = parse_package(pkg.to_bytes())
-    assert back.manifest == pkg.manifest and back.manifest.image_sha256 == hashlib.sha256(image).digest()
+    stamped = stamp_secure_version(image, 5)  # the manifest's sequence, in esp_app_desc_t.secure_version
+    assert back.manifest == pkg.manifest and back.manifest.image_sha256 == hashlib.sha256(stamped).digest()
     report = verify_package(back, [signer.public_key])
     assert report.ok, report.problems
     if encoding == "zlib":

@@ -55,20 +55,25 @@ class Identity:
 
 # Is the start of an image (the first chunk) an app image for chip `chip_id`? esp_image_header_t
 # (magic, segment count <= 16, chip id at 12) and the esp_app_desc_t magic; BAD_IMAGE otherwise.
-def check_image_start(mv, chip_id):
-    if len(mv) < _APP_DESC_AT + 4 or mv[0] != _APP_MAGIC or mv[1] > 16:
+# With `seq`: its secure_version (app desc +4) must be the manifest's sequence (SECURE_VERSION),
+# so the floor a committed image carries is the one its manifest promised.
+def check_image_start(mv, chip_id, seq=None):
+    if len(mv) < _APP_DESC_AT + 8 or mv[0] != _APP_MAGIC or mv[1] > 16:
         raise OtaError(errors.BAD_IMAGE)
     if mv[12] | (mv[13] << 8) != chip_id or bytes(mv[_APP_DESC_AT : _APP_DESC_AT + 4]) != _DESC_MAGIC:
         raise OtaError(errors.BAD_IMAGE)
+    if seq is not None and int.from_bytes(mv[_APP_DESC_AT + 4 : _APP_DESC_AT + 8], "little") != seq:
+        raise OtaError(errors.SECURE_VERSION)
 
 
 class Agent:
     def __init__(self, identity, keys, *, policy=AUTO, reporter=None, clock=None,
                  state_path="fota_state.json", journal_path="fota_journal.json",
                  config_path="config.json", self_test_ms=30000, max_hold_s=600, window=None,
-                 reset_after_commit=False):
+                 reset_after_commit=False, roots=()):
         self.identity = identity
         self.keys = keys
+        self.roots = roots  # root keys that sign key lists (trusted_keys.ROOTS), docs/FORMAT.md
         self.policy = policy
         self.reporter = reporter
         self.clock = clock  # () -> Unix time, or None when the clock is not set
@@ -98,8 +103,9 @@ class Agent:
         return self.boot_state.wdt
 
     # -- reporting ---------------------------------------------------------
+    # Unix time: the clock, never before the newest signed `created` seen (BootState.now).
     def now(self):
-        return self.clock() if self.clock else None
+        return self.boot_state.now(self.clock() if self.clock else None)
 
     def version(self):
         return self.boot_state.version(self.identity.version)
@@ -204,8 +210,14 @@ class Agent:
         bs = self.boot_state
         target = bs.prepare()
         ident = self.identity
-        dev = manifest.Device(ident.board, ident.chip_id, ident.hw_rev, bs.seq_floor(), self.version(), self.now())
-        m = manifest.check(blob[:end], blob[end : end + manifest.SIGNATURE_SIZE], self.keys, dev, target.info()[3])
+        dev = manifest.Device(ident.board, ident.chip_id, ident.hw_rev, bs.seq_floor(), self.version(), self.now(),
+                              bs.key_list_version())
+        try:
+            m = manifest.check(blob[:end], blob[end : end + manifest.SIGNATURE_SIZE], self.keys, dev,
+                               target.info()[3], self.roots)
+        finally:
+            bs.note_key_list(dev.kl_seen)  # a newer root-signed list counts even if the package is refused
+        bs.admit(m)  # ROLLED_BACK_BEFORE for an image that rolled back here; raises the time floor
         self.manifest = m
         self._target = target
         self._writer = SlotWriter(target, m.image_size, chunk)
@@ -281,7 +293,7 @@ class Agent:
 
     # Before anything is erased: is this an app image for this chip? Then drop a stale otadata entry.
     def _first_write(self, mv):
-        check_image_start(mv, self.identity.chip_id)
+        check_image_start(mv, self.identity.chip_id, self.manifest.sequence)
         if self.boot_state.erase_stale():
             self.report("otadata", erased="stale entry for " + self._target.info()[4])
 

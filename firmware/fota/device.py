@@ -75,7 +75,8 @@ def build(app, cfg):
 
     device_id = cfg.get("device_id") or machine.unique_id().hex()
     ident = Identity(cfg["board"], cfg.get("chip_id", 0), cfg["hw_rev"], getattr(app, "VERSION", "0"))
-    agent = Agent(ident, trusted_keys.KEYS, clock=clock, self_test_ms=cfg.get("self_test_ms", 30000))
+    agent = Agent(ident, trusted_keys.KEYS, clock=clock, self_test_ms=cfg.get("self_test_ms", 30000),
+                  roots=getattr(trusted_keys, "ROOTS", ()))
     if hasattr(app, "self_test"):
         agent.add_check("app", app.self_test)
     host, port, tls = parse_server(cfg["server"])

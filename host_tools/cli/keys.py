@@ -1,4 +1,12 @@
-"""`fota keygen` and `fota keys export`."""
+"""`fota keygen`, `fota keys export` and the key hierarchy: `root-init`, `add`, `revoke`, `list-sign`.
+
+    fota keys root-init keys/root.pem                  # offline root + keys/keylist.json
+    fota keys add keys/release.pub --list keys/keylist.json [--board sim]
+    fota keys revoke keys/old.pub --list keys/keylist.json     # or a key id in hex
+    fota keys list-sign --root keys/root.pem --list keys/keylist.json -o keys/keylist.bin
+    fota keys export --root keys/root.pub keys/release.pub     # trusted_keys.py: ROOTS + KEYS
+    fota sign ... --key keys/release.pem --key-list keys/keylist.bin   # the list rides in the package
+"""
 
 from __future__ import annotations
 
@@ -7,7 +15,8 @@ import os
 from pathlib import Path
 
 from host_tools.errors import FotaError
-from host_tools.image.keys import PublicKey, generate_key, trusted_keys_module
+from host_tools.image.keylist import KeyListState, root_init
+from host_tools.image.keys import FileSigner, PublicKey, generate_key, trusted_keys_module
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,9 +29,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     keys = sub.add_parser("keys", help="trusted keys for devices").add_subparsers(dest="keys_command", metavar="KEYSCOMMAND")
     keys.required = True
     p = keys.add_parser("export", help="write the device's trusted-keys module from public keys")
-    p.add_argument("pubkeys", type=Path, nargs="+", help="public (or private) key files to trust")
+    p.add_argument("pubkeys", type=Path, nargs="*", help="public (or private) release key files to trust")
+    p.add_argument("--root", type=Path, action="append", default=[], help="root public key whose key lists to trust")
     p.add_argument("-o", "--output", type=Path, default=Path("trusted_keys.py"))
     p.set_defaults(handler=cmd_export)
+
+    p = keys.add_parser("root-init", help="make the offline root key and an empty key list beside it (keylist.json)")
+    p.add_argument("root", type=Path, help="root private key to write, e.g. keys/root.pem (keep it offline)")
+    p.add_argument("--passphrase-env", metavar="VAR", help="encrypt the root key with the passphrase in $VAR")
+    p.set_defaults(handler=cmd_root_init)
+
+    p = keys.add_parser("add", help="allow a release key in the key list (signed by list-sign)")
+    p.add_argument("pubkey", type=Path, help="the release key's public (or private) key file")
+    p.add_argument("--list", type=Path, required=True, dest="state", help="keylist.json (from root-init)")
+    p.add_argument("--board", default="", help="the board it may sign for (default: any)")
+    p.set_defaults(handler=cmd_add)
+
+    p = keys.add_parser("revoke", help="revoke a release key (its packages are refused once a device sees the list)")
+    p.add_argument("key", help="public key file, or a key id in hex")
+    p.add_argument("--list", type=Path, required=True, dest="state", help="keylist.json (from root-init)")
+    p.set_defaults(handler=cmd_revoke)
+
+    p = keys.add_parser("list-sign", help="sign the next key-list version with the root key")
+    p.add_argument("--root", type=Path, required=True, help="root private key")
+    p.add_argument("--passphrase-env", metavar="VAR", help="the root key's passphrase is in this environment variable")
+    p.add_argument("--list", type=Path, required=True, dest="state", help="keylist.json (from root-init)")
+    p.add_argument("-o", "--output", type=Path, required=True, help="signed key list to write, e.g. keys/keylist.bin")
+    p.set_defaults(handler=cmd_list_sign)
 
 
 def passphrase_from_env(var: str | None) -> bytes | None:
@@ -42,7 +75,49 @@ def cmd_keygen(args) -> int:
 
 def cmd_export(args) -> int:
     keys = [PublicKey.load(p) for p in args.pubkeys]
-    args.output.write_text(trusted_keys_module(keys))
-    ids = ", ".join(k.key_id.hex() for k in keys)
-    print(f"wrote {args.output}: {len(keys)} trusted key(s): {ids}")
+    roots = [PublicKey.load(p) for p in args.root]
+    args.output.write_text(trusted_keys_module(keys, roots))
+    ids = ", ".join(k.key_id.hex() for k in keys) or "-"
+    print(f"wrote {args.output}: {len(keys)} trusted key(s): {ids}; {len(roots)} root(s)")
+    return 0
+
+
+def cmd_root_init(args) -> int:
+    state = root_init(args.root, passphrase_from_env(args.passphrase_env))
+    print(f"wrote {args.root} (root key {state.root_id.hex()}: keep it offline) and {state.path}")
+    return 0
+
+
+def cmd_add(args) -> int:
+    state = KeyListState.load(args.state)
+    key = PublicKey.load(args.pubkey)
+    state.add(key, args.board)
+    state.save()
+    print(f"{args.state}: key {key.key_id.hex()} may sign for {args.board or 'any board'} (sign the list to ship it)")
+    return 0
+
+
+def cmd_revoke(args) -> int:
+    state = KeyListState.load(args.state)
+    path = Path(args.key)
+    if path.exists():
+        kid = PublicKey.load(path).key_id
+    else:
+        try:
+            kid = bytes.fromhex(args.key)
+        except ValueError:
+            kid = b""
+        if len(kid) != 8:
+            raise FotaError(f"{args.key}: neither a key file nor an 8-byte key id in hex")
+    state.revoke(kid)
+    state.save()
+    print(f"{args.state}: key {kid.hex()} revoked (sign the list and ship it in the next package)")
+    return 0
+
+
+def cmd_list_sign(args) -> int:
+    state = KeyListState.load(args.state)
+    blob = state.sign(FileSigner.load(args.root, passphrase_from_env(args.passphrase_env)))
+    args.output.write_bytes(blob)
+    print(f"wrote {args.output}: key list v{state.version}, {len(state.keys)} key(s), {len(state.revoked)} revoked")
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +11,9 @@ from host_tools.cli.keys import passphrase_from_env
 from host_tools.esp import boards
 from host_tools.esp.app_image import parse_app_image
 from host_tools.image.build import BuildSpec, build_image
-from host_tools.image.keys import FileSigner, PublicKey
+from host_tools.image.guards import SequenceHistory, hw_revs_choice
+from host_tools.image.keylist import KeyListError, parse_key_list
+from host_tools.image.keys import FileSigner, PublicKey, private_key_exposed
 from host_tools.image.package import Manifest, VerifyError, decode_payload, make_package, parse_package, verify_package
 
 
@@ -21,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image", type=Path, help="real board: the MicroPython app image (micropython.bin)")
     p.add_argument("--version", default="", help="sim: version string for esp_app_desc_t")
     p.add_argument("--trust", type=Path, action="append", default=[], help="sim: public key the firmware trusts (repeatable)")
+    p.add_argument("--root", type=Path, action="append", default=[], help="sim: root key whose key lists the firmware trusts")
+    p.add_argument("--sequence", type=int, default=0, help="stamp esp_app_desc_t.secure_version (the sequence the package will carry)")
     p.add_argument("-o", "--output", type=Path, required=True)
     p.set_defaults(handler=cmd_build)
 
@@ -31,7 +36,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--board", default="sim")
     p.add_argument("--version", required=True)
     p.add_argument("--sequence", type=int, required=True, help="anti-rollback counter; must grow with every release")
-    p.add_argument("--hw-rev", action="append", default=[], help="compatible hardware revision (repeatable; default: any)")
+    p.add_argument("--hw-rev", action="append", default=[],
+                   help="compatible hardware revision (repeatable, required; '*' = every revision, must be asked for)")
+    p.add_argument("--key-list", type=Path, help="signed key list (fota keys list-sign) to carry; the key must be in it")
+    p.add_argument("--force", action="store_true", help="sign a sequence far above the last one signed for this board")
     p.add_argument("--encoding", choices=("raw", "zlib"), default="raw")
     p.add_argument("--min-version", help="devices must run at least this version")
     p.add_argument("--expires-in", type=float, metavar="DAYS", help="refuse the package after this many days")
@@ -53,6 +61,7 @@ def cmd_build(args) -> int:
     spec = BuildSpec(
         board=args.board, version=args.version, app_dir=args.app, image=args.image,
         trusted_keys=tuple(PublicKey.load(p) for p in args.trust),
+        root_keys=tuple(PublicKey.load(p) for p in args.root), secure_version=args.sequence,
     )
     image = build_image(spec)
     args.output.write_bytes(image)
@@ -63,12 +72,23 @@ def cmd_build(args) -> int:
 def cmd_sign(args) -> int:
     board = boards.load(args.board)
     image = args.image.read_bytes()
+    hw_revs = hw_revs_choice(args.hw_rev)
+    history = SequenceHistory.beside(args.key)
+    history.check(board.name, args.sequence, force=args.force)
+    if private_key_exposed(args.key):
+        print(f"warning: {args.key} is readable by other users (chmod 600 {args.key})", file=sys.stderr)
     signer = FileSigner.load(args.key, passphrase_from_env(args.passphrase_env))
+    key_list = None
+    if args.key_list is not None:
+        key_list = args.key_list.read_bytes()
+        why = parse_key_list(key_list).allows(signer.public_key, board.name)
+        if why:
+            raise KeyListError(f"refusing to sign: {why}", hint="sign with a key the current key list allows")
     now = int(time.time())
     manifest = Manifest(
         sequence=args.sequence, version=args.version, board=board.name, chip_id=board.chip_id,
-        hw_revs=tuple(args.hw_rev) or ("*",), image_size=0, image_sha256=b"",
-        min_version=args.min_version, created=now, notes=args.notes,
+        hw_revs=hw_revs, image_size=0, image_sha256=b"",
+        min_version=args.min_version, created=now, notes=args.notes, key_list=key_list,
         expires=None if args.expires_in is None else now + int(args.expires_in * 86400),
     )
     from host_tools.image.build import check_app_image
@@ -76,6 +96,7 @@ def cmd_sign(args) -> int:
     check_app_image(image, board)
     package = make_package(image, manifest, signer, encoding=args.encoding)
     args.output.write_bytes(package.to_bytes())
+    history.record(board.name, args.sequence)
     print(f"wrote {args.output}: {args.version} seq {args.sequence} for {board.name}, {package.manifest.encoding_name} payload "
           f"{len(package.payload)} bytes (image {len(image)}), key id {package.key_id.hex()}")
     return 0
@@ -99,6 +120,7 @@ def cmd_inspect(args) -> int:
         ("expires", _when(m.expires)),
         ("created", _when(m.created)),
         ("notes", m.notes or "-"),
+        ("key list", _key_list_row(m.key_list)),
     ]
     for tag, value in m.unknown:
         rows.append((f"record 0x{tag:02x}", value.hex()))
@@ -125,6 +147,13 @@ def cmd_verify(args) -> int:
         raise VerifyError("; ".join(report.problems))
     print(f"{args.package}: verified")
     return 0
+
+
+def _key_list_row(blob: bytes | None) -> str:
+    if blob is None:
+        return "- (checked against the firmware's trusted keys)"
+    kl = parse_key_list(blob)
+    return f"v{kl.version}, root {kl.root_id.hex()}, {len(kl.keys)} key(s), {len(kl.revoked)} revoked"
 
 
 def _when(stamp: int | None) -> str:

@@ -30,6 +30,7 @@ DEFAULT_WBITS = 10  # 1 KiB window: cheap to inflate on a device
 T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV = 0x01, 0x02, 0x03, 0x04, 0x05
 T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING, T_ENCODED_SIZE, T_ENCODED_SHA256 = 0x06, 0x07, 0x08, 0x09, 0x0A
 T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES = 0x0B, 0x0C, 0x0D, 0x80, 0x81
+T_KEY_LIST = 0x0E  # the root-signed key list (host_tools/image/keylist.py), critical
 
 
 class PackageError(FotaError):
@@ -61,6 +62,7 @@ class Manifest:
     expires: int | None = None
     created: int | None = None
     notes: str | None = None
+    key_list: bytes | None = None
     unknown: tuple[tuple[int, bytes], ...] = field(default_factory=tuple)
 
     def encode(self) -> bytes:
@@ -84,6 +86,8 @@ class Manifest:
             out += _tlv(T_MIN_VERSION, self.min_version.encode())
         if self.expires is not None:
             out += _tlv(T_EXPIRES, struct.pack("<I", self.expires))
+        if self.key_list is not None:
+            out += _tlv(T_KEY_LIST, self.key_list)
         if self.created is not None:
             out += _tlv(T_CREATED, struct.pack("<I", self.created))
         if self.notes is not None:
@@ -134,7 +138,18 @@ def encode_payload(image: bytes, encoding: str, wbits: int = DEFAULT_WBITS) -> b
 
 
 def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: str = "raw", wbits: int = DEFAULT_WBITS) -> Package:
-    """Encode the image, complete the manifest's digests and sizes, and sign header + manifest."""
+    """Stamp the sequence into the image, encode it, complete digests and sizes, sign header + manifest.
+
+    The image's esp_app_desc_t.secure_version must be 0 (stamped here) or the sequence already.
+    """
+    from host_tools.image.build import secure_version, stamp_secure_version
+
+    stamped = secure_version(image)
+    if stamped not in (None, 0, manifest.sequence):
+        raise PackageError(f"the image's secure_version is {stamped}, the package sequence {manifest.sequence}",
+                           hint="they must be equal: rebuild with `fota build --sequence N` or sign with that sequence")
+    if stamped is not None:
+        image = stamp_secure_version(image, manifest.sequence)
     payload = encode_payload(image, encoding, wbits)
     manifest = replace(
         manifest,
@@ -210,7 +225,8 @@ def decode_manifest(body: bytes) -> Manifest:
         return None if v is None else v.decode()
 
     known = {T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV, T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING,
-             T_ENCODED_SIZE, T_ENCODED_SHA256, T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES}
+             T_ENCODED_SIZE, T_ENCODED_SHA256, T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES,
+             T_KEY_LIST}
     try:
         wbits = one(T_ZLIB_WBITS, False)
         return Manifest(
@@ -229,6 +245,7 @@ def decode_manifest(body: bytes) -> Manifest:
             expires=u32(T_EXPIRES, False),
             created=u32(T_CREATED, False),
             notes=text(T_NOTES, False),
+            key_list=one(T_KEY_LIST, False),
             unknown=tuple((t, v) for t, vs in sorted(fields.items()) if t not in known for v in vs),
         )
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
@@ -257,6 +274,30 @@ def decode_payload(package: Package) -> bytes:
     raise VerifyError(f"unknown payload encoding {m.encoding}")
 
 
+def _key_from_list(blob: bytes, trusted: list[PublicKey], kid: bytes, board: str, report: VerifyReport) -> PublicKey | None:
+    """The signing key as the carried key list names it (the list verified by a trusted root)."""
+    from host_tools.image.keylist import KeyListError, parse_key_list
+
+    try:
+        kl = parse_key_list(blob)
+    except KeyListError as exc:
+        report.problems.append(f"key list: {exc}")
+        return None
+    root = next((k for k in trusted if k.key_id == kl.root_id), None)
+    if root is None or not kl.verify(root):
+        report.problems.append(f"key list v{kl.version} is not signed by a trusted root (root id {kl.root_id.hex()})")
+        return None
+    report.notes.append(f"key list v{kl.version} signed by root {kl.root_id.hex()}")
+    listed = next((e.key for e in kl.keys if e.key.key_id == kid), None)
+    why = kl.allows(listed, board) if listed is not None else None
+    if kid in kl.revoked or listed is None:
+        why = f"key {kid.hex()} is {'revoked by' if kid in kl.revoked else 'not in'} key list v{kl.version}"
+    if why:
+        report.problems.append(why)
+        return None
+    return listed
+
+
 def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int | None = None) -> VerifyReport:
     """Signature, digests and sizes, and the image itself (as esp_image_verify would)."""
     from host_tools.esp.app_image import ImageError, parse_app_image
@@ -264,8 +305,11 @@ def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int
     report = VerifyReport()
     m = package.manifest
     key = next((k for k in trusted if k.key_id == package.key_id), None)
+    if m.key_list is not None:
+        key = _key_from_list(m.key_list, trusted, package.key_id, m.board, report)
     if key is None:
-        report.problems.append(f"signed by unknown key id {package.key_id.hex()}")
+        if not report.problems:
+            report.problems.append(f"signed by unknown key id {package.key_id.hex()}")
     elif not key.verify(package.signature, package.signed_bytes):
         report.problems.append("signature does not verify")
     else:

@@ -113,7 +113,7 @@ def _commit(boot, pending, now, report):
     esp32.Partition.mark_app_valid_cancel_rollback()
     st = boot.store
     if pending:
-        st.data["seq_floor"] = max(st.data["seq_floor"], pending["seq"])
+        st.raise_floor(pending["seq"])  # the anchors first, then the JSON file below
         st.data["version"] = pending["version"]
         st.set_result(0, errors.LWM2M_SUCCESS, "committed", pending["version"], now)
         st.data["pending"] = None
@@ -128,6 +128,7 @@ def _rolled_back(boot, pending, now, report):
     if copy_file(boot.config_path + ".bak", boot.config_path):
         store.remove(boot.config_path + ".bak")
     st = boot.store
+    st.note_rolled_back(pending["sha"])  # anchors first: never offered into a reset loop again
     st.data["pending"] = None
     st.log_error(code, detail, now)
     st.set_result(code, errors.LWM2M_FAILED, "rolled back: " + detail, pending["version"], now)

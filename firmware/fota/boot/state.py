@@ -28,6 +28,8 @@ _TYPE_DATA = const(1)
 _SUBTYPE_OTADATA = const(0)
 _SUBTYPE_OTA_MIN = const(0x10)
 _OFFERS_KEPT = const(8)  # offers with an outcome remembered (never tried again)
+_DESC_AT = const(0x20)  # esp_app_desc_t in an app image (docs/FORMAT.md "Anti-rollback")
+_DESC_MAGIC = const(0xABCD5432)  # esp_app_desc_t.magic_word; secure_version follows (+4)
 
 
 # (otadata Partition or None, its two entries, the ota_N app partitions in N order)
@@ -48,6 +50,19 @@ def slot_index(slots, part):
     return -1
 
 
+# The running image's esp_app_desc_t.secure_version (its package's sequence, stamped by `fota
+# sign`): the floor that survives the loss of every file. 0 when there is no app descriptor.
+def image_secure_version(part):
+    buf = bytearray(8)
+    try:
+        part.readblocks(0, buf, _DESC_AT)
+    except OSError:
+        return 0
+    if int.from_bytes(buf[0:4], "little") != _DESC_MAGIC:
+        return 0
+    return int.from_bytes(buf[4:8], "little")
+
+
 def copy_file(src, dst):
     try:
         with open(src) as f:
@@ -65,13 +80,44 @@ class BootState:
         self.config_path = config_path
         self.wdt = None  # the self-test's watchdog (confirm.py arms it; it cannot be stopped)
         self._layout = (None, [], [], -1)  # (otadata part, entries, slots, target index) of the last prepare()
+        self._image_seq = None  # the running image's secure_version, read once
 
     # -- what is recorded ---------------------------------------------------------
     def version(self, default):
         return self.store.data["version"] or default
 
+    # The anti-rollback floor: the anchors, the JSON file and the running image's secure_version,
+    # whichever is highest; anchors lost or behind the image are raised to it.
     def seq_floor(self):
-        return self.store.data["seq_floor"]
+        if self._image_seq is None:
+            self._image_seq = image_secure_version(esp32.Partition(esp32.Partition.RUNNING)) if esp32 else 0
+        st = self.store
+        if self._image_seq > st.floor():
+            st.raise_floor(self._image_seq)
+        return st.floor()
+
+    def rolled_back(self, sha_hex):
+        return self.store.rolled_back(sha_hex)
+
+    # The newest key-list version seen (0: none yet) and its record (monotonic, in the anchors).
+    def key_list_version(self):
+        return self.store.records.data["kl"]
+
+    def note_key_list(self, version):
+        self.store.records.raise_to("kl", version)
+
+    # Unix time from the clock's reading `t` (None: not set), never before the time floor: the
+    # newest signed `created` seen. A clock set back, or not set yet, cannot revive an expired package.
+    def now(self, t):
+        floor = self.store.records.data["t"]
+        return floor if floor and (t is None or t < floor) else t
+
+    # A manifest that passed every check: refused if its image rolled back here before; its
+    # signed `created` raises the time floor.
+    def admit(self, m):
+        if self.store.rolled_back(m.image_sha256.hex()):
+            raise OtaError(errors.ROLLED_BACK_BEFORE)
+        self.store.records.raise_to("t", m.created)
 
     def pending(self):
         return self.store.data["pending"]
@@ -79,7 +125,7 @@ class BootState:
     def status(self):
         """(sequence floor, last result or {}, error log) for the reported state."""
         d = self.store.data
-        return d["seq_floor"], d["result"] or {}, d["errors"]
+        return self.seq_floor(), d["result"] or {}, d["errors"]
 
     def failed(self, code, detail, version, now):
         st = self.store

@@ -24,13 +24,15 @@ allocation is larger than one record value, and no exception other than
 OtaError leaves `check` or `parse_manifest`, whatever the bytes.
 """
 
-from .ed25519 import verify
+from .ed25519 import small_order, verify
 from ..errors import (
     BAD_ENCODING,
     BAD_HEADER,
     BAD_SIGNATURE,
     EXPIRED,
     FORMAT_VERSION,
+    KEY_LIST_OLD,
+    KEY_REVOKED,
     MALFORMED,
     MANIFEST_SIZE,
     MIN_VERSION,
@@ -38,6 +40,7 @@ from ..errors import (
     TOO_BIG,
     UNKNOWN_KEY,
     UNSUPPORTED_FIELD,
+    WEAK_KEY,
     WRONG_BOARD,
     WRONG_CHIP,
     WRONG_HW_REV,
@@ -60,8 +63,10 @@ _SIG_ALG_ED25519 = const(1)  # RFC 8032 pure Ed25519
 # FORMAT.md "Manifest: TLV records": type u8 | length u16 | value.
 _TLV_HEAD = const(3)
 _T_HW_REV = const(0x05)  # the one repeatable record
-_T_LAST = const(0x0D)  # highest critical type this device knows
+_T_KEY_LIST = const(0x0E)  # the root-signed key list (fota.check.keylist), checked before the signature
+_T_LAST = const(0x0E)  # highest critical type this device knows
 _T_INFO = const(0x80)  # 0x80..0xFF: informational, skipped
+_T_CREATED = const(0x80)  # u32 Unix time the package was signed: the device's signed time floor
 _ENC_RAW = const(0)
 _ENC_ZLIB = const(1)
 _WBITS_MIN = const(9)
@@ -110,6 +115,7 @@ class Manifest:
         self.zlib_wbits = None
         self.min_version = None
         self.expires = None
+        self.created = None
 
 
 class Device:
@@ -122,13 +128,15 @@ class Device:
     not set (expiry is then not checked).
     """
 
-    def __init__(self, board, chip_id, hw_rev, seq_floor=0, version="0", now=None):
+    def __init__(self, board, chip_id, hw_rev, seq_floor=0, version="0", now=None, kl_version=0):
         self.board = board
         self.chip_id = chip_id
         self.hw_rev = hw_rev
         self.seq_floor = seq_floor
         self.version = version
         self.now = now
+        self.kl_version = kl_version  # the newest key-list version seen (0: none)
+        self.kl_seen = None  # set by check(): the version of a verified key list in the package
 
 
 # Checks 1-2 on the first 32 bytes of a package (more bytes are ignored):
@@ -151,15 +159,49 @@ def parse_header(header):
 # Checks 1-9 in FORMAT.md order. `signed` is header + manifest, exactly the
 # signed bytes; `signature` the 64 bytes after them; `trusted_keys` a sequence
 # of (key_id, public_key) pairs (the generated trusted_keys.KEYS); `device` a
-# Device; `slot_size` the bytes of the target partition. Returns the Manifest.
-def check(signed, signature, trusted_keys, device, slot_size):
+# Device; `slot_size` the bytes of the target partition; `roots` the root keys (pairs)
+# a carried key list must be signed by. Returns the Manifest.
+#
+# A package carrying a key list (record 0x0E) is checked against that list only: the list is
+# verified first (root signature, version not below device.kl_version; device.kl_seen is set
+# for the caller to store), the signing key must be in it, for this board, not revoked. A
+# package without one is checked against `trusted_keys`, until the device has seen a list.
+def check(signed, signature, trusted_keys, device, slot_size, roots=()):
     manifest_len, key_id = parse_header(signed)
     if len(signed) != HEADER_SIZE + manifest_len:
         raise OtaError(MANIFEST_SIZE)
+    body = memoryview(signed)[HEADER_SIZE:]
+    raw = _record(body, _T_KEY_LIST)
+    if raw is not None:
+        from . import keylist  # only packages that carry a list pay for the module
+
+        kl = keylist.check(raw, roots, device.kl_version)
+        device.kl_seen = kl.version
+        if key_id in kl.revoked:
+            raise OtaError(KEY_REVOKED)
+        trusted_keys = kl.keys_for(device.board)
+    elif device.kl_version:
+        raise OtaError(KEY_LIST_OLD)  # a package without a list once a list was seen
     _check_signature(signed, signature, trusted_keys, key_id)
-    m = parse_manifest(memoryview(signed)[HEADER_SIZE:])
+    m = parse_manifest(body)
     check_device(m, device, slot_size)
     return m
+
+
+# The value of the first record of type `tag` (a memoryview), or None; framing errors
+# also give None (the signature check that follows refuses such a manifest).
+def _record(mv, tag):
+    pos = 0
+    end = len(mv)
+    while end - pos >= _TLV_HEAD:
+        start = pos + _TLV_HEAD
+        nxt = start + (mv[pos + 1] | mv[pos + 2] << 8)
+        if nxt > end:
+            return None
+        if mv[pos] == tag:
+            return mv[start:nxt]
+        pos = nxt
+    return None
 
 
 # Checks 3-4: some trusted key has this id and verifies the signature (two
@@ -169,6 +211,8 @@ def _check_signature(signed, signature, trusted_keys, key_id):
     for kid, public_key in trusted_keys:
         if kid == key_id:
             known = True
+            if small_order(public_key):
+                raise OtaError(WEAK_KEY)  # small order: signatures by it can be forged
             if verify(public_key, signed, signature):
                 return
     raise OtaError(BAD_SIGNATURE if known else UNKNOWN_KEY)
@@ -189,11 +233,15 @@ def parse_manifest(body):
         start = pos + _TLV_HEAD
         pos = start + (mv[pos + 1] | mv[pos + 2] << 8)
         if tag >= _T_INFO:
-            continue  # informational (created, notes, future): not used here
+            if tag == _T_CREATED and pos - start == 4:
+                m.created = int.from_bytes(mv[start:pos], "little")
+            continue  # informational (notes, future): not used here
         bit = 1 << tag
         if seen & bit and tag != _T_HW_REV:
             raise OtaError(MALFORMED)
         seen |= bit
+        if tag == _T_KEY_LIST:
+            continue  # checked by check() before the signature
         size = pos - start
         if size < _MIN_LEN[tag] or size > _MAX_LEN[tag]:
             raise OtaError(MALFORMED)
