@@ -133,7 +133,7 @@ def fw_mpy(tmp_path_factory) -> Path:
     for rel in ("__init__.py", "compat.py", "coap/__init__.py", "coap/client.py", "coap/message.py", "coap/blockwise.py"):
         dst = out / "fota" / rel.replace(".py", ".mpy")
         dst.parent.mkdir(parents=True, exist_ok=True)
-        subprocess.run([MPY_CROSS, "-o", str(dst), str(FIRMWARE / "fota" / rel)], check=True)
+        subprocess.run([MPY_CROSS, "-o", str(dst), "-s", f"fota/{rel}", str(FIRMWARE / "fota" / rel)], check=True)  # frozen name: the heap does not depend on the checkout path
     return out
 
 

