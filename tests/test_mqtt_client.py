@@ -220,7 +220,7 @@ class Device:
             cmd = [sys.executable, "-u", str(driver)]
         else:
             # ".frozen" keeps the port's frozen modules (ssl is one) importable: MICROPYPATH replaces sys.path
-            env["MICROPYPATH"] = os.pathsep.join(([str(mpy)] if mpy else []) + [str(FIRMWARE), ".frozen"])
+            env["MICROPYPATH"] = os.pathsep.join(([str(mpy)] if mpy else [str(FIRMWARE)]) + [".frozen"])  # precompiled: no source path on the heap
             cmd = [MICROPYTHON] + (["-X", f"heapsize={heapsize}"] if heapsize else []) + [str(driver)]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
         with self.proc.stdin as cfg_in:
