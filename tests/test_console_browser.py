@@ -95,6 +95,7 @@ def shot(driver, name: str) -> Path:
 
 
 def test_console_overview_campaign_pause_and_rolled_back_device(serve, tmp_path):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -119,11 +120,13 @@ def test_console_overview_campaign_pause_and_rolled_back_device(serve, tmp_path)
         api.post("/api/campaigns", json=spec).raise_for_status()
 
         driver = chrome(tmp_path / "chromium-profile")
-        wait = WebDriverWait(driver, 60, poll_frequency=0.1)
+        live = (StaleElementReferenceException,)  # the live feed re-renders rows between a find and a read: look again
+        wait = WebDriverWait(driver, 60, poll_frequency=0.1, ignored_exceptions=live)
         driver.get(f"{info['api']}/console/#token={tokens['operator']}")
-        rows = wait.until(lambda d: len(found := d.find_elements(By.CSS_SELECTOR, "#devices tbody tr[data-device]")) == 4 and found)
-        assert {r.get_attribute("data-device") for r in rows} == set(ids.values())
-        assert "1.0.0" in driver.find_element(By.ID, "versions").text
+        seen = wait.until(lambda d: len(found := d.find_elements(By.CSS_SELECTOR, "#devices tbody tr[data-device]")) == 4
+                          and {r.get_attribute("data-device") for r in found})
+        assert seen == set(ids.values())
+        assert "1.0.0" in wait.until(lambda d: d.find_element(By.ID, "versions").text)
         wait.until(lambda d: d.find_element(By.ID, "live").text == "live")
         shot(driver, "overview")
 
@@ -133,26 +136,25 @@ def test_console_overview_campaign_pause_and_rolled_back_device(serve, tmp_path)
         assert wave0(driver).get_attribute("data-finished") == "0"
         api.post("/api/campaigns/web1/start").raise_for_status()
         # the page is not reloaded: the live feed moves the wave's progress
-        WebDriverWait(driver, 120, poll_frequency=0.1).until(lambda d: int(wave0(d).get_attribute("data-finished")) >= 1)
-        pause = driver.find_element(By.ID, "btn-pause")
-        assert pause.is_enabled()
-        pause.click()
+        WebDriverWait(driver, 120, poll_frequency=0.1, ignored_exceptions=live).until(lambda d: int(wave0(d).get_attribute("data-finished")) >= 1)
+        wait.until(lambda d: d.find_element(By.ID, "btn-pause").is_enabled())
+        wait.until(lambda d: d.find_element(By.ID, "btn-pause").click() or True)
         wait_until(lambda: registry.campaign("web1")["status"] == "PAUSED", 10, "PAUSED in the registry")
         assert "paused by operator (operator)" in registry.campaign("web1")["note"]
         wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "PAUSED")
-        assert "Paused: paused by operator" in driver.find_element(By.ID, "paused-because").text
-        assert not driver.find_element(By.ID, "btn-pause").is_enabled()
+        wait.until(lambda d: "Paused: paused by operator" in d.find_element(By.ID, "paused-because").text)
+        wait.until(lambda d: not d.find_element(By.ID, "btn-pause").is_enabled())
         shot(driver, "campaign")
-        driver.find_element(By.ID, "btn-resume").click()  # on to the end of the canary wave: b1 rolls back
+        wait.until(lambda d: d.find_element(By.ID, "btn-resume").click() or True)  # on to the end of the canary wave: b1 rolls back
         wait_until(lambda: registry.campaign("web1")["status"] == "RUNNING", 10, "RUNNING again")
         broken = ids["b1"]
         wait_until(lambda: any(o.status == "ROLLED_BACK" for o in registry.offers(broken)), 150, "b1 rolled back", interval=0.5)
 
         driver.get(f"{info['api']}/console/device.html?id={broken}")
-        reason = wait.until(lambda d: (r := d.find_elements(By.CSS_SELECTOR, "#offers td.reason")) and r[0].text and r[0])
-        assert "SELF_TEST_FAILED" in reason.text
-        assert "rolled_back" in driver.find_element(By.ID, "events").text
-        assert "SELF_TEST_FAILED" in driver.find_element(By.ID, "events").text
+        reason = wait.until(lambda d: (r := d.find_elements(By.CSS_SELECTOR, "#offers td.reason")) and r[0].text)
+        assert "SELF_TEST_FAILED" in reason
+        events = wait.until(lambda d: d.find_element(By.ID, "events").text)
+        assert "rolled_back" in events and "SELF_TEST_FAILED" in events
         shot(driver, "device")
         audit = api.get("/api/audit", params={"action": "campaign.pause"}).json()
         assert audit[0]["who"] == "operator" and audit[0]["target"] == "web1"
