@@ -22,9 +22,10 @@ from functools import cache
 from pathlib import Path
 from types import ModuleType
 
+from host_tools import resources
 from host_tools.errors import FotaError
 
-FIRMWARE_DIR = Path(__file__).resolve().parent.parent / "firmware"
+FIRMWARE_DIR = resources.path("firmware")  # a checkout's firmware/, or the wheel's copy
 PACKAGE = "_fota_firmware"  # the private name of the firmware package `fota` inside the host
 ERRORS = "errors"  # firmware/fota/errors.py
 MANIFEST = "check.manifest"  # firmware/fota/check/manifest.py
@@ -39,7 +40,7 @@ def package(firmware_dir: Path = FIRMWARE_DIR) -> ModuleType:
     """The firmware package `fota` from `firmware_dir`, imported as `_fota_firmware`."""
     root = firmware_dir / "fota"
     if not (root / "__init__.py").exists():
-        raise FirmwareError(f"no firmware package at {root}", hint="run from a checkout of fota (firmware/ beside host_tools/)")
+        raise FirmwareError(f"no firmware package at {root}", hint="reinstall fota (the wheel carries firmware/ as host_tools/_data/firmware)")
     spec = importlib.util.spec_from_file_location(PACKAGE, root / "__init__.py", submodule_search_locations=[str(root)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[PACKAGE] = module  # relative imports inside the package find their parent here

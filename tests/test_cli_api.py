@@ -31,7 +31,8 @@ def fota(stack, tmp_path, *args, role="operator"):
 
 
 def test_devices_deploy_and_campaign_from_another_machine(stack, tmp_path, capsys):
-    assert fota(stack, tmp_path, "devices", "--assign", "c0", "canary") == 0
+    assert fota(stack, tmp_path, "devices", "--assign", "c0", "canary") == 4  # a typo makes no group
+    assert fota(stack, tmp_path, "devices", "--assign", "c0", "canary", "--create-group") == 0
     listing = capsys.readouterr().out
     assert "c0" in listing and "c2" in listing and "1.0.0" in listing
     assert stack.server.registry.device("c0")["groups"] == ["canary"]
@@ -66,9 +67,9 @@ def test_refusals_reach_the_operator_as_errors(stack, tmp_path, capsys):
     offers = len(stack.server.registry.offers())
     assert fota(stack, tmp_path, "deploy", str(v2), "--device", "c1", role="read") == 1
     assert "403" in capsys.readouterr().err
-    assert fota(stack, tmp_path, "campaign", "pause", "nosuch") == 1
+    assert fota(stack, tmp_path, "campaign", "pause", "nosuch") == 4
     assert "404 no campaign 'nosuch'" in capsys.readouterr().err
-    assert fota(stack, tmp_path, "deploy", str(v2), "--device", "nosuch") == 1
+    assert fota(stack, tmp_path, "deploy", str(v2), "--device", "nosuch") == 4
     assert "unknown device(s): nosuch" in capsys.readouterr().err
     bad = tmp_path / "bad.fota"
     bad.write_bytes(b"garbage")

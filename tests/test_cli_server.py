@@ -51,9 +51,9 @@ def test_serve_deploy_devices(tmp_path):
         serve.wait(timeout=30)
         log.close()
     assert not (data / "serve.json").exists()
-    assert fota("deploy", str(package), "--device", "x", "--data", str(data)).returncode == 1
+    assert fota("deploy", str(package), "--device", "x", "--data", str(data)).returncode == 5  # EXIT_UNAVAILABLE
 
 
 def test_deploy_without_a_server_says_how_to_start_one(tmp_path):
     out = fota("deploy", str(tmp_path / "x.fota"), "--device", "d1", "--data", str(tmp_path))
-    assert out.returncode == 1 and "fota serve" in out.stderr
+    assert out.returncode == 5 and "fota serve" in out.stderr

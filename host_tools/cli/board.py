@@ -5,28 +5,32 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from host_tools.errors import EXIT_USAGE, FotaError
 from host_tools.sim import ports
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("flash", help="first USB flash of an app image (esptool), or sim:NAME")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="an app image (fota build) or a merged firmware.bin")
     p.add_argument("--port", required=True, help="serial port (/dev/ttyUSB0) or sim:NAME")
     p.add_argument("--board", default=None, help="board definition (default: esp32_generic; a sim board knows its own)")
-    p.add_argument("--baud", type=int, default=460800)
+    p.add_argument("--baud", type=int, default=460800, help="esptool's baud rate (default: 460800)")
     p.set_defaults(handler=cmd_flash)
 
     p = sub.add_parser("provision", help="write the device's configuration over mpremote and read it back")
     p.add_argument("--port", required=True, help="serial port or sim:NAME (a running virtual board)")
-    p.add_argument("--board", default="esp32_generic")
-    p.add_argument("--hw-rev", required=True)
-    p.add_argument("--server", required=True, help="mqtt://HOST:PORT or mqtts://HOST:PORT as the device reaches it")
+    p.add_argument("--board", default=None, help="board definition (default: a sim board's own, else esp32_generic)")
+    p.add_argument("--hw-rev", default=None, help="hardware revision (default: a sim board's own, else the board's first)")
+    p.add_argument("--server", default=None,
+                   help="mqtt://HOST:PORT or mqtts://HOST:PORT as the device reaches it (default for sim:NAME: the local fota serve)")
     p.add_argument("--device-id", help="default: the chip's unique id in hex")
-    p.add_argument("--wifi-ssid")
-    p.add_argument("--wifi-key", default="")
+    p.add_argument("--wifi-ssid", help="Wi-Fi network the board joins")
+    p.add_argument("--wifi-key", default="", help="its passphrase")
     p.add_argument("--ca", type=Path, help="CA certificate (PEM) the device checks an mqtts:// server against")
     p.add_argument("--trust", type=Path, action="append", default=[], help="public key to trust (writes trusted_keys.py)")
-    p.add_argument("--no-reset", action="store_true")
+    p.add_argument("--no-reset", action="store_true", help="do not reset the board afterwards")
+    p.add_argument("--data", type=Path, help="the server data directory whose registry enrols the device (default: $FOTA_HOME/server)")
+    p.add_argument("--credentials", type=Path, help="the device's credentials from `fota device enroll -o FILE` (instead of enrolling here)")
     p.set_defaults(handler=cmd_provision)
 
     p = sub.add_parser("console", help="the device's console (mpremote's REPL)")
@@ -50,8 +54,9 @@ def cmd_provision(args) -> int:
         from cryptography.hazmat.primitives.serialization import Encoding
 
         ca = x509.load_pem_x509_certificate(args.ca.read_bytes()).public_bytes(Encoding.DER)
+    board, hw_rev, server = _target_defaults(args)
     config = DeviceConfig(
-        board=args.board, hw_rev=args.hw_rev, server=args.server, device_id=args.device_id,
+        board=board, hw_rev=hw_rev, server=server, device_id=args.device_id,
         wifi=(args.wifi_ssid, args.wifi_key) if args.wifi_ssid else None, ca_der=ca,
         trusted=[PublicKey.load(p) for p in args.trust],
     )

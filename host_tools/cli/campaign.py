@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from host_tools.errors import NotFoundError
 from host_tools.fleet.campaign import (
     COMPLETED,
     PAUSED,
@@ -37,43 +38,49 @@ def register(sub: argparse._SubParsersAction) -> None:
     camp = sub.add_parser("campaign", help="staged update campaigns").add_subparsers(dest="campaign_command", metavar="ACTION")
     camp.required = True
     p = camp.add_parser("create", help="plan a campaign: who gets it in which wave, who is excluded and why")
-    p.add_argument("name")
+    p.add_argument("name", help="campaign name")
     p.add_argument("--package", required=True, help="a .fota file (added to the store) or a stored package id")
-    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--preset", choices=sorted(PRESETS), help="thresholds and waves to start from")
     p.add_argument("--group", action="append", default=[], help="target these groups (default: every device)")
-    p.add_argument("--tag", action="append", default=[])
+    p.add_argument("--tag", action="append", default=[], help="target devices with this tag (repeatable)")
     p.add_argument("--from-version", action="append", default=[], help="only devices on this version")
     p.add_argument("--board", action="append", default=[], help="only devices of this board")
     p.add_argument("--hw-rev", action="append", default=[], help="only devices of this hardware revision")
     p.add_argument("--waves", help="comma list of groups or percentages, e.g. test,5%%,25%%,100%%")
     p.add_argument("--success", type=float, help="share of a wave that must succeed (0..1)")
     p.add_argument("--error", type=float, help="failure share over finished devices that pauses (0..1)")
-    p.add_argument("--min-sample", type=int)
+    p.add_argument("--min-sample", type=int, help="finished devices before the error gate may pause")
     p.add_argument("--timeout", type=float, help="seconds a device may take before TIMED_OUT")
-    p.add_argument("--retries", type=int)
-    p.add_argument("--max-in-flight", type=int)
+    p.add_argument("--retries", type=int, help="offers again to a device that failed")
+    p.add_argument("--max-in-flight", type=int, help="devices updating at the same time")
     p.add_argument("--window", help="'MIN HOUR DOM MON DOW DURATION_MIN [TZ]', e.g. '0 2 * * * 120 Europe/Berlin'")
-    p.add_argument("--policy", choices=("auto", "consent", "download-only"))
+    p.add_argument("--policy", choices=("auto", "consent", "download-only"), help="when devices install (default: auto)")
     p.add_argument("--rollback-package", help="stored package id offered back to updated devices on abort")
-    p.add_argument("--data", type=Path)
+    p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
     _remote(p)
     p.set_defaults(handler=cmd_create)
     for action in ("start", "pause", "resume", "abort"):
         p = camp.add_parser(action, help=f"{action} a campaign")
-        p.add_argument("name")
-        p.add_argument("--data", type=Path)
+        p.add_argument("name", help="campaign name")
+        p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
         _remote(p)
         p.set_defaults(handler=cmd_action, action=action)
+    p = camp.add_parser("list", help="campaigns with their status and device counts")
+    p.add_argument("--json", action="store_true", help="the campaigns as JSON")
+    p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
+    _remote(p)
+    p.set_defaults(handler=cmd_list)
     p = camp.add_parser("status", help="waves and devices, with progress")
-    p.add_argument("name")
+    p.add_argument("name", help="campaign name")
     p.add_argument("--follow", action="store_true", help="redraw until the campaign completes or pauses")
-    p.add_argument("--data", type=Path)
+    p.add_argument("--json", action="store_true", help="the status as JSON (with --follow: one object per line)")
+    p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
     _remote(p)
     p.set_defaults(handler=cmd_status)
     p = camp.add_parser("report", help="outcomes; failures by reason and hardware revision")
-    p.add_argument("name")
-    p.add_argument("--json", action="store_true")
-    p.add_argument("--data", type=Path)
+    p.add_argument("name", help="campaign name")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
     _remote(p)
     p.set_defaults(handler=cmd_report)
 
@@ -149,17 +156,44 @@ def _report_data(args) -> dict:
         return api.get(f"/api/campaigns/{args.name}/report")
     registry = _registry(args)
     if registry.campaign(args.name) is None:
-        raise CampaignError(f"no campaign named {args.name!r}")
+        raise NotFoundError(f"no campaign named {args.name!r}", hint="fota campaign list shows them")
     return report(registry, args.name)
 
 
+def cmd_list(args) -> int:
+    api = _api(args)
+    if api is not None:
+        rows = api.get("/api/campaigns")
+    else:
+        registry = _registry(args)
+        rows = []
+        for camp in registry.campaigns():
+            counts: dict[str, int] = {}
+            for r in registry.campaign_devices(camp["name"]):
+                counts[r["status"]] = counts.get(r["status"], 0) + 1
+            rows.append(camp | {"by_status": counts})
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    print(f"{'campaign':<16} {'status':<10} {'package':<17} devices")
+    for c in rows:
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(c.get("by_status", {}).items())) or "-"
+        print(f"{c['name']:<16} {c.get('status') or '-':<10} {(c.get('spec') or {}).get('package', '-') if isinstance(c.get('spec'), dict) else '-':<17} {counts}")
+    if not rows:
+        print("(no campaigns: fota campaign create NAME --package FILE)")
+    return 0
+
+
 def cmd_status(args) -> int:
+    last = None
     while True:
         data = _report_data(args)
-        text = render_status_data(data, args.name)
-        if args.follow and sys.stdout.isatty():
-            sys.stdout.write("\x1b[H\x1b[2J")
-        print(text, flush=True)
+        text = json.dumps(data, default=str) if args.json else render_status_data(data, args.name)
+        if text != last:  # a frame only when something changed
+            if args.follow and sys.stdout.isatty() and not args.json:
+                sys.stdout.write("\x1b[H\x1b[2J")
+            print(text, flush=True)
+        last = text
         status = data["campaign"]["status"]
         if not args.follow or status in (COMPLETED, PAUSED, "ABORTED"):
             return 0

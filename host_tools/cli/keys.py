@@ -14,6 +14,7 @@ import argparse
 import os
 from pathlib import Path
 
+from host_tools.cli.args import output_file
 from host_tools.errors import FotaError
 from host_tools.image.keylist import KeyListState, root_init
 from host_tools.image.keys import FileSigner, PublicKey, generate_key, trusted_keys_module
@@ -31,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = keys.add_parser("export", help="write the device's trusted-keys module from public keys")
     p.add_argument("pubkeys", type=Path, nargs="*", help="public (or private) release key files to trust")
     p.add_argument("--root", type=Path, action="append", default=[], help="root public key whose key lists to trust")
-    p.add_argument("-o", "--output", type=Path, default=Path("trusted_keys.py"))
+    p.add_argument("-o", "--output", type=output_file, default=Path("trusted_keys.py"), help="module to write (default: trusted_keys.py)")
     p.set_defaults(handler=cmd_export)
 
     p = keys.add_parser("root-init", help="make the offline root key and an empty key list beside it (keylist.json)")

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from host_tools.cli.args import positive_int
 from host_tools.errors import FotaError
 from host_tools.sim.device import SimDevice, SimError, sim_home
 from host_tools.sim.flash import PowerPlan
@@ -20,31 +21,31 @@ def register(sub: argparse._SubParsersAction) -> None:
     sim.required = True
 
     p = sim.add_parser("create", help="make a board with erased flash and the board's partition table")
-    p.add_argument("name")
+    p.add_argument("name", help="the virtual board's name")
     p.add_argument("--board", default="sim", help="board definition under boards/ (default: sim)")
     p.add_argument("--hw-rev", help="hardware revision this board reports (default: the board's first)")
     p.set_defaults(handler=cmd_create)
 
     p = sim.add_parser("flash", help="first USB flash: write IMAGE to ota_0 and erase otadata")
-    p.add_argument("name")
-    p.add_argument("image", type=Path)
+    p.add_argument("name", help="the virtual board's name")
+    p.add_argument("image", type=Path, help="an app image (fota build)")
     p.set_defaults(handler=cmd_flash)
 
     p = sim.add_parser("run", help="power the board on, follow resets, print its console")
-    p.add_argument("name")
+    p.add_argument("name", help="the virtual board's name")
     p.add_argument("--until", choices=("forever", "idle", "halt"), default="forever", help="stop when main.py has ended (idle) or the chip halts")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
-    p.add_argument("--cut-before", type=int, help="lose power just before flash operation N")
+    p.add_argument("--cut-before", type=positive_int, help="lose power just before flash operation N (1-based)")
     p.add_argument("--tear", action="store_true", help="with --cut-before: that operation lands partly")
     p.add_argument("--seed", type=int, default=0, help="with --tear: how it tears")
     p.set_defaults(handler=cmd_run)
 
     p = sim.add_parser("status", help="partition table, otadata, next boot, slot images")
-    p.add_argument("name")
+    p.add_argument("name", help="the virtual board's name")
     p.set_defaults(handler=cmd_status)
 
     p = sim.add_parser("repl", help="print the pty path of a running board's REPL (for mpremote)")
-    p.add_argument("name")
+    p.add_argument("name", help="the virtual board's name")
     p.set_defaults(handler=cmd_repl)
 
     p = sim.add_parser("list", help="list virtual boards")
@@ -83,6 +84,9 @@ def cmd_run(args) -> int:
         run.stop()
         pidfile.unlink(missing_ok=True)
     print(f"\n[sim] {board.name}: stopped ({run.state}); {run.flash.ops} flash operations", flush=True)
+    if args.cut_before is not None and not any(e.kind == "power_loss" for e in run.events):
+        raise FotaError(f"power was never cut: this run made only {run.flash.ops} flash operations (--cut-before {args.cut_before})",
+                        hint=f"choose an operation between 1 and {run.flash.ops}, or let the run go further (an update)")
     return 0
 
 

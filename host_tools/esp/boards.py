@@ -10,10 +10,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools import resources
 from host_tools.errors import FotaError
 from host_tools.esp.partition_table import PartitionTable
 
-BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
+BOARDS_DIR = resources.path("boards")  # a checkout's boards/, or the wheel's copy
 
 
 class BoardError(FotaError):

@@ -158,6 +158,10 @@ class CampaignRunner:
         if spec.window:
             Window.parse(spec.window)  # refuse a bad window now, not at 2 a.m.
         plan = plan_campaign(self.registry, spec)
+        if not plan.targets:
+            why = f"; excluded: {', '.join(f'{d} ({r})' for d, r in plan.excluded[:5])}" if plan.excluded else ""
+            raise CampaignError(f"campaign {spec.name!r} would target no device{why}",
+                                hint="check --group/--board/--hw-rev/--from-version and fota devices")
         self.registry.save_campaign(spec.name, asdict(spec), CREATED)
         for device, wave in plan.targets:
             self.registry.add_campaign_device(spec.name, device, wave, PENDING)

@@ -45,16 +45,17 @@ class BuildSpec:
     root_keys: tuple[PublicKey, ...] = ()
     secure_version: int = 0  # esp_app_desc_t.secure_version: the sequence of the package that carries it
     firmware_dir: Path = FIRMWARE_DIR
+    agent: bool = True  # False: a "stock" sim image without firmware/ frozen (the agent is mip-installed to the filesystem)
 
 
 def build_image(spec: BuildSpec) -> bytes:
     board = boards.load(spec.board)
-    if board.name == "sim":
+    if spec.image is not None:
+        image = spec.image.read_bytes()
+    elif board.name == "sim":
         image = _build_sim(spec, board.chip_id)
     else:
-        if spec.image is None:
-            raise ImageError(f"board {board.name}: give the MicroPython app image (--image micropython.bin)")
-        image = spec.image.read_bytes()
+        raise ImageError(f"board {board.name}: give the MicroPython app image (--image micropython.bin)")
     check_app_image(image, board)
     if spec.secure_version:
         image = stamp_secure_version(image, spec.secure_version)
@@ -102,7 +103,7 @@ def stamp_secure_version(image: bytes, value: int) -> bytes:
 
 
 def _build_sim(spec: BuildSpec, chip_id: int) -> bytes:
-    modules = freeze_tree(spec.firmware_dir) if spec.firmware_dir.exists() else {}
+    modules = freeze_tree(spec.firmware_dir) if spec.agent and spec.firmware_dir.exists() else {}
     if spec.app_dir is not None:
         if not spec.app_dir.is_dir():
             raise ImageError(f"application directory {spec.app_dir} does not exist")

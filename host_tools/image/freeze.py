@@ -34,8 +34,16 @@ def compile_source(source: str | bytes, name: str, *, opt: int = 0) -> bytes:
             text=True,
         )
         if proc.returncode != 0:
-            raise FreezeError(f"mpy-cross failed on {name}: {proc.stderr.strip()}")
+            raise FreezeError(_one_line(proc.stderr, name), hint=f"fix {name} and build again")
         return out.read_bytes()
+
+
+def _one_line(stderr: str, name: str) -> str:
+    """mpy-cross's report ("Traceback...", '  File "x", line 3', "SyntaxError: ...") as "x:3: SyntaxError: ..."."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    where = next((line for line in lines if line.startswith("File ")), "")
+    lineno = where.rsplit("line ", 1)[-1] if "line " in where else "?"
+    return f"{name}:{lineno}: {lines[-1] if lines else 'mpy-cross failed'}"
 
 
 def freeze_sources(sources: dict[str, str | bytes], *, opt: int = 0) -> dict[str, bytes]:

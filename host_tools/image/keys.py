@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from host_tools.errors import FotaError
+from host_tools.errors import EXIT_NOT_FOUND, FotaError
 
 KEY_ID_SIZE = 8
 
@@ -187,4 +187,4 @@ def _read(path: Path) -> bytes:
     try:
         return Path(path).read_bytes()
     except FileNotFoundError as exc:
-        raise KeyError_(f"no such key file: {path}") from exc
+        raise KeyError_(f"no such key file: {path}", hint="fota keygen makes a key and its .pub", exit_code=EXIT_NOT_FOUND) from exc

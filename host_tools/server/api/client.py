@@ -17,7 +17,15 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from host_tools.errors import FotaError
+from host_tools.errors import EXIT_ERROR, EXIT_NOT_FOUND, FotaError, UnavailableError
+
+STATUS_HINTS = {
+    401: "give --token (or FOTA_TOKEN); tokens are in the server's api_tokens.json",
+    403: "this needs an operator token, not a read token",
+    404: "fota devices / fota campaign list show what exists",
+    409: "it exists already or is in another state: fota campaign list",
+    422: "the server refused the request as given (see the reason)",
+}
 
 
 class ApiError(FotaError):
@@ -68,9 +76,12 @@ class ApiClient:
                 detail = "; ".join([detail.get("message", "")] + detail.get("problems", []))
             elif isinstance(detail, list):
                 detail = "; ".join(f"{'.'.join(map(str, d.get('loc', [])))}: {d.get('msg')}" for d in detail)
-            raise ApiError(f"{method} {path}: {exc.code} {detail}") from exc
+            code = EXIT_NOT_FOUND if exc.code == 404 else EXIT_ERROR
+            raise ApiError(f"{method} {path}: {exc.code} {detail}", hint=STATUS_HINTS.get(exc.code, f"the fota API at {self.url} refused it"),
+                           exit_code=code) from exc
         except OSError as exc:
-            raise ApiError(f"cannot reach the fota API at {self.url}: {exc}", hint="is fota serve running? (--server URL)") from exc
+            raise UnavailableError(f"cannot reach the fota API at {self.url}: {getattr(exc, 'reason', exc)}",
+                                   hint="is fota serve running? (--server URL)") from exc
 
     def get(self, path: str, **params) -> object:
         return self.request("GET", path, **params)
