@@ -30,42 +30,36 @@ except ImportError:
 _UNIX_AT_2000 = const(946684800)  # 2000-01-01T00:00:00Z in Unix seconds
 _NS = const(1000000000)
 
-_state = None  # [Unix seconds at the board's epoch, device ns - host ns]
-
-
-def _st():
-    global _state
-    if _state is None:
-        shift = _UNIX_AT_2000 if _simbus.env_int("FOTA_SIM_EPOCH", 2000) == 2000 else 0
-        rtc = _simbus.env_text("FOTA_SIM_RTC_NS")
-        _state = [shift, int(rtc) if rtc else -shift * _NS]  # no supervisor: the host's clock, set
-    return _state
+# Read once when the board starts (static initialisation, as in C): the wall clock is then
+# plain small-int arithmetic, so reading it never allocates on the heap the firmware sees.
+_shift = _UNIX_AT_2000 if _simbus.env_int("FOTA_SIM_EPOCH", 2000) == 2000 else 0  # Unix s at the epoch
+_rtc_ns = _simbus.env_int("FOTA_SIM_RTC_NS", -_shift * _NS)  # device ns - host ns; no supervisor: host time
 
 
 def now_ns():
-    return utime.time_ns() + _st()[1]
+    return utime.time_ns() + _rtc_ns
 
 
 def now():
-    return now_ns() // _NS
+    return (utime.time_ns() + _rtc_ns) // _NS
 
 
 # (year, month, mday, hour, minute, second, weekday, yearday) of device seconds, UTC.
 def tuple_of(secs):
-    return utime.gmtime(int(secs) + _st()[0])[:8]
+    return utime.gmtime(int(secs) + _shift)[:8]
 
 
 # Device seconds of a date tuple (8 or 9 items, fields normalised like timeutils_mktime).
 def mktime(t):
     if len(t) < 8 or len(t) > 9:
         raise TypeError("mktime needs a tuple of length 8 or 9")
-    return utime.mktime(tuple(t[:6]) + (0, 0)) - _st()[0]
+    return utime.mktime(tuple(t[:6]) + (0, 0)) - _shift
 
 
 # settimeofday(): the RTC now reads `secs`.`usec` in device time, here and after resets.
 def set_time(secs, usec=0):
-    st = _st()
-    st[1] = secs * _NS + usec * 1000 - utime.time_ns()
+    global _rtc_ns
+    _rtc_ns = secs * _NS + usec * 1000 - utime.time_ns()
     _simbus.bus().call(_simbus.OP_RTC_SET, secs & 0xFFFFFFFF, usec)
 
 
