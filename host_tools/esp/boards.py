@@ -7,13 +7,17 @@
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from host_tools.errors import FotaError
 from host_tools.esp.partition_table import PartitionTable
 
+# boards/ of the checkout; an installed wheel carries a copy in <prefix>/share/fota/boards (pyproject data-files).
 BOARDS_DIR = Path(__file__).resolve().parents[2] / "boards"
+if not BOARDS_DIR.is_dir():
+    BOARDS_DIR = Path(sys.prefix) / "share" / "fota" / "boards"
 
 
 class BoardError(FotaError):

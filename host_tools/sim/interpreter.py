@@ -54,14 +54,15 @@ try:
     hashlib.sha256(b"")
 except (ImportError, AttributeError):
     missing.append("hashlib.sha256")
-bits = 0
-for b in range(8, 70):
-    gc.collect()
-    a = gc.mem_alloc()
-    x = 1 << b
-    if gc.mem_alloc() != a:
-        bits = b + 1
-        break
+def width():  # a function: its locals live in registers, so only a big int allocates
+    for b in range(8, 70):
+        gc.collect()
+        a = gc.mem_alloc()
+        x = 1 << b
+        if gc.mem_alloc() != a:
+            return b + 1
+    return 0
+bits = width()
 v = sys.implementation.version
 print('{"name": "%s", "version": [%d, %d, %d], "bits": %d, "missing": [%s]}' % (
     sys.implementation.name, v[0], v[1], v[2], bits, ", ".join('"%s"' % m for m in missing)))
