@@ -15,11 +15,12 @@ no intermediate value reaches 2^30: every value is a small int on every
 port, including the ESP32's 31-bit small ints, so hashing allocates no big
 ints (32-bit halves would: on an ESP32 each of them above 2^30 is a heap
 object, ~7x slower and a steady stream of garbage). Keep the input short (an
-Ed25519 R || A || manifest): ~0.5 MB/s under the Unix port on a desktop,
+Ed25519 R || A || manifest): ~0.47 MB/s under the Unix port on a desktop,
 32-bit or 64-bit alike, far less on a device.
 """
 
 import struct
+from array import array
 
 from ..compat import const
 
@@ -61,23 +62,25 @@ _IV_HEX = (
 _tabs = None  # (k, iv, w): constants and schedule scratch, built on first use
 
 
-# Split "hhhhhhhhllllllll ..." into a flat list of 16-bit limbs.
+# Parse "hhhhhhhhllllllll hhhh..." (17 characters a word) into an array of
+# 16-bit limbs: 2 bytes a limb on every port, allocated once at its size.
 def _limbs(text):
-    out = []
-    for word in text.split():
-        for i in range(0, 16, 4):
-            out.append(int(word[i : i + 4], 16))
+    n = 4 * ((len(text) + 1) // 17)
+    out = array("H", bytes(2 * n))
+    for i in range(n):
+        o = (i >> 2) * 17 + (i & 3) * 4
+        out[i] = int(text[o : o + 4], 16)
     return out
 
 
-# Return the round constants, the IV and a 320-entry message-schedule
-# scratch list, made on the first call only. The scratch is shared by all
+# Return the round constants, the IV and a 320-limb message-schedule
+# scratch array, made on the first call only. The scratch is shared by all
 # hashers (it is fully rewritten for each block), so hashing allocates no
 # large blocks later, when a small heap may be too fragmented for them.
 def _tables():
     global _tabs
     if _tabs is None:
-        _tabs = (tuple(_limbs(_K_HEX)), tuple(_limbs(_IV_HEX)), [0] * 320)
+        _tabs = (_limbs(_K_HEX), _limbs(_IV_HEX), array("H", bytes(640)))
     return _tabs
 
 
@@ -218,7 +221,9 @@ class SHA512:
     # Hash one 128-byte block held in buf at offset off.
     def _block(self, buf, off):
         w = self._w
-        w[0:64] = struct.unpack_from(">64H", buf, off)
+        for i in range(64):  # big-endian limbs, read in place
+            w[i] = (buf[off] << 8) | buf[off + 1]
+            off += 2
         _schedule(w)
         _rounds(self._st, w, self._k)
 
