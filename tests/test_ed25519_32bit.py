@@ -61,7 +61,7 @@ def test_sha512_32bit() -> None:
 
 SHA_ALLOC = """
 import gc
-from fota import sha512 as s
+from fota.check import sha512 as s
 k, iv, w = s._tables()
 st = list(iv)
 for i in range(64):

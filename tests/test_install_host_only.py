@@ -76,7 +76,8 @@ def test_host_only_commands_work(host_venv, tmp_path):
             assert serve.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
             time.sleep(0.1)
         assert json.loads((data / "serve.json").read_text())["broker"].startswith("mqtt://")
-        assert "-> nobody" in run("deploy", "app.fota", "--device", "nobody", "--data", data)
+        res = sh(fota, "deploy", "app.fota", "--device", "nobody", "--data", data, cwd=tmp_path, env=env, timeout=60)
+        assert res.returncode == 1 and "unknown device(s): nobody" in res.stderr, res.stderr  # the server answered
         assert "wave 1 (100%): 0 device(s)" in run("campaign", "create", "c1", "--package", "app.fota", "--data", data,
                                                    "--waves", "100%")
     finally:
