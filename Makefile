@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
 
-.PHONY: setup test demo lint mpy-check system-deps clean firmware
+.PHONY: setup test demo lint mpy-check system-deps clean firmware micropython32 micropython64
 BOARD ?= esp32_generic
 
 setup: $(STAMP)
@@ -40,6 +40,15 @@ lint: setup mpy-check
 # A real firmware (ESP-IDF + MicroPython source, from IDF_PATH and MICROPY_DIR); says what to install otherwise.
 firmware: setup
 	bash scripts/build_firmware.sh $(BOARD)
+
+# A MicroPython Unix binary from a checkout (MICROPY_DIR), 32-bit: small ints 31 bits wide as on an ESP32.
+# Output build/micropython32/micropython; run boards, benches and tests on it with FOTA_MICROPYTHON=that path.
+# 32-bit needs gcc-multilib (Debian/Ubuntu apt-get). micropython64: the same options, 64-bit.
+micropython32:
+	bash scripts/build_micropython_unix.sh 32
+
+micropython64:
+	bash scripts/build_micropython_unix.sh 64
 
 mpy-check: setup
 	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py host_tools/esp/espidf.py; do \

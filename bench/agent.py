@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 from host_tools.sim.flash import ESP32_TIMING  # noqa: E402
+from host_tools.sim.interpreter import check_micropython  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
 from simkit import fw_image, fw_package, new_board  # noqa: E402
 
@@ -45,12 +46,33 @@ def on_chunk(offset, mv):
         peak[0] = a
     return r
 agent.on_chunk = on_chunk
-gc.collect()
+
+def largest():  # the largest block the heap can still give: bisect on bytearray sizes
+    lo = 0
+    hi = gc.mem_free()
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        gc.collect()
+        try:
+            b = bytearray(mid)
+            lo = mid
+        except MemoryError:
+            hi = mid
+        b = None
+    gc.collect()
+    return lo
+
+big0 = largest()
+free0 = gc.mem_free()
 base = gc.mem_alloc()
 t = time.ticks_us()
 pump(agent, src)
 dt = time.ticks_diff(time.ticks_us(), t)
-print("RESULT", json.dumps({"us": dt, "bytes": agent.manifest.image_size, "moved": src.sent, "peak": peak[0] - base}))
+src_sent = src.sent
+src = None
+gc.collect()
+print("RESULT", json.dumps({"us": dt, "bytes": agent.manifest.image_size, "moved": src_sent, "peak": peak[0] - base,
+                            "free_before": free0, "largest_before": big0, "free_after": gc.mem_free(), "largest_after": largest()}))
 """
 
 RAW_MAIN = r"""
@@ -78,10 +100,10 @@ print("RESULT", json.dumps({"us": dt, "bytes": total, "moved": total, "peak": 0}
 """
 
 
-def measure(home: Path, name: str, main: str, image: bytes, package: bytes, timing=None) -> dict:
+def measure(home: Path, name: str, main: str, image: bytes, package: bytes, timing=None, heapsize=None) -> dict:
     board = new_board(home, name, image=image, files={"main.py": main})
     board.write_file("update.fota", package)
-    with BoardRun(board, repl_pty=False, timing=timing) as run:
+    with BoardRun(board, repl_pty=False, timing=timing, heapsize=heapsize) as run:
         run.wait_for("RESULT", timeout=300)
         run.wait_idle(timeout=30)
     return json.loads(re.search(r"RESULT (.*)", run.transcript()).group(1))
@@ -103,7 +125,9 @@ def report(label: str, results: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1024 * 1024, help="approximate image size in bytes")
+    parser.add_argument("--heapsize", default=None, help="heap the board leaves the application (default: the board's, 128k)")
     args = parser.parse_args()
+    interpreter = check_micropython()  # $FOTA_MICROPYTHON, the fota[sim] wheel, or PATH
     rng = random.Random(1)
     words = [bytes(rng.randrange(256) for _ in range(rng.randrange(2, 9))) for _ in range(400)]
     filler = b"".join(rng.choice(words) for _ in range(args.size // 5))[: args.size]  # compresses like code
@@ -122,17 +146,22 @@ def main() -> int:
         home = Path(tmp)
         fast = {k: measure(home, f"{k}-fast", m, v1, p) for k, m, p in
                 (("base", RAW_MAIN, raw_pkg), ("raw", AGENT_MAIN, raw_pkg), ("zlib", AGENT_MAIN, zlib_pkg))}
-        live = {k: measure(home, f"{k}-live", AGENT_MAIN.replace("LIVE = False", "LIVE = True"), v1, p)
+        live = {k: measure(home, f"{k}-live", AGENT_MAIN.replace("LIVE = False", "LIVE = True"), v1, p, heapsize=args.heapsize)
                 for k, p in (("raw", raw_pkg), ("zlib", zlib_pkg))}
         small = fw_package(small_v2, version="2.0.0", sequence=2)
         timed = {k: measure(home, f"{k}-timed", m, v1, small, ESP32_TIMING) for k, m in
                  (("base", RAW_MAIN), ("raw", AGENT_MAIN))}
+    print(interpreter.label)
     print(f"image {len(v2)} bytes, 4 KiB chunks, on the virtual board (micropython, flash over the board bus)")
     report("host-speed flash (agent CPU cost shows)", fast)
     print(f"image {len(small_v2)} bytes with ESP-IDF's flash test floors (erase 45 KB/s, write 754 KB/s, read 10 MB/s):")
     report("esp32 flash timing", timed)
     print(f"  live peak heap above the agent's baseline (gc.collect per chunk): raw {live['raw']['peak']} B, "
           f"zlib {live['zlib']['peak']} B")
+    for key in ("raw", "zlib"):
+        r = live[key]
+        print(f"  heap around a {key} update ({args.heapsize or 'board default'}): free {r['free_before']} -> {r['free_after']} B, "
+              f"largest free block {r['largest_before']} -> {r['largest_after']} B")
     moved_raw, moved_zlib = fast["raw"]["moved"], fast["zlib"]["moved"]
     print(f"  bytes moved for the {len(v2)}-byte image: raw {moved_raw}, zlib {moved_zlib} "
           f"({100 * moved_zlib / moved_raw:.0f} % of raw)")

