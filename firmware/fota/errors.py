@@ -61,6 +61,9 @@ WEAK_KEY = const(36)  # a trusted or listed public key is of small order (or no 
 # Hostile input and faults (issue 12).
 DEADLINE = const(37)  # the attempt ran past its overall deadline (slow retrieval); retried after the back-off
 FAULT = const(38)  # an exception escaped a step of the device's service loop: logged, the link resumes
+# Delta updates (issue 20; docs/FORMAT.md "Delta payloads").
+BASE_MISMATCH = const(39)  # a delta's base is not the running image (SHA-256): refused before any erase
+PATCH = const(40)  # the decoded patch is corrupt: reads outside the base, output beyond image_size
 
 # LwM2M Object 5, resource 5 "Update Result" (OMA LwM2M core, appendix E.6).
 LWM2M_INITIAL = const(0)
@@ -117,6 +120,8 @@ _NAMES = (
     "WEAK_KEY",
     "DEADLINE",
     "FAULT",
+    "BASE_MISMATCH",
+    "PATCH",
 )
 
 # LwM2M update result indexed by code: one byte each, index 0 unused.
@@ -128,11 +133,13 @@ _NAMES = (
 # image an unsupported package (6), memory (3), cancel (10), link (4), the rest 8.
 # Issue 14: secure_version and key-list refusals are integrity failures (5), a package that
 # rolled back here before "update failed" (8). Issue 12: a deadline is a lost connection (4), a fault 8.
+# Issue 20: a delta for another base is an unsupported package (6), a corrupt patch an integrity failure (5).
 _LWM2M = (
     b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
     b"\x05\x05\x08\x06\x08\x08\x08\x08\x08\x05\x0a\x03\x04\x08\x08"
     b"\x05\x08\x05\x05\x05\x05"
     b"\x04\x08"
+    b"\x06\x05"
 )
 
 
