@@ -13,6 +13,8 @@ firmware's own (firmware/fota/errors.py, loaded by host_tools.firmware), never a
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import struct
 from dataclasses import dataclass
 
@@ -150,3 +152,34 @@ def final_status(event: dict) -> str | None:
     """The final offer status a device event settles (SUCCEEDED, ROLLED_BACK, REFUSED, FAILED), or None."""
     outcome = status_for_event(event)
     return outcome[0] if outcome is not None and outcome[0] in FINAL else None
+
+
+# -- authenticated reports (PROTOCOL.md "Authenticated reports"; docs/SECURITY.md) -------------------
+# A state or event report is `JSON \n COUNTER MAC`: COUNTER in decimal, MAC = 64 hex digits of
+# HMAC-SHA256(device key, "D/KIND COUNTER\n" + JSON); the counter only grows (replay defence).
+REPORT_KINDS = ("state", "events")
+MAX_REPORT = 8192  # bytes of one report at most (state with its bounded error list is well under)
+
+
+def report_mac(key: bytes, device: str, kind: str, counter: int, body: bytes) -> bytes:
+    """The MAC of a report: it binds the device, the kind (state or events), the counter and the JSON."""
+    return hmac.new(key, f"{device}/{kind} {counter}\n".encode() + body, hashlib.sha256).digest()
+
+
+def seal_report(key: bytes, device: str, kind: str, counter: int, body: bytes) -> bytes:
+    """A report as a device sends it (what the protocol simulator and tests use)."""
+    return body + f"\n{counter} ".encode() + report_mac(key, device, kind, counter, body).hex().encode()
+
+
+def split_report(payload: bytes) -> tuple[bytes, int, bytes] | None:
+    """`JSON \n COUNTER MAC` -> (JSON bytes, counter, MAC), or None when it has no well-formed trailer."""
+    if len(payload) > MAX_REPORT:
+        return None
+    body, sep, trailer = bytes(payload).rpartition(b"\n")
+    parts = trailer.split(b" ")
+    if not sep or len(parts) != 2 or not parts[0].isdigit() or len(parts[0]) > 10 or len(parts[1]) != 64:
+        return None
+    try:
+        return body, int(parts[0]), bytes.fromhex(parts[1].decode())
+    except ValueError:
+        return None

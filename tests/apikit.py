@@ -10,7 +10,7 @@ from pathlib import Path
 
 import httpx
 
-from host_tools.fleet.protodevice import DeviceSpec
+from host_tools.fleet.protodevice import DeviceSpec, enroll
 from host_tools.fleet.protofleet import ProtoFleet
 from host_tools.server.service import Server, ServerConfig
 from simkit import session_signer
@@ -53,6 +53,7 @@ class ApiStack:
         self.op = httpx.Client(base_url=self.url, timeout=15, headers={"Authorization": f"Bearer {tokens.token_for('operator')}"})
         self.ro = httpx.Client(base_url=self.url, timeout=15, headers={"Authorization": f"Bearer {tokens.token_for('read')}"})
         self.anon = httpx.Client(base_url=self.url, timeout=15)
+        devices = enroll(devices, self.server.identities)  # each its own login and report key (docs/SECURITY.md)
         self.fleet = ProtoFleet(self.server.broker_url, devices, connect_rate=100)
         self.fleet.start()
         if not self.fleet.wait_connected(30):

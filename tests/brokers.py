@@ -14,6 +14,13 @@
     broker = start_mosquitto(tmp_path, tls=issue_server_cert(rogue, tmp_path))
     try: ... finally: broker.stop()
 
+    def test_fota(fota_mosquitto):          # logins and ACLs: mosquitto's real password_file and acl_file
+        server = Server(ServerConfig(..., broker_url=fota_mosquitto.url))
+        cred = server.identities.enroll("a1b2")     # then write the files and SIGHUP (waits for the reload):
+        fota_mosquitto.sync(server.identities)
+
+`mosquitto` and `mosquitto_tls` are anonymous brokers for the MQTT client's protocol tests; a fota
+server and its devices run on `fota_mosquitto` (allow_anonymous false, per-device ACL patterns).
 Brokers only listen on 127.0.0.1. The broker's own log is in `broker.log` (a Path) for failure messages.
 """
 
@@ -170,16 +177,18 @@ class Mosquitto:
 
     host = "127.0.0.1"
 
-    def __init__(self, workdir: Path, port: int | None = None, tls: ServerCert | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, tls: ServerCert | None = None, auth: bool = False):
         self.port = port or free_port()
         self.tls = tls
         self.ca: TestCA | None = None  # set by mosquitto_tls
         name = f"mosquitto-{self.port}"
         self.conf = workdir / f"{name}.conf"
         self.log = workdir / f"{name}.log"
+        self.passwd = workdir / f"{name}.passwd"  # with auth: written by Identities.write_mosquitto (sync)
+        self.acl = workdir / f"{name}.acl"
         lines = [
             f"listener {self.port} {self.host}",
-            "allow_anonymous true",
+            "allow_anonymous false" if auth else "allow_anonymous true",
             "persistence false",
             "user root" if os.geteuid() == 0 else "",  # as root it would drop to `mosquitto`, who cannot read tmp_path
             "log_dest stderr",
@@ -187,6 +196,10 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
         ]
+        if auth:
+            self.passwd.write_text("")
+            self.acl.write_text("")
+            lines += [f"password_file {self.passwd}", f"acl_file {self.acl}", "log_type information"]  # "Reloading config."
         if tls is not None:
             lines += [
                 f"cafile {tls.ca}",
@@ -233,6 +246,25 @@ class Mosquitto:
             proc.kill()
             proc.wait(timeout=5)
 
+    @property
+    def url(self) -> str:
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def sync(self, identities) -> None:
+        """Write the password and ACL files from `identities` (what `fota broker-files` writes) and make the
+        running broker reload them (SIGHUP); returns once the broker logged the reload."""
+        identities.write_mosquitto(self.passwd, self.acl)
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        before = self.log.read_text().count("Reloading config")
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while self.log.read_text().count("Reloading config") == before:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mosquitto did not reload: {self.log.read_text()[-2000:]}")
+            time.sleep(0.01)
+        time.sleep(0.05)  # the reload is logged before the files are read
+
     def suspend(self) -> None:
         """SIGSTOP: connections stay open, nothing is answered (a hung broker or a silent network)."""
         if self.proc is not None:
@@ -243,17 +275,29 @@ class Mosquitto:
             self.proc.send_signal(signal.SIGCONT)
 
 
-def start_mosquitto(tmp_path: Path, *, tls: ServerCert | None = None, port: int | None = None) -> Mosquitto:
-    """A started broker (TLS when `tls` is given); the caller stops it. Skips the test without mosquitto."""
+def start_mosquitto(tmp_path: Path, *, tls: ServerCert | None = None, port: int | None = None, auth: bool = False) -> Mosquitto:
+    """A started broker (TLS when `tls` is given; logins and ACLs with `auth`); the caller stops it.
+    Skips the test without mosquitto."""
     if not mosquitto_available():
         pytest.skip(f"mosquitto not installed ({MOSQUITTO}); `make system-deps` installs it")
-    return Mosquitto(tmp_path, port=port, tls=tls).start()
+    return Mosquitto(tmp_path, port=port, tls=tls, auth=auth).start()
 
 
 @pytest.fixture
 def mosquitto(tmp_path: Path):
     """A plain-TCP mosquitto on 127.0.0.1:<free port>, anonymous, no persistence."""
     broker = start_mosquitto(tmp_path)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def fota_mosquitto(tmp_path: Path):
+    """mosquitto as a fota deployment runs it: no anonymous clients, password_file and acl_file from
+    the server's identities (`.sync(identities)` after enrolling), on 127.0.0.1:<free port>."""
+    broker = start_mosquitto(tmp_path, auth=True)
     try:
         yield broker
     finally:

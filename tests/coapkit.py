@@ -32,6 +32,9 @@ link = CoapLink(agent, client, dev, window=window, poll_ms=net.get("poll_ms", 50
                 max_failures=net.get("max_failures", 4), retry_base_ms=net.get("retry_base_ms", 2000))
 agent.reporter = link.report
 agent.boot()
+if net.get("key"):  # the report key `fota provision` gives the device (docs/SECURITY.md); after boot() like
+    from fota.link.auth import Signer  # fota.device: the boot checks run in the emptiest heap
+    link.signer = Signer(bytes.fromhex(net["key"]), dev)
 print("APP", app.VERSION)
 link.run()
 """
@@ -39,8 +42,12 @@ link.run()
 FAST = {"ack_timeout_ms": 150, "poll_ms": 300, "retry_base_ms": 300}  # loopback: answers come in ~1 ms
 
 
-def coap_board(home: Path, name: str, *, port: int, host: str = "127.0.0.1", image: bytes | None = None, **net) -> object:
+def coap_board(home: Path, name: str, *, port: int, host: str = "127.0.0.1", image: bytes | None = None, ids=None,
+               **net) -> object:
+    """A CoAP board; `ids` (the server's Identities) enrols it and gives it its report key."""
     board = new_board(home, name, image=image or fw_image("1.0.0"), files={"main.py": MAIN})
+    if ids is not None:
+        net["key"] = ids.enroll(board.config["uid"]).key.hex()
     board.write_file("net.json", json.dumps({"host": host, "port": port, **FAST, **net}))
     return board
 

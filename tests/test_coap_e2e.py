@@ -54,7 +54,7 @@ def slot_digests(board) -> list[str]:
 @pytest.mark.fw
 @pytest.mark.parametrize("encoding", ["raw", "zlib"])
 def test_update_succeeds_only_after_the_self_test_committed(tmp_path, server, encoding):
-    board = coap_board(tmp_path, "ok", port=server.coap.port, window=2)
+    board = coap_board(tmp_path, "ok", ids=server.identities, port=server.coap.port, window=2)
     with BoardRun(board) as run:
         connected(server, board)
         offer_id = server.deploy(pkg(pad=20_000, encoding=encoding), [device_id(board)])[0]
@@ -69,7 +69,7 @@ def test_update_succeeds_only_after_the_self_test_committed(tmp_path, server, en
 
 @pytest.mark.fw
 def test_zlib_update_fits_a_64k_heap(tmp_path, server):
-    board = coap_board(tmp_path, "heap", port=server.coap.port)
+    board = coap_board(tmp_path, "heap", ids=server.identities, port=server.coap.port)
     with BoardRun(board, heapsize="64k") as run:
         connected(server, board)
         offer = wait_final(server, server.deploy(pkg(pad=20_000, encoding="zlib"), [device_id(board)])[0], 60)
@@ -78,7 +78,7 @@ def test_zlib_update_fits_a_64k_heap(tmp_path, server):
 
 @pytest.mark.fw
 def test_failed_self_test_is_recorded_as_rolled_back_with_the_reason(tmp_path, server):
-    board = coap_board(tmp_path, "rb", port=server.coap.port)
+    board = coap_board(tmp_path, "rb", ids=server.identities, port=server.coap.port)
     with BoardRun(board):
         connected(server, board)
         offer_id = server.deploy(pkg(behaviour="fail"), [device_id(board)])[0]
@@ -97,7 +97,7 @@ def test_refused_packages_never_touch_flash(tmp_path, server):
         ("replayed sequence", pkg(sequence=0), 11),
         ("bad signature", bytes(bad_sig), 5),
     ]
-    board = coap_board(tmp_path, "ref", port=server.coap.port)
+    board = coap_board(tmp_path, "ref", ids=server.identities, port=server.coap.port)
     with BoardRun(board) as run:
         connected(server, board)
         for label, data, code in cases:
@@ -109,7 +109,7 @@ def test_refused_packages_never_touch_flash(tmp_path, server):
 
 @pytest.mark.fw
 def test_power_cut_during_download_resumes_by_block(tmp_path, server):
-    board = coap_board(tmp_path, "pc", port=server.coap.port)
+    board = coap_board(tmp_path, "pc", ids=server.identities, port=server.coap.port)
     big = pkg(pad=160_000)
     chunks = -(-(len(big) - 32 - int.from_bytes(big[8:12], "little") - 64) // 1024)
     # 2 ops for the first boot's otadata, then per 4 KiB sector one erase and four 1 KiB writes: cut in sector 30
@@ -132,7 +132,7 @@ def test_lossy_link_completes_without_rewriting_flash(tmp_path, server):
     lossy = Impairment(loss=0.2, duplicate=0.05, reorder=0.05, jitter_ms=2)
     image = fw_image("2.0.0", "ok", 60_000)
     with UdpProxy(("127.0.0.1", server.coap.port), up=lossy, down=lossy, seed=20) as proxy:
-        board = coap_board(tmp_path, "lossy", port=proxy.port, window=2, ack_timeout_ms=100, max_failures=8)
+        board = coap_board(tmp_path, "lossy", ids=server.identities, port=proxy.port, window=2, ack_timeout_ms=100, max_failures=8)
         with BoardRun(board) as run:
             connected(server, board)
             offer_id = server.deploy(fw_package(image, version="2.0.0", sequence=2), [device_id(board)])[0]
@@ -149,7 +149,7 @@ def test_lossy_link_completes_without_rewriting_flash(tmp_path, server):
 def test_link_loss_is_reported_and_the_download_resumes_where_it_stopped(tmp_path, server):
     link = Impairment(delay_ms=3)
     with UdpProxy(("127.0.0.1", server.coap.port), up=link, down=link) as proxy:
-        board = coap_board(tmp_path, "ll", port=proxy.port, ack_timeout_ms=100, max_retransmit=2, max_failures=2)
+        board = coap_board(tmp_path, "ll", ids=server.identities, port=proxy.port, ack_timeout_ms=100, max_retransmit=2, max_failures=2)
         with BoardRun(board) as run:
             connected(server, board)
             offer_id = server.deploy(pkg(pad=160_000), [device_id(board)])[0]
@@ -195,7 +195,7 @@ def meddling_service(server):
 
     def start(**kw) -> CoapService:
         max_szx = kw.pop("max_szx", 6)
-        svc = CoapService(Meddling(RegistryBackend(server.registry, server.store), **kw), port=0, max_szx=max_szx)
+        svc = CoapService(Meddling(RegistryBackend(server.registry, server.store, identities=server.identities), **kw), port=0, max_szx=max_szx)
         svc.start()
         started.append(svc)
         return svc
@@ -208,7 +208,7 @@ def meddling_service(server):
 @pytest.mark.fw
 def test_smaller_blocks_from_the_server_are_kept_and_assembled_into_chunks(tmp_path, server, meddling_service):
     svc = meddling_service(max_szx=5)  # 512-byte blocks; the agent's chunks stay 1024
-    board = coap_board(tmp_path, "szx", port=svc.port)
+    board = coap_board(tmp_path, "szx", ids=server.identities, port=svc.port)
     data = pkg(pad=20_000)
     with BoardRun(board) as run:
         connected(server, board)
@@ -221,7 +221,7 @@ def test_smaller_blocks_from_the_server_are_kept_and_assembled_into_chunks(tmp_p
 @pytest.mark.fw
 def test_etag_change_mid_download_starts_over_from_block_0(tmp_path, server, meddling_service):
     svc = meddling_service(etag_after=20)
-    board = coap_board(tmp_path, "etag", port=svc.port)
+    board = coap_board(tmp_path, "etag", ids=server.identities, port=svc.port)
     data = pkg(pad=20_000)
     with BoardRun(board) as run:
         connected(server, board)
@@ -237,7 +237,7 @@ def test_etag_change_mid_download_starts_over_from_block_0(tmp_path, server, med
 @pytest.mark.fw
 def test_size2_other_than_the_manifest_says_is_refused_before_any_erase(tmp_path, server, meddling_service):
     svc = meddling_service(size_delta=4096)
-    board = coap_board(tmp_path, "size2", port=svc.port)
+    board = coap_board(tmp_path, "size2", ids=server.identities, port=svc.port)
     with BoardRun(board) as run:
         connected(server, board)
         offer = wait_final(server, server.deploy(pkg(), [device_id(board)])[0], 30)
@@ -249,8 +249,9 @@ def gateway(tmp_path, server):
     gws = []
 
     def start(devices: list[str]) -> Gateway:
+        cred = server.identities.enroll_gateway(f"test{len(gws)}", devices)  # its broker login: these devices' topics
         gw = Gateway(GatewayConfig(upstream=server.broker_url, data_dir=tmp_path / "gw", devices=devices, coap_port=0,
-                                   client_id=f"fota-gateway-{len(gws)}"))
+                                   client_id=f"fota-gateway-{len(gws)}", auth=(cred.user, cred.password)))
         gw.start()
         gws.append(gw)
         return gw
@@ -262,7 +263,7 @@ def gateway(tmp_path, server):
 
 @pytest.mark.fw
 def test_device_behind_a_gateway_updates_from_an_mqtt_server(tmp_path, server, gateway):
-    board = coap_board(tmp_path, "gw", port=0)
+    board = coap_board(tmp_path, "gw", ids=server.identities, port=0)
     gw = gateway([device_id(board), "other"])
     board.write_file("net.json", json.dumps({**json.loads((board.fs_path / "net.json").read_text()), "port": gw.coap.port}))
     data = pkg(pad=20_000)
@@ -279,7 +280,7 @@ def test_device_behind_a_gateway_updates_from_an_mqtt_server(tmp_path, server, g
 
 @pytest.mark.fw
 def test_a_gateway_that_alters_a_cached_byte_gets_the_package_refused(tmp_path, server, gateway):
-    board = coap_board(tmp_path, "gwt", port=0)
+    board = coap_board(tmp_path, "gwt", ids=server.identities, port=0)
     gw = gateway([device_id(board)])
 
     def flip(path):

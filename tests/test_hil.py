@@ -119,7 +119,7 @@ def test_update_cycle_commit_then_rollback(bench, request, tmp_path):
         bench.flash_v1()
         device_id = bench.mpremote("exec", "import machine; print(machine.unique_id().hex())").strip()
         bench.fota("provision", "--port", bench.port, "--board", bench.board, "--hw-rev", "A",
-                   "--server", f"mqtt://{host}:{broker_port}")
+                   "--server", f"mqtt://{host}:{broker_port}", "--data", str(tmp_path / "server"))  # enrols it there
         state = wait_until(lambda: server.registry.device(device_id), 60, "the board's first state report")
         assert state["version"] == "1.0.0"
 

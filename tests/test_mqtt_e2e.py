@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from host_tools.server.broker import EmbeddedBroker
+from host_tools.server.identity import Identities
+from host_tools.server.registry import Registry
 from host_tools.sim.flash import ESP32_TIMING, PowerPlan
 from host_tools.sim.runtime import BoardRun
 from mqttkit import device_id, mqtt_board, start_server, wait_final, wait_until
@@ -15,21 +17,24 @@ pytestmark = pytest.mark.fw
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
 def broker(request, tmp_path):
-    """(host, port, handle) of a real broker: mosquitto started for the test, or embedded amqtt."""
+    """(host, port, handle) of a real broker with logins and ACLs: mosquitto started for the test with its
+    password and ACL files, or embedded amqtt asking the (future) server's registry."""
     if request.param == "mosquitto":
-        m = request.getfixturevalue("mosquitto")
+        m = request.getfixturevalue("fota_mosquitto")
         yield m.host, m.port, m
     else:
-        b = EmbeddedBroker()
+        registry = Registry(tmp_path / "server" / "registry.sqlite")
+        b = EmbeddedBroker(Identities(registry))
         b.start()
         yield b.host, b.port, b
         b.stop()
+        registry.close()
 
 
 @pytest.fixture
 def server(tmp_path, broker):
-    host, port, _ = broker
-    srv = start_server(tmp_path / "server", f"mqtt://{host}:{port}")
+    host, port, handle = broker
+    srv = start_server(tmp_path / "server", f"mqtt://{host}:{port}", handle)
     yield srv
     srv.stop()
 
@@ -44,7 +49,7 @@ def connected(server, board):
 
 def test_update_succeeds_only_after_the_self_test_committed(tmp_path, broker, server):
     host, port, _ = broker
-    board = mqtt_board(tmp_path, "ok", host=host, port=port)
+    board = mqtt_board(tmp_path, "ok", host=host, port=port, ids=server.identities, broker=broker[2])
     with BoardRun(board) as run:
         connected(server, board)
         offer_id = server.deploy(pkg(), [device_id(board)])[0]
@@ -60,7 +65,7 @@ def test_update_succeeds_only_after_the_self_test_committed(tmp_path, broker, se
 
 def test_failed_self_test_is_recorded_as_rolled_back_with_the_reason(tmp_path, broker, server):
     host, port, _ = broker
-    board = mqtt_board(tmp_path, "rb", host=host, port=port)
+    board = mqtt_board(tmp_path, "rb", host=host, port=port, ids=server.identities, broker=broker[2])
     with BoardRun(board):
         connected(server, board)
         offer_id = server.deploy(pkg(behaviour="fail"), [device_id(board)])[0]
@@ -79,7 +84,7 @@ def test_failed_self_test_is_recorded_as_rolled_back_with_the_reason(tmp_path, b
 )
 def test_refused_packages_never_touch_flash(tmp_path, broker, server, label, fields, status, code):
     host, port, _ = broker
-    board = mqtt_board(tmp_path, "ref", host=host, port=port)
+    board = mqtt_board(tmp_path, "ref", host=host, port=port, ids=server.identities, broker=broker[2])
     fields = dict(fields)
     seq = fields.pop("sequence", 2)
     with BoardRun(board) as run:
@@ -94,7 +99,7 @@ def test_bad_signature_is_refused(tmp_path, broker, server):
     host, port, _ = broker
     data = bytearray(pkg())
     data[32 + int.from_bytes(data[8:12], "little") + 5] ^= 1  # inside the signature
-    board = mqtt_board(tmp_path, "sig", host=host, port=port)
+    board = mqtt_board(tmp_path, "sig", host=host, port=port, ids=server.identities, broker=broker[2])
     with BoardRun(board) as run:
         connected(server, board)
         offer_id = server.deploy(bytes(data), [device_id(board)])[0]
@@ -104,7 +109,7 @@ def test_bad_signature_is_refused(tmp_path, broker, server):
 
 def test_offline_device_gets_the_offer_when_it_connects(tmp_path, broker, server):
     host, port, _ = broker
-    board = mqtt_board(tmp_path, "late", host=host, port=port)
+    board = mqtt_board(tmp_path, "late", host=host, port=port, ids=server.identities, broker=broker[2])
     offer_id = server.deploy(pkg(), [device_id(board)])[0]  # the board is still off
     with BoardRun(board):
         offer = wait_final(server, offer_id)
@@ -113,7 +118,7 @@ def test_offline_device_gets_the_offer_when_it_connects(tmp_path, broker, server
 
 def test_power_cut_during_download_resumes_without_starting_over(tmp_path, broker, server):
     host, port, _ = broker
-    board = mqtt_board(tmp_path, "pc", host=host, port=port)
+    board = mqtt_board(tmp_path, "pc", host=host, port=port, ids=server.identities, broker=broker[2])
     big = fw_package(fw_image("2.0.0", pad=160_000), version="2.0.0", sequence=2)
     # 2 ops for the first boot's otadata, then 2 per 4 KiB sector: cut inside sector 30
     with BoardRun(board, plan=PowerPlan(cut_before=2 + 2 * 30)) as run:
@@ -127,10 +132,12 @@ def test_power_cut_during_download_resumes_without_starting_over(tmp_path, broke
     assert offer.status == "SUCCEEDED"
 
 
-def test_broker_restart_mid_download_completes(tmp_path, mosquitto):
-    srv = start_server(tmp_path / "server", f"mqtt://{mosquitto.host}:{mosquitto.port}")
+def test_broker_restart_mid_download_completes(tmp_path, fota_mosquitto):
+    mosquitto = fota_mosquitto
+    srv = start_server(tmp_path / "server", mosquitto.url, mosquitto)
     try:
-        board = mqtt_board(tmp_path, "br", host=mosquitto.host, port=mosquitto.port, keepalive=2)
+        board = mqtt_board(tmp_path, "br", host=mosquitto.host, port=mosquitto.port, keepalive=2, ids=srv.identities,
+                           broker=mosquitto)
         big = fw_package(fw_image("2.0.0", pad=120_000), version="2.0.0", sequence=2)
         with BoardRun(board, timing=ESP32_TIMING):  # real flash speed: the download takes seconds
             wait_until(lambda: srv.registry.device(device_id(board)), 30, "device state")
@@ -152,9 +159,9 @@ def test_tls_device_checks_the_server_certificate(tmp_path, mosquitto_tls):
     srv = Server(ServerConfig(tmp_path / "server", broker_url=f"mqtts://127.0.0.1:{m.port}", broker_ca=str(m.ca.cert_pem)))
     srv.start()
     try:
-        good = mqtt_board(tmp_path, "tls", host="127.0.0.1", port=m.port, ca=m.ca.der.hex())
+        good = mqtt_board(tmp_path, "tls", host="127.0.0.1", port=m.port, ca=m.ca.der.hex(), ids=srv.identities)
         other_ca = make_test_ca(tmp_path / "other", cn="another CA")
-        bad = mqtt_board(tmp_path, "tlsbad", host="127.0.0.1", port=m.port, ca=other_ca.der.hex())
+        bad = mqtt_board(tmp_path, "tlsbad", host="127.0.0.1", port=m.port, ca=other_ca.der.hex(), ids=srv.identities)
         with BoardRun(good), BoardRun(bad) as bad_run:
             wait_until(lambda: srv.registry.device(device_id(good)), 30, "the TLS device's state")
             offer_id = srv.deploy(pkg(), [device_id(good)])[0]

@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from host_tools import firmware, protocol
 from host_tools.fleet import protodevice
-from host_tools.fleet.protodevice import DeviceSpec
+from host_tools.fleet.protodevice import DeviceSpec, enroll
 from host_tools.fleet.protofleet import ProtoFleet
 from host_tools.image.keys import FileSigner
 from host_tools.image.package import Manifest, make_package, parse_package
@@ -62,11 +62,14 @@ def server(tmp_path_factory):
 
 
 @pytest.fixture
-def mosquitto_server(tmp_path, mosquitto):
+def mosquitto_server(tmp_path, fota_mosquitto):
     """`fota serve` on mosquitto, for what amqtt 0.12 cannot take: many devices at once (each new client gets the
     retained messages of every subscription in the broker, and sessions die when clean sessions end meanwhile), and
     devices that vanish mid-download (their server-side transports are left unclosed)."""
-    srv = Server(ServerConfig(tmp_path / "server", broker_url=f"mqtt://{mosquitto.host}:{mosquitto.port}"))
+    srv = Server(ServerConfig(tmp_path / "server", broker_url=fota_mosquitto.url))
+    srv.identities.server_credentials()
+    fota_mosquitto.sync(srv.identities)
+    srv.broker_files = fota_mosquitto  # fleet() writes the enrolled devices' logins into its files
     srv.start()
     yield srv
     srv.stop()
@@ -77,6 +80,8 @@ def gets(server):
     """Chunk requests seen on the broker, by device id (a subscriber of P/+/get)."""
     seen: dict[str, int] = {}
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="get-spy")
+    cred = server.identities.server_credentials()  # only the server may read every device's requests
+    client.username_pw_set(cred.user, cred.password)
     client.on_message = lambda c, u, m: seen.__setitem__(m.topic.split("/")[1], seen.get(m.topic.split("/")[1], 0) + 1)
     client.connect(server.broker.host, server.broker.port)
     client.subscribe("fota/+/get", 0)
@@ -88,6 +93,9 @@ def gets(server):
 
 @contextmanager
 def fleet(server, specs, **kw):
+    specs = enroll(specs, server.identities)  # each device its own login and report key, as fota provision does
+    if getattr(server, "broker_files", None) is not None:
+        server.broker_files.sync(server.identities)
     f = ProtoFleet(server.broker_url, specs, **kw)
     f.start()
     try:

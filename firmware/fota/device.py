@@ -9,6 +9,7 @@
 config.json: {"board": "esp32_generic", "chip_id": 0, "hw_rev": "A",
               "server": "mqtt://192.168.1.10:1883" (or mqtts://), "ca": "<CA cert, DER hex>",
               "device_id": "<optional; default machine.unique_id() in hex>",
+              "user": "<broker username>", "password": "<broker password>", "key": "<report key, hex>",
               "wifi": {"ssid": "...", "key": "..."}, "prefix": "fota", "self_test_ms": 30000}
 """
 
@@ -80,7 +81,8 @@ def build(app, cfg):
     if hasattr(app, "self_test"):
         agent.add_check("app", app.self_test)
     host, port, tls = parse_server(cfg["server"])
-    client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30), ssl=tls_context(cfg) if tls else None)
+    client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30), ssl=tls_context(cfg) if tls else None,
+                        user=cfg.get("user"), password=cfg.get("password"))
     link = MqttLink(agent, client, device_id, prefix=cfg.get("prefix", "fota"),
                     chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", 8))
     agent.reporter = link.report
@@ -91,6 +93,18 @@ def run(app, path="config.json"):
     cfg = load_config(path)
     agent, link = build(app, cfg)
     connect_wifi(cfg)
-    agent.boot()  # before anything else: confirm a new image (or report its rollback)
+    try:
+        agent.boot()  # before anything else: confirm a new image (or report its rollback)
+    except OtaError as e:  # recorded and reported by the agent; the service still runs (and reports it)
+        print("fota: boot:", errors.name(e.code))
+    sign_reports(link, cfg)  # after boot(): its checks run in the emptiest heap; its events are sealed when sent
     print("fota: running", agent.version())
+# Every report carries the device's MAC and counter (docs/SECURITY.md): `fota provision` writes the key.
+def sign_reports(link, cfg):
+    if cfg.get("key"):
+        from .link.auth import Signer
+
+        link.signer = Signer(bytes.fromhex(cfg["key"]), link.device_id)
+
+
     link.run()

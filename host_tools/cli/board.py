@@ -60,10 +60,47 @@ def cmd_provision(args) -> int:
         wifi=(args.wifi_ssid, args.wifi_key) if args.wifi_ssid else None, ca_der=ca,
         trusted=[PublicKey.load(p) for p in args.trust],
     )
-    back = provision(args.port, config, reset=not args.no_reset, resolve=lambda port: ports.resolve_port(port, args.home))
-    shown = {k: ("***" if k == "wifi" else v) for k, v in back.items()}
+    back = provision(args.port, config, reset=not args.no_reset, resolve=lambda port: ports.resolve_port(port, args.home),
+                     enroll=_enroller(args))
+    shown = {k: ("***" if k in ("wifi", "password", "key") else v) for k, v in back.items()}
     print(f"provisioned {args.port}: {shown}")
     return 0
+
+
+def _enroller(args):
+    """The device's identity (docs/SECURITY.md): from --credentials, else enrolled in the server's registry now."""
+    import json
+
+    if args.credentials:
+        given = json.loads(args.credentials.read_text())
+        return lambda device_id: {k: given[k] for k in ("device_id", "user", "password", "key")}
+    from host_tools.server.identity import Identities
+    from host_tools.server.service import default_data_dir, open_registry
+
+    ids = Identities(open_registry(args.data or default_data_dir(args.home)))
+    return lambda device_id: ids.enroll(device_id).device_config()
+
+
+def _target_defaults(args) -> tuple[str, str, str]:
+    """Board, hardware revision and server for provision: given, else what the target says (a sim board knows
+    its board and revision; the local fota serve its broker), else esp32_generic and its first revision."""
+    from host_tools.esp import boards
+    from host_tools.server.service import default_data_dir, running_server
+
+    sim_config = {}
+    if ports.is_sim(args.port):
+        from host_tools.sim.device import SimDevice
+
+        sim_config = SimDevice.open(args.port.split(":", 1)[1], args.home).config
+    board = args.board or sim_config.get("board") or "esp32_generic"
+    hw_rev = args.hw_rev or sim_config.get("hw_rev") or boards.load(board).hw_revs[0]
+    server = args.server
+    if server is None:
+        if not sim_config:
+            raise FotaError("give --server mqtt://HOST:PORT: the address of fota serve's broker as the board reaches it",
+                            exit_code=EXIT_USAGE)
+        server = running_server(default_data_dir(args.home))["broker"]
+    return board, hw_rev, server
 
 
 def cmd_console(args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import signal
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="gateway directory: payload cache (default: $FOTA_HOME/gateway)")
     p.add_argument("--prefix", default="fota", help="topic and resource prefix")
     p.add_argument("--ca", help="CA certificate (PEM) that signed an mqtts:// broker's certificate")
+    p.add_argument("--credentials", type=Path, help="the gateway's broker login (from fota device enroll-gateway)")
     p.set_defaults(handler=cmd_gateway)
 
 
@@ -29,8 +31,12 @@ def cmd_gateway(args) -> int:
     data = args.data or default_data_dir(args.home).parent / "gateway"
     if any("/" in d or not d for d in args.device):
         raise FotaError("a device id cannot be empty or contain '/'")
+    auth = None
+    if args.credentials:
+        cred = json.loads(args.credentials.read_text())
+        auth = (cred["user"], cred["password"])
     gw = Gateway(GatewayConfig(upstream=args.upstream, data_dir=data, devices=args.device, prefix=args.prefix,
-                               coap_host=args.coap_host, coap_port=args.coap_port, ca_file=args.ca))
+                               coap_host=args.coap_host, coap_port=args.coap_port, ca_file=args.ca, auth=auth))
     signal.signal(signal.SIGTERM, _interrupt)
     gw.start()
     print(f"fota gateway: upstream {args.upstream}, CoAP {gw.coap.url}, devices {', '.join(args.device)}, cache {gw.cache.root}",

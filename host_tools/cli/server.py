@@ -83,7 +83,8 @@ def cmd_serve(args) -> int:
     api_port = None if args.no_api else _api_port(args.api_host, args.api_port)
     server = Server(ServerConfig(_data(args), broker_url=args.broker, prefix=args.prefix, broker_port=args.port, broker_ca=args.ca, database=args.database,
                                  coap_port=coap_port, coap_host=args.coap_host, api_port=api_port, api_host=args.api_host,
-                                 webhooks=tuple(args.webhook)))
+                                 webhooks=tuple(args.webhook), trusted_keys=tuple(args.trust), broker_host=args.broker_host,
+                                 broker_tls=(args.broker_cert, args.broker_key) if args.broker_cert and args.broker_key else None))
     signal.signal(signal.SIGTERM, _interrupt)
     server.start()
     coap = f", CoAP {server.coap.url}" if server.coap else ""
@@ -96,6 +97,14 @@ def cmd_serve(args) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
+    lock = DataDirLock.acquire(_data(args))  # one fota serve per data directory (serve.json is its)
+    broker_port = 0
+    if args.broker is None:
+        _refuse_taken(args.port, "--port")
+        broker_port, note = ports.broker_port(_data(args), args.broker_host, args.port)
+        if note:
+            print(f"fota serve: {note}", file=sys.stderr)
+    _refuse_taken(args.api_port, "--api-port", args.api_host)
     finally:
         server.stop()
     return 0
@@ -147,7 +156,10 @@ def cmd_deploy(args) -> int:
     pid, package = store.add(raw)
     registry.add_package(pid, str(store.path(pid)), package.manifest)
     client = MqttService(registry, store, info["broker"], prefix=info["prefix"], client_id=f"fota-deploy-{time.time_ns()}",
-                         serve=False, ca_file=info.get("ca"))
+                         serve=False, ca_file=info.get("ca"), auth=_server_login(registry))
+    skipped = [] if args.force else [{"device": d, "reason": why} for d in devices if (why := registry.rolled_back_reason(d, pid))]
+    devices = [d for d in devices if d not in {s["device"] for s in skipped}]
+    _skipped(skipped, bool(devices))
     client.start()
     try:
         for device in devices:
@@ -193,3 +205,23 @@ def cmd_devices(args) -> int:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+def _check_assign(args, devices: list[dict]) -> None:
+    """--assign DEVICE GROUP...: a known device; a new group only with --create-group (a typo makes no group)."""
+    if len(args.assign) < 2:
+        raise FotaError("--assign takes a device and at least one group", exit_code=EXIT_USAGE)
+    _known_devices(args.assign[:1], {d["id"]: d for d in devices})
+    groups = {g for d in devices for g in d["groups"]}
+    new = [g for g in args.assign[1:] if g not in groups]
+    if new and not args.create_group:
+        raise NotFoundError(f"no group {', '.join(map(repr, new))}",
+                            hint=f"known groups: {', '.join(sorted(groups)) or 'none yet'}; add --create-group to make a new one")
+
+
+def _server_login(registry) -> tuple[str, str]:
+    """The server's broker login (docs/SECURITY.md): commands that publish offers log in as the server."""
+    from host_tools.server.identity import Identities
+
+    cred = Identities(registry).server_credentials()
+    return cred.user, cred.password
+
+

@@ -57,14 +57,16 @@ def build_images(work: Path, signer) -> tuple[bytes, bytes]:
     return images[0], images[1]
 
 
-def start_boards(home: Path, v1: bytes, port: int) -> tuple[list[SimDevice], list[BoardRun]]:
+def start_boards(home: Path, v1: bytes, port: int, identities) -> tuple[list[SimDevice], list[BoardRun]]:
+    """Boot the boards, each provisioned as `fota provision` does: its own broker login and report key."""
     boards, runs = [], []
     for i, (group, hw, sensor_ok) in enumerate(BOARDS):
         board = SimDevice.create(f"{group}-{i}", home, hw_rev=hw)
         board.flash_app(v1)
         board.write_file("main.py", MAIN)
+        cred = identities.enroll(board.config["uid"]).device_config()
         board.write_file("config.json", json.dumps({"board": "sim", "chip_id": 0, "hw_rev": hw, "self_test_ms": 5000,
-                                                    "server": f"mqtt://127.0.0.1:{port}", "chunk_timeout_ms": 1000}))
+                                                    "server": f"mqtt://127.0.0.1:{port}", "chunk_timeout_ms": 1000, **cred}))
         board.write_file("sensor.json", '{"ok": true}' if sensor_ok else '{"ok": false, "error": "no I2C ACK"}')
         run = BoardRun(board, repl_pty=False)
         run.start()
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
     runs: list[BoardRun] = []
     try:
         banner(f"{len(BOARDS)} virtual boards boot v1 and report in")
-        boards, runs = start_boards(home, v1, int(server.broker_url.rsplit(":", 1)[1]))
+        boards, runs = start_boards(home, v1, int(server.broker_url.rsplit(":", 1)[1]), server.identities)
         for board, (group, _, _) in zip(boards, BOARDS):
             server.registry.set_groups(board.config["uid"], [group])
         deadline = time.monotonic() + 60

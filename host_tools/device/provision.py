@@ -2,7 +2,9 @@
 
 Works the same on a USB board (`/dev/ttyUSB0`) and on a running virtual board
 (`sim:NAME`, through its pty: `resolve=host_tools.sim.ports.resolve_port`, as the CLI does). Writes `config.json`, the `main.py` that starts
-the update service (firmware/fota/device.py), and optionally `trusted_keys.py`.
+the update service (firmware/fota/device.py), and optionally `trusted_keys.py`. With `enroll`
+(the server's Identities.enroll, as `fota provision` passes it) the device gets its own identity:
+its broker login and report key go into `config.json` (docs/SECURITY.md).
 
     provision("/dev/ttyUSB0", DeviceConfig(board="esp32_generic", hw_rev="A",
               server="mqtt://192.168.1.10:1883", wifi=("lab", "secret")))
@@ -74,11 +76,22 @@ def mpremote(device: str, *args: str, timeout: float = 60) -> str:
     return proc.stdout
 
 
-def provision(port: str, config: DeviceConfig, *, reset: bool = True, resolve: Callable[[str], str] = serial_port) -> dict:
+def read_unique_id(device: str) -> str:
+    """The chip's `machine.unique_id()` in hex, the default device id."""
+    return mpremote(device, "exec", "import machine; print(machine.unique_id().hex())").strip()
+
+
+def provision(port: str, config: DeviceConfig, *, reset: bool = True, resolve: Callable[[str], str] = serial_port,
+              enroll: Callable[[str], dict] | None = None) -> dict:
     """Write config.json, main.py (and trusted_keys.py), read config.json back, then reset.
 
-    `resolve` turns the port name into what mpremote connects to (a virtual board's pty, say)."""
+    `resolve` turns the port name into what mpremote connects to (a virtual board's pty, say).
+    `enroll(device_id)` gives the device its credentials (config entries: device_id, user, password, key)."""
+    config.to_json()  # refuse a bad configuration before touching the board
     device = resolve(port)
+    if enroll is not None:
+        device_id = config.device_id or read_unique_id(device)
+        config.extra = config.extra | enroll(device_id)
     cfg = config.to_json()
     with tempfile.TemporaryDirectory() as tmp:
         files = {"config.json": json.dumps(cfg, indent=1), "main.py": MAIN_PY}

@@ -76,6 +76,18 @@ class DeviceSpec:
     crash_after: float = 0.5  # "crash": drop the link once this fraction of the payload is in
     crash_delay: float = 1.0  # ... and come back after this long
     loss: float = 0.0  # drop this fraction of arriving chunks (a lossy link; seeded by the id)
+    key: bytes = b""  # the report key from enrolment (docs/SECURITY.md); empty: reports go unauthenticated
+    password: str = ""  # the broker password (username = id); empty: no login
+
+
+def enroll(specs: list[DeviceSpec], identities) -> list[DeviceSpec]:
+    """Give each spec its own credentials from `identities` (host_tools.server.identity.Identities), as
+    `fota provision` gives a real device (the same specs, with key and password set)."""
+    out = []
+    for spec in specs:
+        cred = identities.enroll(spec.id)
+        out.append(replace(spec, key=cred.key, password=cred.password))
+    return out
 
 
 @lru_cache(maxsize=256)
@@ -163,13 +175,20 @@ class ProtoDevice:
         if self.link is None:
             return
         while self.queue:
-            self.link.publish(self.t_events, json.dumps(self.queue.pop(0)).encode(), 1, False)
+            self.link.publish(self.t_events, self._sealed("events", json.dumps(self.queue.pop(0)).encode()), 1, False)
             self.events_sent += 1
         self.publish_state()
 
     def publish_state(self) -> None:
         if self.link is not None:
-            self.link.publish(self.t_state, json.dumps(self.status()).encode(), 1, True)
+            self.link.publish(self.t_state, self._sealed("state", json.dumps(self.status()).encode()), 1, True)
+
+    def _sealed(self, kind: str, body: bytes) -> bytes:
+        """The report with the device's MAC and next counter (docs/PROTOCOL.md "Authenticated reports")."""
+        if not self.spec.key:
+            return body
+        self.counter += 1
+        return protocol.seal_report(self.spec.key, self.id, kind, self.counter, body)
 
     def _fail(self, code: int, detail: str) -> None:
         self.errors = (self.errors + [[code, detail, int(self.clock())]])[-MAX_ERRORS:]

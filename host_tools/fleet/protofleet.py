@@ -58,8 +58,12 @@ def _string(s: bytes) -> bytes:
     return struct.pack("!H", len(s)) + s
 
 
-def connect_packet(client_id: str, keepalive: int) -> bytes:
-    body = _string(b"MQTT") + bytes([4, 0x02]) + struct.pack("!H", keepalive) + _string(client_id.encode())
+def connect_packet(client_id: str, keepalive: int, password: str = "") -> bytes:
+    """MQTT 3.1.1 CONNECT, clean session; with a password the username is the client id (docs/SECURITY.md)."""
+    flags = 0x02 | (0xC0 if password else 0)  # section 3.1.2.8/3.1.2.9: user name and password flags
+    body = _string(b"MQTT") + bytes([4, flags]) + struct.pack("!H", keepalive) + _string(client_id.encode())
+    if password:
+        body += _string(client_id.encode()) + _string(password.encode())
     return b"\x10" + _length(len(body)) + body
 
 
@@ -86,7 +90,7 @@ class Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self._write(connect_packet(self.device.id, self.fleet.keepalive))
+        self._write(connect_packet(self.device.id, self.fleet.keepalive, self.device.spec.password))
         self.fleet.loop.call_later(HANDSHAKE_TIMEOUT, self._handshake_timeout)
 
     def _handshake_timeout(self) -> None:

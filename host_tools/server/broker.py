@@ -1,16 +1,73 @@
 """An MQTT broker inside our own process (amqtt), for the embedded default of `fota serve`.
 
-    broker = EmbeddedBroker(port=0)     # 0: a free loopback port
-    broker.start(); print(broker.url)   # mqtt://127.0.0.1:PORT
+    broker = EmbeddedBroker(policy=identities, port=0)   # 0: a free loopback port
+    broker.start(); print(broker.url)                    # mqtt://127.0.0.1:PORT
     broker.stop()
+
+Every client logs in (docs/SECURITY.md "Broker access"): `policy` (host_tools.server.identity.
+Identities) answers each CONNECT's username and password and each PUBLISH, SUBSCRIBE and delivery
+(a device only under fota/<its id>/, the server everywhere), asked at the moment, so a device
+enrolled or revoked while the broker runs is known at its next CONNECT. amqtt's own plugins are
+the mechanism (its plugin list replaces the anonymous default; one auth plugin that answers True or
+False; one topic plugin that answers for all three actions, so a subscribe is checked too).
+
+It listens on loopback. Anywhere else it requires TLS (`tls=(certfile, keyfile)`): passwords and
+reports would otherwise cross the network in clear; without TLS it refuses to start and says why.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import socket
+from dataclasses import dataclass
+from typing import Any, Protocol
 
+from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
+
+from host_tools.errors import FotaError
 from host_tools.server.loopthread import LoopThread
+
+
+class BrokerError(FotaError):
+    """The embedded broker cannot start as configured."""
+
+
+class AccessPolicy(Protocol):
+    def check_password(self, user: str | None, password: str | bytes | None) -> bool: ...
+
+    def allowed(self, user: str | None, action: str, topic: str) -> bool: ...
+
+
+class FotaAuthPlugin(BaseAuthPlugin):
+    """CONNECT: a username and its password, as the policy knows them; no anonymous clients."""
+
+    @dataclass
+    class Config:
+        policy: Any = None  # an AccessPolicy
+
+    async def authenticate(self, *, session) -> bool:
+        policy = self.config.policy
+        return bool(session and session.username) and policy.check_password(session.username, session.password)
+
+
+class FotaTopicPlugin(BaseTopicPlugin):
+    """PUBLISH, SUBSCRIBE and each delivery: what the policy allows that username."""
+
+    @dataclass
+    class Config:
+        policy: Any = None
+
+    async def topic_filtering(self, *, session=None, topic=None, action=None) -> bool:
+        user = session.username if session else None
+        return bool(user and topic and action) and self.config.policy.allowed(user, str(action), topic)
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -20,17 +77,28 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 class EmbeddedBroker:
-    """amqtt on loopback, run on a LoopThread."""
+    """amqtt with logins and per-device ACLs, on loopback (or anywhere with TLS), run on a LoopThread."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, policy: AccessPolicy, host: str = "127.0.0.1", port: int = 0,
+                 tls: tuple[str, str] | None = None) -> None:
+        if not is_loopback(host) and tls is None:
+            raise BrokerError(f"the embedded broker will not listen on {host} without TLS: device passwords and "
+                              "reports would cross the network in clear",
+                              hint="give --broker-cert and --broker-key (fota ca issue-server), or run mosquitto with TLS")
+        self.policy = policy
         self.host = host
+        self.tls = tls
         self.port = port or free_port(host)
         self._lt = LoopThread("amqtt-broker")
         self._broker = None
 
     @property
     def url(self) -> str:
-        return f"mqtt://{self.host}:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    def alive(self) -> bool:
+        """False once the broker's loop thread ended without stop()."""
+        return self._lt.alive()
 
     def start(self, timeout: float = 10) -> None:
         self._broker = self._lt.start(self._start, what="the embedded MQTT broker", timeout=timeout)
@@ -38,9 +106,14 @@ class EmbeddedBroker:
     async def _start(self):
         from amqtt.broker import Broker
 
+        listener: dict = {"type": "tcp", "bind": f"{self.host}:{self.port}"}
+        if self.tls:
+            listener |= {"ssl": True, "certfile": self.tls[0], "keyfile": self.tls[1]}
         config = {
-            "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{self.port}"}},
-            "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+            "listeners": {"default": listener},
+            # replaces amqtt's default plugin list (AnonymousAuthPlugin allow_anonymous: true)
+            "plugins": {f"{__name__}.FotaAuthPlugin": {"policy": self.policy},
+                        f"{__name__}.FotaTopicPlugin": {"policy": self.policy}},
         }
         broker = Broker(config, loop=asyncio.get_running_loop())
         await broker.start()

@@ -47,6 +47,7 @@ class GatewayConfig:
     ca_file: str | None = None
     client_id: str = "fota-gateway"
     window: int = 16  # chunk requests outstanding upstream (one P/D/get carries at most 16)
+    auth: tuple[str, str] | None = None  # the gateway's broker login (fota gateway-enroll), (user, password)
     chunk_timeout_s: float = 2.0  # no data for this long: ask again for what is missing
     max_timeouts: int = 10  # then pause the fetch for retry_s
     retry_s: float = 30.0
@@ -141,7 +142,8 @@ class Gateway:
         self._ticker: threading.Thread | None = None
         host, port, tls = parse_broker_url(config.upstream)
         self._host, self._port = host, port
-        self._client = paho_client(config.client_id, tls, config.ca_file, self._connected, self._on_connect, self._on_message)
+        self._client = paho_client(config.client_id, tls, config.ca_file, self._connected, self._on_connect, self._on_message,
+                                   config.auth)
         self.coap = CoapService(self, host=config.coap_host, port=config.coap_port, prefix=config.prefix)
 
     # -- life cycle ------------------------------------------------------------------
@@ -289,15 +291,22 @@ class Gateway:
         digest, size = found
         return Payload(size, digest[:ETAG_LEN], lambda offset, n: self.cache.read(digest, offset, n))
 
-    def state(self, device: str, state: dict) -> None:
+    # Reports go upstream byte for byte: the device's MAC is checked by the server, never here
+    # (the gateway has no device keys, so it can neither forge nor alter one: docs/SECURITY.md).
+    def state(self, device: str, payload: bytes) -> None:
         if device in self.devices:
             self._client.publish(self._topic(device, "state"), json.dumps(state), qos=1, retain=True)
 
-    def event(self, device: str, event: dict) -> None:
+    def event(self, device: str, payload: bytes) -> None:
         if device not in self.devices:
             return
-        self._client.publish(self._topic(device, "events"), json.dumps(event), qos=1)
-        if protocol.final_status(event) is not None:
+        self._client.publish(self._topic(device, "events"), payload, qos=1)
+        split = protocol.split_report(payload)
+        try:
+            event = json.loads(split[0]) if split else None  # unauthenticated here: only a hint for the cache
+        except ValueError:
+            event = None
+        if isinstance(event, dict) and protocol.final_status(event) is not None:
             with self._lock:
                 o = self.offers.get(device)
                 if o is not None and o.offer_id == event.get("offer"):

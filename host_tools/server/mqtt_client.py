@@ -30,9 +30,13 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
 
 
 def paho_client(client_id: str, tls: bool, ca_file: str | None, connected: threading.Event,
-                on_connect: Callable, on_message: Callable) -> mqtt.Client:
-    """A clean-session MQTT 3.1.1 client that reconnects (0.2 .. 5 s) and clears `connected` when the link drops."""
+                on_connect: Callable, on_message: Callable, auth: tuple[str, str] | None = None) -> mqtt.Client:
+    """A clean-session MQTT 3.1.1 client that reconnects (0.2 .. 5 s) and clears `connected` when the link drops.
+
+    `auth` = (username, password) for the broker's login (docs/SECURITY.md: every principal has one)."""
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    if auth is not None:
+        client.username_pw_set(*auth)
     client.on_connect = on_connect
     client.on_message = on_message
     client.on_disconnect = lambda *a: connected.clear()
@@ -52,4 +56,5 @@ def start_client(client: mqtt.Client, host: str, port: int, connected: threading
     client.loop_start()
     if not connected.wait(timeout):
         client.loop_stop()
-        raise error(f"no CONNACK from {what} at {host}:{port}")
+        raise error(f"no CONNACK from {what} at {host}:{port} (or it refused the login)",
+                    hint="is the broker's password file up to date? (fota broker-files)")

@@ -79,6 +79,7 @@ class Registry:
     @property
     def db(self):
         """The database under the registry, for modules that keep their own tables beside it (the API's audit log)."""
+        self.foreign_events = 0  # events that named an offer of another device (changed nothing)
         return self._db
 
     def _exec(self, sql: str, args: tuple = ()) -> None:
@@ -223,3 +224,7 @@ class Registry:
         rows = self._all("SELECT id, device, offer, event, body, t FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         return [r | {"body": json.loads(r["body"])} for r in rows]
 
+        offer = self.offer(int(offer_id))
+        if offer is None or offer.device != device:
+            self.foreign_events += 1  # an event may only move an offer of the device that sent it
+            return None

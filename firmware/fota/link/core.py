@@ -35,6 +35,7 @@ class Link:
         self.device_id = device_id
         self.connected = False
         self.offer_id = None
+        self.signer = None  # a link.auth.Signer: every report carries the device's MAC (docs/SECURITY.md)
         self.max_misses = max_misses  # misses in a row that end an attempt
         self._offer_blob = None
         self._chunk_size = 4096
@@ -92,11 +93,11 @@ class Link:
         self._flushing = True
         try:
             while self._events:
-                self._send_event(json.dumps(self._events[0]))
+                self._send_event(self._sealed("events", json.dumps(self._events[0])))
                 self._events.pop(0)
                 self._state_due = True
             if self._state_due:
-                self._send_state(self.agent.state_json(self.device_id, self.offer_id))
+                self._send_state(self._sealed("state", self.agent.state_json(self.device_id, self.offer_id)))
                 self._state_due = False
         finally:
             self._flushing = False
@@ -105,6 +106,10 @@ class Link:
         return self._events or self._state_due
 
     # -- offers ------------------------------------------------------------------
+    # A report as it goes on the wire: with the device's MAC and counter when it has a key.
+    def _sealed(self, kind, text):
+        return self.signer.seal(kind, text) if self.signer is not None else text
+
     def on_offer(self, buf, n):
         """An offer as received (`n` bytes of `buf`); an offer seen or done before is ignored."""
         offer = parse_offer(buf, n)

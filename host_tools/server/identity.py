@@ -1,0 +1,241 @@
+"""Who may do what (docs/SECURITY.md): per-device secrets, broker credentials and ACLs, authenticated reports.
+
+Each device gets a 32-byte secret at provisioning. It is the key of the HMAC-SHA256 over every
+report the device makes (docs/PROTOCOL.md "Authenticated reports"), and its broker password is
+derived from it. The registry keeps the secrets and each device's last report counter; the
+broker sees only the password (the embedded broker asks this module, mosquitto gets a PBKDF2
+password file and an ACL file written from it). A gateway and the server are principals too.
+
+    ids = Identities(registry)
+    cred = ids.enroll("a1b2c3")                    # new secret; config for the device: cred.device_config()
+    ids.check_password("a1b2c3", cred.password)    # True (the embedded broker asks this)
+    ids.allowed("a1b2c3", "publish", "fota/bb22/state")   # False: only its own topics
+    body = ids.open_report("a1b2c3", "state", payload)    # the JSON, or None (forged, replayed, revoked)
+    ids.revoke("a1b2c3")
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from host_tools import protocol
+from host_tools.errors import FotaError
+from host_tools.server.registry import Registry
+
+SERVER_USER = "fota-server"
+GATEWAY_PREFIX = "gw-"
+SECRET_LEN = 32
+DEVICE_ID = re.compile(r"^[0-9A-Za-z_-]{1,64}$")  # one MQTT topic level, no wildcards (mosquitto's %u)
+GATEWAY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$ (PBKDF2-SHA512)
+
+# What a device may do on the broker, under P/<its id>/ (docs/SECURITY.md "Broker access")
+DEVICE_WRITES = ("state", "events", "get")
+DEVICE_READS = ("offer", "data", "cmd", "keys")  # keys: a root-signed key list on its own (issue 14)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS identities (
+    id TEXT PRIMARY KEY, kind TEXT, secret TEXT, counter INTEGER DEFAULT -1, revoked INTEGER DEFAULT 0,
+    devices TEXT DEFAULT '', created {real}
+);
+"""
+
+
+class IdentityError(FotaError):
+    """An identity that cannot be made, or one that does not exist."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a device (or gateway) is given once, at provisioning."""
+
+    user: str
+    key: bytes  # the report key (HMAC-SHA256); empty for a gateway
+    password: str  # the broker password
+
+    def device_config(self) -> dict:
+        """The config.json entries of the device: its id, broker user and password, report key."""
+        return {"device_id": self.user, "user": self.user, "password": self.password, "key": self.key.hex()}
+
+
+def broker_password(secret: bytes) -> str:
+    """The broker password derived from a principal's secret (so the secret alone need be stored)."""
+    return hmac.new(secret, b"fota broker password", hashlib.sha256).hexdigest()[:32]
+
+
+def mosquitto_hash(password: str, salt: bytes | None = None, iterations: int = PBKDF2_ITERATIONS) -> str:
+    """A mosquitto 2.x password_file hash, `$7$ITER$SALT$HASH` (PBKDF2-SHA512, as mosquitto_passwd writes)."""
+    salt = salt or secrets.token_bytes(12)
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
+    return f"$7${iterations}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def _match(topic: str, allowed: str) -> bool:
+    """MQTT filter match of a topic (or a requested filter) against an allowed filter; '+' and '#' in
+    the request only match the same characters in the allowed filter."""
+    req, ok = topic.split("/"), allowed.split("/")
+    for i, part in enumerate(ok):
+        if part == "#":
+            return len(req) > i
+        if i >= len(req) or (part != "+" and part != req[i]) or (part == "+" and req[i] == "#"):
+            return False
+    return len(req) == len(ok)
+
+
+class Identities:
+    """The principals of one registry: devices, gateways, the server; thread-safe."""
+
+    def __init__(self, registry: Registry, prefix: str = "fota") -> None:
+        self.db = registry.db
+        self.prefix = prefix
+        self.db.script(SCHEMA.format(real="REAL" if self.db.kind == "sqlite" else "DOUBLE PRECISION"))
+        self._lock = threading.Lock()
+        self.rejected = 0  # reports that failed the check (bad MAC, unknown or revoked device, malformed)
+        self.replayed = 0  # reports whose counter was not above the last one (a replay; a redelivery is not counted)
+        self.refused_logins = 0
+
+    # -- principals ----------------------------------------------------------------------------------
+    def _row(self, user: str) -> dict | None:
+        rows = self.db.query("SELECT * FROM identities WHERE id = ?", (user,))
+        return rows[0] if rows else None
+
+    def _put(self, user: str, kind: str, secret: bytes, devices: str = "") -> None:
+        self.db.execute(
+            "INSERT INTO identities (id, kind, secret, counter, revoked, devices, created) VALUES (?,?,?,?,?,?,?)"
+            " ON CONFLICT(id) DO UPDATE SET kind=excluded.kind, secret=excluded.secret, counter=excluded.counter,"
+            " revoked=0, devices=excluded.devices, created=excluded.created",
+            (user, kind, secret.hex(), -1, 0, devices, time.time()))
+
+    def enroll(self, device: str) -> Credentials:
+        """A new secret for `device` (an existing one is replaced: its old credentials stop working)."""
+        if not DEVICE_ID.match(device) or device == SERVER_USER or device.startswith(GATEWAY_PREFIX):
+            raise IdentityError(f"device id {device!r}: 1..64 of [0-9A-Za-z_-], not {SERVER_USER!r} nor {GATEWAY_PREFIX}...")
+        secret = secrets.token_bytes(SECRET_LEN)
+        self._put(device, "device", secret)
+        return Credentials(device, secret, broker_password(secret))
+
+    def enroll_gateway(self, name: str, devices: list[str]) -> Credentials:
+        """A broker login for a gateway that relays for `devices` (it gets no report keys)."""
+        if not GATEWAY_NAME.match(name):
+            raise IdentityError(f"gateway name {name!r}: lower-case letters, digits, '-' and '_'")
+        bad = [d for d in devices if not DEVICE_ID.match(d)]
+        if bad:
+            raise IdentityError(f"device ids {bad}: 1..64 of [0-9A-Za-z_-]")
+        secret = secrets.token_bytes(SECRET_LEN)
+        self._put(GATEWAY_PREFIX + name, "gateway", secret, ",".join(devices))
+        return Credentials(GATEWAY_PREFIX + name, b"", broker_password(secret))
+
+    def server_credentials(self) -> Credentials:
+        """The server's own broker login (made on first use)."""
+        with self._lock:
+            row = self._row(SERVER_USER)
+            if row is None or row["revoked"]:
+                self._put(SERVER_USER, "server", secrets.token_bytes(SECRET_LEN))
+                row = self._row(SERVER_USER)
+        return Credentials(SERVER_USER, b"", broker_password(bytes.fromhex(row["secret"])))
+
+    def revoke(self, user: str) -> None:
+        """The device or gateway can no longer log in to the broker or report."""
+        if self._row(user) is None:
+            raise IdentityError(f"no identity {user!r}", hint="fota devices lists the enrolled devices")
+        self.db.execute("UPDATE identities SET revoked = 1 WHERE id = ?", (user,))
+
+    def principals(self) -> list[dict]:
+        """Every identity without its secret: id, kind, revoked, devices, last counter."""
+        rows = self.db.query("SELECT id, kind, counter, revoked, devices, created FROM identities ORDER BY id")
+        return [dict(r) for r in rows]
+
+    def is_enrolled(self, device: str) -> bool:
+        row = self._row(device)
+        return row is not None and row["kind"] == "device" and not row["revoked"]
+
+    # -- the broker ---------------------------------------------------------------------------------
+    def check_password(self, user: str | None, password: str | bytes | None) -> bool:
+        """True when `user` exists, is not revoked and `password` is its broker password."""
+        row = self._row(user) if user else None
+        if row is None or row["revoked"] or password is None:
+            self.refused_logins += 1
+            return False
+        given = password.encode() if isinstance(password, str) else bytes(password)
+        ok = hmac.compare_digest(given, broker_password(bytes.fromhex(row["secret"])).encode())
+        self.refused_logins += not ok
+        return ok
+
+    def acl(self, user: str) -> tuple[list[str], list[str]]:
+        """(filters `user` may publish to, filters it may subscribe to / receive from)."""
+        row = self._row(user)
+        if row is None or row["revoked"]:
+            return [], []
+        p = self.prefix
+        if row["kind"] == "server":
+            return [f"{p}/#"], [f"{p}/#"]
+        devices = [user] if row["kind"] == "device" else [d for d in row["devices"].split(",") if d]
+        writes = [f"{p}/{d}/{k}" for d in devices for k in DEVICE_WRITES]
+        reads = [f"{p}/{d}/{k}" for d in devices for k in DEVICE_READS]
+        return writes, reads
+
+    def allowed(self, user: str | None, action: str, topic: str) -> bool:
+        """May `user` publish to `topic`, or subscribe to / receive from the filter `topic`?"""
+        if not user or not topic:
+            return False
+        writes, reads = self.acl(user)
+        return any(_match(topic, f) for f in (writes if action == "publish" else reads))
+
+    def write_mosquitto(self, passwd: Path, acl: Path) -> None:
+        """mosquitto's password_file and acl_file for every identity that is not revoked (SIGHUP reloads them).
+
+        Devices get `pattern` lines (%u = the username = the device id); the server and each gateway
+        their own `user` sections."""
+        p = self.prefix
+        users, acl_lines = [], [f"# written by fota broker-files; devices only under {p}/<their id>/"]
+        acl_lines += [f"pattern write {p}/%u/{k}" for k in DEVICE_WRITES]
+        acl_lines += [f"pattern read {p}/%u/{k}" for k in DEVICE_READS]
+        for row in self.db.query("SELECT * FROM identities WHERE revoked = 0 ORDER BY id"):
+            users.append(f"{row['id']}:{mosquitto_hash(broker_password(bytes.fromhex(row['secret'])))}")
+            if row["kind"] == "server":
+                acl_lines += ["", f"user {row['id']}", f"topic readwrite {p}/#"]
+            elif row["kind"] == "gateway":
+                writes, reads = self.acl(row["id"])
+                acl_lines += ["", f"user {row['id']}"] + [f"topic write {t}" for t in writes] + [f"topic read {t}" for t in reads]
+        for path, lines in ((passwd, users), (acl, acl_lines)):
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text("\n".join(lines) + "\n")
+            os.chmod(tmp, 0o600)
+            tmp.replace(path)
+
+    # -- reports ----------------------------------------------------------------------------------
+    def open_report(self, device: str, kind: str, payload: bytes) -> bytes | None:
+        """The JSON bytes of an authenticated report from `device` (parse them with server.inbound), or
+        None when it is not one: no MAC, a wrong MAC, a device unknown or revoked (counted in `rejected`),
+        or a counter not above the last one (a replay, counted in `replayed`; the same counter again is
+        the same report delivered twice, QoS 1 or retained, and is dropped without counting)."""
+        split = protocol.split_report(payload)
+        row = self._row(device) if split is not None else None
+        if split is None or row is None or row["kind"] != "device" or row["revoked"]:
+            self.rejected += 1
+            return None
+        body, counter, mac = split
+        want = protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)
+        if not hmac.compare_digest(mac, want):
+            self.rejected += 1
+            return None
+        with self._lock:
+            last = self._row(device)["counter"]
+            if counter <= last:
+                self.replayed += counter < last
+                return None
+            self.db.execute("UPDATE identities SET counter = ? WHERE id = ?", (counter, device))
+        return body
+
+    def stats(self) -> dict:
+        """Counters for metrics and tests."""
+        return {"rejected": self.rejected, "replayed": self.replayed, "refused_logins": self.refused_logins}
