@@ -93,6 +93,7 @@ class Agent:
         self._carry = bytearray(SECTOR + _MARGIN)  # the inflater's input (zlib packages)
         self._writer = None
         self._inflater = None
+        self._patcher = None  # delta packages: the decoded patch applied from the running slot
         self._target = None
         self._fresh = 0
         self._started = 0
@@ -142,7 +143,7 @@ class Agent:
     def _fail(self, code, detail, report=True):
         self.boot_state.failed(code, detail, self.manifest.version if self.manifest else None, self.now())
         self.state = IDLE
-        self._writer = self._inflater = None
+        self._writer = self._inflater = self._patcher = None
         if report:
             self.report("failed", code=code, name=errors.name(code), detail=detail)
 
@@ -221,14 +222,19 @@ class Agent:
         self.manifest = m
         self._target = target
         self._writer = SlotWriter(target, m.image_size, chunk)
-        self._inflater = None
+        self._inflater = self._patcher = None
         self._fresh = 0
         self.approved = False
-        if m.encoding == 1:
+        if m.encoding and chunk > SECTOR:
+            raise OtaError(errors.CHUNK_RANGE)
+        if m.encoding == 2:  # delta: BASE_MISMATCH unless the running image is its base (slot/patch.py)
+            from .slot import patch
+
+            body = memoryview(blob)[manifest.HEADER_SIZE : end]
+            self._inflater, self._patcher = patch.begin(m, body, self._inflated, self._carry, self._buf)
+        elif m.encoding == 1:
             from .slot.inflate import Inflater
 
-            if chunk > SECTOR:
-                raise OtaError(errors.CHUNK_RANGE)
             self._inflater = Inflater(self._inflated, m, self._carry, self._buf)
         else:
             j = bs.journal(m.image_sha256.hex(), target.info()[4])
@@ -330,8 +336,10 @@ class Agent:
         if not self.complete():
             raise OtaError(errors.INCOMPLETE)
         if self._inflater is not None:
-            if not self._inflater.finished() or self._inflater.decoded != m.image_size:
+            if not self._inflater.finished() or self._inflater.decoded != self._inflater.image_size:
                 raise OtaError(errors.INFLATE)
+            if self._patcher is not None and not self._patcher.finished():
+                raise OtaError(errors.PATCH)
             if self._inflater.sha.digest() != m.encoded_sha256:
                 raise OtaError(errors.ENCODED_DIGEST)
         if self._writer.sha256(self._buf) != m.image_sha256:

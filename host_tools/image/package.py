@@ -24,13 +24,15 @@ HEADER = struct.Struct("<4sHHI8sB11s")
 SIG_ALG_ED25519 = 1
 SIGNATURE_SIZE = 64
 MANIFEST_MAX = 1024
-ENCODINGS = {"raw": 0, "zlib": 1}
+ENCODINGS = {"raw": 0, "zlib": 1, "delta": 2}  # delta: zlib-deflated patch records (host_tools/image/delta.py)
+ENCODING_DELTA = 2
 DEFAULT_WBITS = 10  # 1 KiB window: cheap to inflate on a device
 
 T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV = 0x01, 0x02, 0x03, 0x04, 0x05
 T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING, T_ENCODED_SIZE, T_ENCODED_SHA256 = 0x06, 0x07, 0x08, 0x09, 0x0A
 T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES = 0x0B, 0x0C, 0x0D, 0x80, 0x81
 T_KEY_LIST = 0x0E  # the root-signed key list (host_tools/image/keylist.py), critical
+T_BASE = 0x0F  # a delta's base: base_size u32 | base_sha256 [32] | patch_size u32, critical (issue 20)
 
 
 class PackageError(FotaError):
@@ -63,6 +65,9 @@ class Manifest:
     created: int | None = None
     notes: str | None = None
     key_list: bytes | None = None
+    base_size: int | None = None  # delta: the exact image the patch applies to (its size and SHA-256)
+    base_sha256: bytes | None = None
+    patch_size: int | None = None  # delta: bytes of the inflated patch records
     unknown: tuple[tuple[int, bytes], ...] = field(default_factory=tuple)
 
     def encode(self) -> bytes:
@@ -88,6 +93,8 @@ class Manifest:
             out += _tlv(T_EXPIRES, struct.pack("<I", self.expires))
         if self.key_list is not None:
             out += _tlv(T_KEY_LIST, self.key_list)
+        if self.base_sha256 is not None:
+            out += _tlv(T_BASE, struct.pack("<I", self.base_size or 0) + self.base_sha256 + struct.pack("<I", self.patch_size or 0))
         if self.created is not None:
             out += _tlv(T_CREATED, struct.pack("<I", self.created))
         if self.notes is not None:
@@ -137,10 +144,12 @@ def encode_payload(image: bytes, encoding: str, wbits: int = DEFAULT_WBITS) -> b
     raise PackageError(f"unknown encoding {encoding!r} (raw or zlib)")
 
 
-def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: str = "raw", wbits: int = DEFAULT_WBITS) -> Package:
+def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: str = "raw", wbits: int = DEFAULT_WBITS,
+                 base: bytes | None = None) -> Package:
     """Stamp the sequence into the image, encode it, complete digests and sizes, sign header + manifest.
 
     The image's esp_app_desc_t.secure_version must be 0 (stamped here) or the sequence already.
+    encoding "delta" needs `base`, the exact image the devices run (docs/FORMAT.md "Delta payloads").
     """
     from host_tools.image.build import secure_version, stamp_secure_version
 
@@ -150,7 +159,15 @@ def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: 
                            hint="they must be equal: rebuild with `fota build --sequence N` or sign with that sequence")
     if stamped is not None:
         image = stamp_secure_version(image, manifest.sequence)
-    payload = encode_payload(image, encoding, wbits)
+    patch_size = None
+    if encoding == "delta":
+        if base is None:
+            raise PackageError("a delta package needs the base image", hint="pass --base OLD.bin (or OLD.fota)")
+        from host_tools.image.delta import encode_delta
+
+        payload, patch_size = encode_delta(base, image, wbits)
+    else:
+        payload = encode_payload(image, encoding, wbits)
     manifest = replace(
         manifest,
         image_size=len(image),
@@ -158,7 +175,10 @@ def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: 
         encoding=ENCODINGS[encoding],
         encoded_size=len(payload),
         encoded_sha256=hashlib.sha256(payload).digest() if encoding != "raw" else None,
-        zlib_wbits=wbits if encoding == "zlib" else None,
+        zlib_wbits=wbits if encoding != "raw" else None,
+        base_size=len(base) if patch_size is not None and base is not None else None,
+        base_sha256=hashlib.sha256(base).digest() if patch_size is not None and base is not None else None,
+        patch_size=patch_size,
     )
     return sign_manifest(manifest, payload, signer)
 
@@ -226,9 +246,12 @@ def decode_manifest(body: bytes) -> Manifest:
 
     known = {T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV, T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING,
              T_ENCODED_SIZE, T_ENCODED_SHA256, T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES,
-             T_KEY_LIST}
+             T_KEY_LIST, T_BASE}
     try:
         wbits = one(T_ZLIB_WBITS, False)
+        base = one(T_BASE, False)
+        if base is not None and len(base) != 40:
+            raise PackageError(f"manifest record 0x{T_BASE:02x} is {len(base)} bytes, not 40")
         return Manifest(
             sequence=u32(T_SEQUENCE),
             version=text(T_VERSION),
@@ -246,6 +269,9 @@ def decode_manifest(body: bytes) -> Manifest:
             created=u32(T_CREATED, False),
             notes=text(T_NOTES, False),
             key_list=one(T_KEY_LIST, False),
+            base_size=None if base is None else struct.unpack_from("<I", base)[0],
+            base_sha256=None if base is None else base[4:36],
+            patch_size=None if base is None else struct.unpack_from("<I", base, 36)[0],
             unknown=tuple((t, v) for t, vs in sorted(fields.items()) if t not in known for v in vs),
         )
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
@@ -262,8 +288,20 @@ class VerifyReport:
         return not self.problems
 
 
-def decode_payload(package: Package) -> bytes:
+def decode_payload(package: Package, base: bytes | None = None) -> bytes:
+    """The image the payload makes; a delta needs its `base` image."""
     m = package.manifest
+    if m.encoding == ENCODING_DELTA:
+        from host_tools.image.delta import DeltaError, decode_delta
+
+        if base is None:
+            raise VerifyError("a delta package is decoded against its base image (--base)")
+        if len(base) != m.base_size or hashlib.sha256(base).digest() != m.base_sha256:
+            raise VerifyError("the base image is not the one this delta names (size or SHA-256)")
+        try:
+            return decode_delta(base, package.payload, m.zlib_wbits or 15)
+        except DeltaError as exc:
+            raise VerifyError(str(exc)) from exc
     if m.encoding == 0:
         return package.payload
     if m.encoding == 1:
@@ -298,8 +336,12 @@ def _key_from_list(blob: bytes, trusted: list[PublicKey], kid: bytes, board: str
     return listed
 
 
-def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int | None = None) -> VerifyReport:
-    """Signature, digests and sizes, and the image itself (as esp_image_verify would)."""
+def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int | None = None,
+                   base: bytes | None = None) -> VerifyReport:
+    """Signature, digests and sizes, and the image itself (as esp_image_verify would).
+
+    A delta without its `base` image is checked up to the encoded digest only (noted).
+    """
     from host_tools.esp.app_image import ImageError, parse_app_image
 
     report = VerifyReport()
@@ -318,8 +360,11 @@ def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int
         report.problems.append(f"payload is {len(package.payload)} bytes; the manifest says {m.encoded_size}")
     if m.encoded_sha256 is not None and hashlib.sha256(package.payload).digest() != m.encoded_sha256:
         report.problems.append("encoded payload SHA-256 does not match the manifest")
+    if m.encoding == ENCODING_DELTA and base is None:
+        report.notes.append(f"delta from base {(m.base_sha256 or b'').hex()[:16]}: image not rebuilt (no base given)")
+        return report
     try:
-        image = decode_payload(package)
+        image = decode_payload(package, base)
     except VerifyError as exc:
         report.problems.append(str(exc))
         return report

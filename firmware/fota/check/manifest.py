@@ -64,11 +64,12 @@ _SIG_ALG_ED25519 = const(1)  # RFC 8032 pure Ed25519
 _TLV_HEAD = const(3)
 _T_HW_REV = const(0x05)  # the one repeatable record
 _T_KEY_LIST = const(0x0E)  # the root-signed key list (fota.check.keylist), checked before the signature
-_T_LAST = const(0x0E)  # highest critical type this device knows
+_T_LAST = const(0x0F)  # highest critical type this device knows (0x0F: a delta's base, read by slot.patch)
 _T_INFO = const(0x80)  # 0x80..0xFF: informational, skipped
 _T_CREATED = const(0x80)  # u32 Unix time the package was signed: the device's signed time floor
 _ENC_RAW = const(0)
 _ENC_ZLIB = const(1)
+_ENC_DELTA = const(2)  # zlib-compressed patch records applied to the running image (slot/patch.py)
 _WBITS_MIN = const(9)
 _WBITS_MAX = const(15)
 
@@ -240,8 +241,8 @@ def parse_manifest(body):
         if seen & bit and tag != _T_HW_REV:
             raise OtaError(MALFORMED)
         seen |= bit
-        if tag == _T_KEY_LIST:
-            continue  # checked by check() before the signature
+        if tag >= _T_KEY_LIST:
+            continue  # 0x0E checked by check() before the signature; 0x0F by slot.patch.begin
         size = pos - start
         if size < _MIN_LEN[tag] or size > _MAX_LEN[tag]:
             raise OtaError(MALFORMED)
@@ -258,8 +259,8 @@ def parse_manifest(body):
             setattr(m, _FIELDS[tag], value)
     if seen & _REQUIRED != _REQUIRED:
         raise OtaError(MALFORMED)
-    if m.encoding == _ENC_ZLIB and (m.encoded_sha256 is None or m.zlib_wbits is None):
-        raise OtaError(MALFORMED)
+    if _ENC_ZLIB <= m.encoding <= _ENC_DELTA and (m.encoded_sha256 is None or m.zlib_wbits is None):
+        raise OtaError(MALFORMED)  # (a delta without its base record: MALFORMED in slot.patch.begin)
     return m
 
 
@@ -355,7 +356,7 @@ def check_device(m, device, slot_size):
     if m.encoding == _ENC_RAW:
         if m.encoded_size != m.image_size:
             raise OtaError(BAD_ENCODING)  # a raw payload is the image itself
-    elif m.encoding == _ENC_ZLIB:
+    elif m.encoding <= _ENC_DELTA:  # zlib, or a delta (zlib-deflated patch records)
         if m.zlib_wbits < _WBITS_MIN or m.zlib_wbits > _WBITS_MAX:
             raise OtaError(BAD_ENCODING)
     else:
