@@ -195,3 +195,23 @@ def test_power_cut_before_every_flash_operation_of_a_delta_update(tmp_path, tear
     with capsys.disabled():
         summary = {k: list(outcomes.values()).count(k) for k in set(outcomes.values())}
         print(f"\n[delta power-cut sweep, {'torn' if tear else 'clean'}] {total} flash operations; outcomes {summary}")
+
+
+@pytest.mark.host
+def test_cli_sign_inspect_verify_with_a_base(tmp_path, capsys):
+    from host_tools.cli import main
+
+    (tmp_path / "v1.bin").write_bytes(fw_image("1.0.0"))
+    (tmp_path / "v2.bin").write_bytes(fw_image("2.0.0"))
+    assert main(["keygen", str(tmp_path / "k.pem")]) == 0
+    sign = ["sign", str(tmp_path / "v2.bin"), "--key", str(tmp_path / "k.pem"), "--sequence", "2", "--hw-rev", "A"]
+    assert main([*sign, "--encoding", "zlib", "-o", str(tmp_path / "full.fota")]) == 0
+    assert main([*sign, "--sequence", "3", "--base", str(tmp_path / "v1.bin"), "-o", str(tmp_path / "d.fota")]) == 0
+    m = parse_package((tmp_path / "d.fota").read_bytes()).manifest
+    assert m.encoding_name == "delta" and m.base_sha256 == hashlib.sha256(fw_image("1.0.0")).digest()
+    assert main(["inspect", str(tmp_path / "d.fota")]) == 0
+    assert "delta base" in capsys.readouterr().out
+    verify = ["verify", str(tmp_path / "d.fota"), "--pubkey", str(tmp_path / "k.pub")]
+    assert main([*verify, "--base", str(tmp_path / "v1.bin")]) == 0
+    assert main([*verify, "--base", str(tmp_path / "full.fota")]) != 0  # v2 is not this delta's base
+    assert main([*sign, "--sequence", "4", "--encoding", "delta", "-o", str(tmp_path / "x.fota")]) != 0  # no --base

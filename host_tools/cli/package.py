@@ -49,7 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="compatible hardware revision (repeatable, required; '*' = every revision, must be asked for)")
     p.add_argument("--key-list", type=Path, help="signed key list (fota keys list-sign) to carry; the key must be in it")
     p.add_argument("--force", action="store_true", help="sign a sequence far above the last one signed for this board")
-    p.add_argument("--encoding", choices=("raw", "zlib"), default="raw", help="payload encoding (zlib: smaller downloads)")
+    p.add_argument("--encoding", choices=("raw", "zlib", "delta"), default=None,
+                   help="payload encoding (zlib: smaller downloads; delta: only what changed from --base); default raw")
+    p.add_argument("--base", type=Path, help="delta: the image devices run now (app image, or the .fota it came from)")
     p.add_argument("--min-version", help="devices must run at least this version")
     p.add_argument("--expires-in", type=float, metavar="DAYS", help="refuse the package after this many days")
     p.add_argument("--notes", help="release notes (informational)")
@@ -64,6 +66,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="check a package's signature, digests and image; non-zero exit on failure")
     p.add_argument("package", type=Path, help="a .fota package")
     p.add_argument("--pubkey", type=Path, action="append", required=True, help="trusted public key (repeatable)")
+    p.add_argument("--base", type=Path, help="a delta's base image (or its .fota): rebuild and check the new image")
     p.set_defaults(handler=cmd_verify)
 
 
@@ -140,12 +143,24 @@ def cmd_sign(args) -> int:
     from host_tools.image.build import check_app_image
 
     check_app_image(image, board)
-    package = make_package(image, manifest, signer, encoding=args.encoding)
+    base = None
+    if args.base is not None:
+        from host_tools.image.delta import load_base
+
+        base = load_base(args.base.read_bytes())
+        args.encoding = args.encoding or "delta"
+    if (args.encoding == "delta") != (base is not None):
+        raise FotaError("--encoding delta and --base go together", hint="fota sign new.bin --base old.bin ...", exit_code=EXIT_USAGE)
+    package = make_package(image, manifest, signer, encoding=args.encoding or "raw", base=base)
     args.output.write_bytes(package.to_bytes())
     history.record(board.name, args.sequence)
     print(f"wrote {args.output}: {args.version} seq {args.sequence} for {board.name}, {package.manifest.encoding_name} payload "
           f"{len(package.payload)} bytes (image {len(image)}), key id {package.key_id.hex()}")
     return 0
+
+
+class _Delta(Exception):
+    """inspect: a delta's image is not in the package (it is made from the device's base)."""
 
 
 def cmd_inspect(args) -> int:
@@ -168,15 +183,21 @@ def cmd_inspect(args) -> int:
         ("notes", m.notes or "-"),
         ("key list", _key_list_row(m.key_list)),
     ]
+    if m.base_sha256 is not None:
+        rows.append(("delta base", f"{m.base_size} bytes, sha256 {m.base_sha256.hex()}; patch {m.patch_size} bytes"))
     for tag, value in m.unknown:
         rows.append((f"record 0x{tag:02x}", value.hex()))
     invalid = None
     try:
+        if m.base_sha256 is not None:
+            raise _Delta
         info = parse_app_image(decode_payload(package), chip_id=m.chip_id)
         desc = info.app_desc
         rows.append(("app image", f"{len(info.segments)} segment(s), checksum and SHA-256 valid"))
         if desc:
             rows.append(("app desc", f"project {desc.project_name or '-'} version {desc.version or '-'} idf {desc.idf_ver}"))
+    except _Delta:
+        rows.append(("app image", "made on the device from its base (fota verify --base checks it)"))
     except Exception as exc:  # noqa: BLE001 - inspect shows what it can, then exits non-zero
         invalid = str(exc)
         rows.append(("app image", f"INVALID: {exc}"))
@@ -193,7 +214,12 @@ def cmd_inspect(args) -> int:
 
 def cmd_verify(args) -> int:
     package = parse_package(args.package.read_bytes())
-    report = verify_package(package, [PublicKey.load(p) for p in args.pubkey])
+    base = None
+    if args.base is not None:
+        from host_tools.image.delta import load_base
+
+        base = load_base(args.base.read_bytes())
+    report = verify_package(package, [PublicKey.load(p) for p in args.pubkey], base=base)
     for note in report.notes:
         print(f"ok: {note}")
     if not report.ok:
