@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
 
-.PHONY: setup test demo lint mpy-check system-deps clean firmware micropython32 micropython64
+.PHONY: setup test demo lint mpy-check system-deps clean firmware micropython32 micropython64 mip
 BOARD ?= esp32_generic
 
 setup: $(STAMP)
@@ -49,6 +49,11 @@ micropython32:
 
 micropython64:
 	bash scripts/build_micropython_unix.sh 64
+
+# The device code as a mip package: firmware/package.json (sources; tests/test_mip.py checks it is current)
+# and build/mip/ (precompiled .mpy): `mpremote mip install --target /lib build/mip/package.json` (README).
+mip: setup
+	$(BIN)/python scripts/make_mip.py
 
 mpy-check: setup
 	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py host_tools/esp/espidf.py; do \

@@ -5,7 +5,8 @@
 #   bash scripts/lint_firmware.sh --stats    # extra arguments go to pyright
 #
 # Installs, only when missing or at another version:
-#   - pyright, pinned in package.json, into node_modules/ (npm, Node >= 18);
+#   - pyright, pinned in scripts/pyright/package.json, into scripts/pyright/node_modules/ (npm, Node >= 18;
+#     not at the top: firmware/package.json is the device code's mip package);
 #   - micropython-esp32-stubs + micropython-stdlib-stubs into build/typings/ (pip --target), plus
 #     build/typings/_esp32_upstream.pyi, the official esp32 stub that typings/esp32.pyi re-exports.
 # Then a self-check proves the MicroPython stubs are the ones in use (a CPython-only call must fail),
@@ -15,20 +16,21 @@ cd "$(dirname "$0")/.."
 
 STUBS="micropython-esp32-stubs==1.29.0.post1 micropython-stdlib-stubs==1.29.0.post2"
 STUBS_DIR=build/typings
-PYRIGHT=node_modules/.bin/pyright
+NODE_DIR=scripts/pyright
+PYRIGHT=$NODE_DIR/node_modules/.bin/pyright
 
 if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=${PYTHON:-python3}; fi
 
 die() { echo "lint_firmware: $*" >&2; exit 2; }
 
-# pyright from npm, at the version package.json pins.
+# pyright from npm, at the version scripts/pyright/package.json pins.
 command -v node >/dev/null && command -v npm >/dev/null ||
   die "needs Node.js >= 18 and npm (Debian: apt-get install -y nodejs npm)"
-want=$(node -p 'require("./package.json").devDependencies.pyright')
-have=$(node -p 'try { require("./node_modules/pyright/package.json").version } catch (e) { "" }')
+want=$(node -p "require('./$NODE_DIR/package.json').devDependencies.pyright")
+have=$(node -p "try { require('./$NODE_DIR/node_modules/pyright/package.json').version } catch (e) { '' }")
 if [ "$have" != "$want" ]; then
   echo "lint_firmware: installing pyright $want (npm)"
-  npm install --no-audit --no-fund --no-package-lock --loglevel=error >/dev/null ||
+  npm install --prefix "$NODE_DIR" --no-audit --no-fund --no-package-lock --loglevel=error >/dev/null ||
     die "npm install failed"
 fi
 

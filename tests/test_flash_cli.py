@@ -58,3 +58,15 @@ def test_flash_to_a_virtual_board(tmp_path, capsys):
     assert "ota_0 of virtual board v1" in capsys.readouterr().out
     assert main(["--home", str(tmp_path), "flash", str(image), "--port", "sim:nosuch"]) == 1
     assert "no virtual board" in capsys.readouterr().err
+
+
+def test_esptool_output_is_passed_through_as_it_comes(tmp_path):
+    """`fota flash` copies esptool's own output (its progress bar) to the terminal and still keeps it for errors."""
+    import io
+
+    from host_tools.device.flashing import esptool_cmd, run_passing_through
+
+    seen = io.StringIO()
+    code, out = run_passing_through([*esptool_cmd(), "version"], seen)
+    assert code == 0 and "esptool" in out.lower()
+    assert seen.getvalue() == out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tempfile
+
 import pytest
 
 from host_tools.demos import fleet
@@ -9,9 +11,17 @@ from host_tools.demos import fleet
 pytestmark = pytest.mark.fw
 
 
-def test_demo_runs_the_campaign_to_its_report(tmp_path, capsys):
-    assert fleet.main(["--home", str(tmp_path)]) == 0
+def test_demo_runs_the_campaign_to_its_report(tmp_path, capsys, monkeypatch):
+    scratch = tmp_path / "tmp"  # the demo's temp dir, and every temp file it or its boards make, go here
+    scratch.mkdir()
+    monkeypatch.delenv("FOTA_HOME", raising=False)
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    assert fleet.main([]) == 0
     out = capsys.readouterr().out
+    assert list(scratch.iterdir()) == []  # nothing left behind
+    frames = [f.strip() for f in out.split("\n \n") if f.strip()]
+    assert all(a != b for a, b in zip(frames, frames[1:])), "the same frame printed twice in a row"
     assert "PAUSED (wave 2/3) wave 2 (canary): 1 of 3 finished devices failed" in out
     assert "resumed by operator" in out
     report = out.split("==== report ====")[1]
@@ -20,3 +30,14 @@ def test_demo_runs_the_campaign_to_its_report(tmp_path, capsys):
     assert "1 x ROLLED_BACK: SELF_TEST_FAILED: app" in report
     assert "1 x EXCLUDED: hardware revision B not in A" in report
     assert "console http://127.0.0.1:" in out and "/console/#token=" in out
+
+
+@pytest.mark.host
+def test_the_demo_keeps_its_files_under_fota_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("FOTA_HOME", str(tmp_path / "home"))
+    assert fleet.demo_home(None) == (tmp_path / "home" / "demo", False)
+    assert fleet.demo_home(tmp_path / "given") == (tmp_path / "given", False)
+    monkeypatch.delenv("FOTA_HOME")
+    home, scratch = fleet.demo_home(None)
+    assert scratch and home.is_dir()
+    home.rmdir()

@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_flash(args) -> int:
     board = args.board or ("sim" if ports.is_sim(args.port) else "esp32_generic")
-    print(ports.flash(args.port, args.image, board=board, home=args.home, baud=args.baud))
+    import sys
+
+    print(ports.flash(args.port, args.image, board=board, home=args.home, baud=args.baud, progress=sys.stdout))
     return 0
 
 

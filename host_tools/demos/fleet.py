@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -77,11 +79,30 @@ def start_boards(home: Path, v1: bytes, port: int, identities) -> tuple[list[Sim
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", type=Path, help="keep keys, boards and the registry here (default: a temp dir)")
+    parser.add_argument("--home", type=Path,
+                        help="keep keys, boards and the registry here (default: $FOTA_HOME/demo, else a temp dir deleted at the end)")
     parser.add_argument("--serve", action="store_true", help="keep serving the web console after the report (Ctrl-C ends)")
     args = parser.parse_args(argv)
-    home = args.home or Path(tempfile.mkdtemp(prefix="fota-demo-"))
-    home.mkdir(parents=True, exist_ok=True)
+    home, scratch = demo_home(args.home)
+    try:
+        return run_demo(home, serve=args.serve, keep=not scratch)
+    finally:
+        if scratch:
+            shutil.rmtree(home, ignore_errors=True)
+
+
+def demo_home(given: Path | None) -> tuple[Path, bool]:
+    """Where the demo keeps its files, and whether it is a scratch directory to delete at the end."""
+    if given is None and os.environ.get("FOTA_HOME"):
+        given = Path(os.environ["FOTA_HOME"]) / "demo"
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        return given, False
+    return Path(tempfile.mkdtemp(prefix="fota-demo-")), True
+
+
+def run_demo(home: Path, *, serve: bool = False, keep: bool = True) -> int:
+    """Keys, images, the server, ten boards, campaign r2 to its report; `serve`: then keep the console up."""
 
     banner("keys and two firmware versions")
     signer = generate_key(home / "keys" / "release.pem", overwrite=True)
@@ -118,16 +139,16 @@ def main(argv=None) -> int:
         plan = server.campaigns.create(spec)
         print(render_plan(spec, plan))
         server.campaigns.start("r2")
-        follow(server, "r2", names)
+        last = follow(server, "r2", names)
         if server.registry.campaign("r2")["status"] == PAUSED:
             banner("the gate paused the campaign; the operator looks, then resumes")
             time.sleep(1)
             server.campaigns.resume("r2")
-            follow(server, "r2", names)
+            follow(server, "r2", names, last)
 
         banner("report")
         print(render_report(server.registry, "r2"))
-        if args.serve:
+        if serve:
             banner("serving the console until Ctrl-C")
             print(f"console {server.api.url}/console/#token={server.api.tokens.token_for('operator')}", flush=True)
             try:
@@ -139,13 +160,15 @@ def main(argv=None) -> int:
         for run in runs:
             run.stop()
         server.stop()
-    print(f"\nkeys, boards and registry kept in {home}")
+    if keep:
+        print(f"\nkeys, boards and registry kept in {home}")
     return 0
 
 
-def follow(server: Server, name: str, names: dict[str, str], timeout: float = 240) -> None:
-    """Print the campaign's progress when it changes, until it completes or pauses."""
-    last, deadline = "", time.monotonic() + timeout
+def follow(server: Server, name: str, names: dict[str, str], last: str = "", timeout: float = 240) -> str:
+    """Print the campaign's progress when it changes (never the frame `last` again), until it completes or
+    pauses; returns the last frame printed."""
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         text = render_status(server.registry, name)
         for uid, label in names.items():
@@ -154,7 +177,7 @@ def follow(server: Server, name: str, names: dict[str, str], timeout: float = 24
             print(text, "\n", flush=True)
             last = text
         if server.registry.campaign(name)["status"] in (COMPLETED, PAUSED, "ABORTED"):
-            return
+            return last
         time.sleep(0.5)
     raise SystemExit(f"campaign {name} did not finish within {timeout} s")
 

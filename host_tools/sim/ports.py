@@ -24,10 +24,11 @@ def is_sim(port: str) -> bool:
     return port.startswith(PREFIX)
 
 
-def flash(port: str, image_path: Path, *, board: str, home=None, baud: int = 460800) -> str:
-    """The first flash of an app image to a USB board (esptool) or a virtual board; a one-line summary."""
+def flash(port: str, image_path: Path, *, board: str, home=None, baud: int = 460800, progress=None) -> str:
+    """The first flash of an app image to a USB board (esptool; its progress copied to `progress`) or a
+    virtual board; a one-line summary."""
     if not is_sim(port):
-        return flash_image(port, image_path, board=board, baud=baud)
+        return flash_image(port, image_path, board=board, baud=baud, progress=progress)
     image = read_image(image_path)
     name = port[len(PREFIX) :]
     device = SimDevice.open(name, home)
