@@ -57,9 +57,9 @@ def test_package_names_its_base_and_verifies_against_it():
     v1, v2 = fw_image("1.0.0"), fw_image("2.0.0")
     pkg = parse_package(delta_package(v1, v2))
     m = pkg.manifest
-    assert m.encoding == 2 and m.encoding_name == "delta" and m.zlib_wbits == 10
+    assert m.encoding == 2 and m.encoding_name == "delta" and m.zlib_wbits == 11
     assert m.base_size == len(v1) and m.base_sha256 == hashlib.sha256(v1).digest()
-    assert m.patch_size == len(zlib.decompress(pkg.payload, 10))
+    assert m.patch_size == len(zlib.decompress(pkg.payload, 11))
     keys = [session_signer().public_key]
     assert verify_package(pkg, keys, base=v1).ok
     no_base = verify_package(pkg, keys)

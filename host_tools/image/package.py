@@ -163,8 +163,9 @@ def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: 
     if encoding == "delta":
         if base is None:
             raise PackageError("a delta package needs the base image", hint="pass --base OLD.bin (or OLD.fota)")
-        from host_tools.image.delta import encode_delta
+        from host_tools.image.delta import DELTA_WBITS, encode_delta
 
+        wbits = max(wbits, DELTA_WBITS)
         payload, patch_size = encode_delta(base, image, wbits)
     else:
         payload = encode_payload(image, encoding, wbits)
