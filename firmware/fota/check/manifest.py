@@ -259,7 +259,7 @@ def parse_manifest(body):
             setattr(m, _FIELDS[tag], value)
     if seen & _REQUIRED != _REQUIRED:
         raise OtaError(MALFORMED)
-    if _ENC_ZLIB <= m.encoding <= _ENC_DELTA and (m.encoded_sha256 is None or m.zlib_wbits is None):
+    if _ENC_ZLIB <= m.encoding <= _ENC_DELTA and (m.encoded_sha256 is None or m.zlib_wbits is None):  # pyright: ignore[reportOperatorIssue]
         raise OtaError(MALFORMED)  # (a delta without its base record: MALFORMED in slot.patch.begin)
     return m
 
