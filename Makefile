@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
 
-.PHONY: setup test demo lint mpy-check system-deps clean firmware micropython32 micropython64 mip
+.PHONY: setup test demo lint mpy-check system-deps clean firmware fuzz micropython32 micropython64 mip
 BOARD ?= esp32_generic
 
 setup: $(STAMP)
@@ -27,6 +27,14 @@ system-deps:
 test: setup system-deps
 	$(BIN)/pytest -q
 	$(BIN)/pytest -q -m hil --port sim:hil-ci  # the hardware-in-the-loop suite, on a virtual board
+
+# The device's parsers under MicroPython (-X heapsize=64k, firmware compiled by mpy-cross): 7 x 15,000 mutated
+# inputs from tests/fuzz/corpus/, seeded (SEED=n for another run); fails on any escape or MemoryError.
+# `make test` runs a slice of it (tests/test_fuzz.py).
+FUZZ_PER ?= 15000
+SEED ?= 1
+fuzz: setup
+	$(BIN)/python tests/fuzz/run.py --per $(FUZZ_PER) --seed $(SEED)
 
 # KEEP=1: keep serving the console after the report (Ctrl-C ends it)
 demo: setup

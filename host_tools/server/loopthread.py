@@ -45,6 +45,10 @@ class LoopThread:
         self._ready.set()
         self.loop.run_forever()
 
+    def alive(self) -> bool:
+        """False once the loop's thread ended without stop() (the service died)."""
+        return self.loop is None or (self._thread is not None and self._thread.is_alive())
+
     def stop(self, shutdown: Callable[[], Awaitable[Any]] | None = None, timeout: float = 10) -> None:
         """Await `shutdown()` on the loop, then stop the loop and its thread."""
         if self.loop is None:

@@ -11,19 +11,55 @@ import hashlib
 import threading
 from pathlib import Path
 
-from host_tools.image.package import HEADER_SIZE, SIGNATURE_SIZE, Package, PackageError, parse_package
+from host_tools.image.keys import PublicKey
+from host_tools.image.package import (
+    ENCODING_DELTA,
+    HEADER_SIZE,
+    SIGNATURE_SIZE,
+    Package,
+    PackageError,
+    VerifyError,
+    decode_payload,
+    parse_package,
+    verify_package,
+)
+
+
+def check_package(package: Package, trusted: list[PublicKey] | None = None) -> None:
+    """Refuse (PackageError) a package that is truncated, padded, or whose digests do not match its manifest;
+    with `trusted` keys, also one not signed by any of them (or whose image is not a valid app image)."""
+    if trusted:
+        report = verify_package(package, trusted)
+        if not report.ok:
+            raise PackageError("package refused: " + "; ".join(report.problems))
+        return
+    m = package.manifest
+    if len(package.payload) != m.encoded_size:
+        raise PackageError(f"package refused: payload is {len(package.payload)} bytes; the manifest says {m.encoded_size}")
+    if m.encoded_sha256 is not None and hashlib.sha256(package.payload).digest() != m.encoded_sha256:
+        raise PackageError("package refused: encoded payload SHA-256 does not match the manifest")
+    if m.encoding == ENCODING_DELTA:
+        return  # the image is rebuilt on the device from its running image; the server has no base to try
+    try:
+        image = decode_payload(package)
+    except VerifyError as exc:
+        raise PackageError(f"package refused: {exc}") from None
+    if len(image) != m.image_size or hashlib.sha256(image).digest() != m.image_sha256:
+        raise PackageError("package refused: image size or SHA-256 does not match the manifest")
 
 
 class PackageStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, trusted: list[PublicKey] | None = None) -> None:
         self.root = root
+        self.trusted = trusted or []  # keys a package must be signed by (empty: structure and digests only)
         root.mkdir(parents=True, exist_ok=True)
         self._meta: dict[str, tuple[Package, int]] = {}
         self._lock = threading.Lock()
 
     def add(self, data: bytes) -> tuple[str, Package]:
-        """Keep a package (parsed first, so a broken file is refused) and return its id."""
+        """Keep a package (parsed and checked first, so a broken file is refused) and return its id."""
         package = parse_package(data)
+        check_package(package, self.trusted)
         pid = hashlib.sha256(data).hexdigest()[:16]
         path = self.root / f"{pid}.fota"
         if not path.exists():

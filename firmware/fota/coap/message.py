@@ -212,6 +212,9 @@ class Msg:
             delta, length = b >> 4, b & 15
             if delta == 15 or length == 15:
                 return False
+            # section 3.1: 13 and 14 take 1 and 2 extension bytes, which must be inside the message
+            if pos + (delta > 12) + (delta > 13) + (length > 12) + (length > 13) > limit:
+                return False
             if delta == 13:
                 delta = mv[pos] + 13
                 pos += 1

@@ -3,6 +3,7 @@
     offer = parse_offer(buf, n)         # (offer id, chunk, policy name, blob start) or None
     n = pack_get(req, offer_id, [0, 4096])  # MQTT `get` request into a reused buffer
     head = parse_data(payload)          # (offer id, offset, length) or None
+    cmd = parse_command(text)           # ("approve" | "cancel" | ..., offer id or None) or None
 
 Offer (retained on MQTT, the offer resource on CoAP): b"OFR1", u32 offer id, u16 chunk, u8
 policy, u8 reserved, then the package's header, manifest and signature. Get: u32 offer id, u16
@@ -10,6 +11,7 @@ count, count x u32 offset. Data: u32 offer id, u32 offset, u16 length, length by
 All little-endian.
 """
 
+import json
 import struct
 
 from ..compat import const
@@ -20,6 +22,7 @@ OFFER_MAX = const(12 + 32 + 1024 + 64)  # head, package header, largest manifest
 GET_HEAD = const(6)  # u32 offer id, u16 count
 GET_MAX = const(16)  # offsets per get request
 DATA_HEAD = const(10)  # u32 offer id, u32 offset, u16 length
+_MAX_COMMAND = const(256)  # bytes of a command (PROTOCOL.md "Commands": a few dozen)
 POLICIES = ("auto", "consent", "download-only")  # the policy byte of an offer
 
 
@@ -45,3 +48,19 @@ def parse_data(payload):
         return None
     head = struct.unpack_from("<IIH", payload, 0)
     return head if DATA_HEAD + head[2] <= len(payload) else None
+
+
+# (name, offer id or None) of a command (docs/PROTOCOL.md "Commands"), or None for any other bytes.
+def parse_command(text):
+    if len(text) > _MAX_COMMAND:
+        return None
+    try:
+        cmd = json.loads(text)
+    except (ValueError, TypeError):  # not JSON (UnicodeError is a ValueError)
+        return None
+    if not isinstance(cmd, dict):
+        return None
+    name, offer = cmd.get("cmd"), cmd.get("offer")
+    if not isinstance(name, str) or not (offer is None or isinstance(offer, int)):
+        return None
+    return name, offer

@@ -97,7 +97,7 @@ class Inflater:
             step = min(_STEP, len(self._out) - self._fill)
             try:
                 n = self._dec.readinto(out[self._fill : self._fill + step])
-            except (OSError, ValueError):
+            except (OSError, ValueError, EOFError):  # EOFError: a stream that ends inside a block
                 raise OtaError(INFLATE)
             if not n:
                 self._ended = True

@@ -52,6 +52,12 @@ def render_metrics(server, feed=None) -> str:
     lines += _family("fota_rejected_requests_total", "counter",
                      "Chunk requests refused: unknown offer, another device's offer, too many offsets.",
                      [({"transport": "mqtt"}, getattr(mqtt, "rejected", 0))])
+    inbound = [(svc, getattr(obj, "stats", None)) for svc, obj in (("mqtt", mqtt), ("coap", coap))]
+    lines += _family("fota_inbound_refused_total", "counter",
+                     "Messages from the network refused before they reached the registry (malformed, oversized, rate-limited).",
+                     [({"service": svc, "kind": kind}, n) for svc, st in inbound if st for kind, n in sorted(st.counts.items())])
+    lines += _family("fota_inbound_failed_total", "counter", "Handler failures caught so the service lived on (a bug to look at).",
+                     [({"service": svc, "kind": kind}, n) for svc, st in inbound if st for kind, n in sorted(st.errors.items())])
     rows = db.query("SELECT campaign, status, COUNT(*) AS n FROM campaign_devices GROUP BY campaign, status ORDER BY campaign, status")
     lines += _family("fota_campaign_devices", "gauge", "Devices of each campaign by status.",
                      (({"campaign": r["campaign"], "status": r["status"]}, r["n"]) for r in rows))
