@@ -123,9 +123,10 @@ def decode_data(payload: bytes) -> tuple[int, int, bytes] | None:
 
 
 def is_refusal(code: object) -> bool:
-    """A code of the manifest checks (firmware/fota/errors.py: BAD_HEADER .. BAD_ENCODING): the package was refused."""
+    """A code of the manifest checks (firmware/fota/errors.py: BAD_HEADER .. BAD_ENCODING, and issue 14's
+    SECURE_VERSION .. WEAK_KEY: anti-rollback and key lists): the package was refused."""
     e = firmware.errors()
-    return isinstance(code, int) and e.BAD_HEADER <= code <= e.BAD_ENCODING
+    return isinstance(code, int) and (e.BAD_HEADER <= code <= e.BAD_ENCODING or e.SECURE_VERSION <= code <= e.WEAK_KEY)
 
 
 def status_for_event(event: dict) -> tuple[str, int | None, str | None] | None:

@@ -111,6 +111,12 @@ class Agent:
     def version(self):
         return self.boot_state.version(self.identity.version)
 
+    def log_error(self, code, detail):
+        """Keep an error in the bounded error log the store persists (the state document reports it)."""
+        st = self.boot_state.store
+        st.log_error(code, detail, self.now())
+        st.save()
+
     def report(self, event, **info):
         if self.reporter:
             if "tag" not in info and self.tag is not None:
@@ -213,6 +219,8 @@ class Agent:
         ident = self.identity
         dev = manifest.Device(ident.board, ident.chip_id, ident.hw_rev, bs.seq_floor(), self.version(), self.now(),
                               bs.key_list_version())
+        if dev.kl_version:
+            dev.kl_stored = bs.stored_key_list()
         try:
             m = manifest.check(blob[:end], blob[end : end + manifest.SIGNATURE_SIZE], self.keys, dev,
                                target.info()[3], self.roots)
@@ -244,6 +252,25 @@ class Agent:
         self._started = ticks_ms()
         self.report("downloading", version=m.version, size=m.encoded_size, have=self._writer.count)
         return m
+
+    # A root-signed key list sent on its own (docs/PROTOCOL.md "Key lists"): kept when it verifies
+    # against the roots and is newer than the newest seen (or the kept copy is lost); packages without
+    # a list are then checked against it. Reports `keylist` when kept or refused; returns its version.
+    def take_key_list(self, raw):
+        from .check import keylist
+
+        bs = self.boot_state
+        seen = bs.key_list_version()
+        try:
+            kl = keylist.check(raw, self.roots, seen)
+        except OtaError as e:
+            self.log_error(e.code, "key list")
+            self.report("keylist", tag=None, code=e.code, name=errors.name(e.code), detail="key list refused")
+            raise
+        if kl.version > seen or bs.stored_key_list() is None:
+            bs.store_key_list(raw, kl.version)
+            self.report("keylist", tag=None, code=0, version=kl.version)
+        return kl.version
 
     def wanted(self, limit=8):
         """Encoded-payload offsets to ask for next (at most `limit`)."""

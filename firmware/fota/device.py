@@ -19,12 +19,17 @@ import machine
 import network
 
 from . import clock as _clock
+from . import errors
 from .agent import Agent, Identity
+from .backoff import Backoff
+from .errors import OtaError
 
 from .compat import const, sleep_ms, ticks_diff, ticks_ms
 
 
 _WIFI_WAIT_MS = const(20000)
+_FEED_MS = const(1000)  # longest sleep between two watchdog feeds
+_FAULT_DETAIL = const(80)  # characters of an exception kept in the error log
 
 
 def load_config(path="config.json"):
@@ -84,9 +89,18 @@ def build(app, cfg):
     client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30), ssl=tls_context(cfg) if tls else None,
                         user=cfg.get("user"), password=cfg.get("password"))
     link = MqttLink(agent, client, device_id, prefix=cfg.get("prefix", "fota"),
-                    chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", 8))
+                    chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", 8),
+                    deadline_ms=cfg.get("attempt_deadline_ms", 1800000))
     agent.reporter = link.report
     return agent, link
+
+
+# Every report carries the device's MAC and counter (docs/SECURITY.md): `fota provision` writes the key.
+def sign_reports(link, cfg):
+    if cfg.get("key"):
+        from .link.auth import Signer
+
+        link.signer = Signer(bytes.fromhex(cfg["key"]), link.device_id)
 
 
 def run(app, path="config.json"):
@@ -99,12 +113,44 @@ def run(app, path="config.json"):
         print("fota: boot:", errors.name(e.code))
     sign_reports(link, cfg)  # after boot(): its checks run in the emptiest heap; its events are sealed when sent
     print("fota: running", agent.version())
-# Every report carries the device's MAC and counter (docs/SECURITY.md): `fota provision` writes the key.
-def sign_reports(link, cfg):
-    if cfg.get("key"):
-        from .link.auth import Signer
-
-        link.signer = Signer(bytes.fromhex(cfg["key"]), link.device_id)
+    serve(agent, link)
 
 
-    link.run()
+# Feed the self-test's watchdog, if it was armed: an ESP32 watchdog cannot be stopped, so it is fed for the
+# device's whole life (a board that stopped feeding it would reset one self-test time later).
+def feed(agent):
+    wdt = agent.wdt
+    if wdt is not None:
+        wdt.feed()
+
+
+def sleep_fed(agent, ms):
+    while ms > 0:
+        feed(agent)
+        n = ms if ms < _FEED_MS else _FEED_MS
+        sleep_ms(n)
+        ms -= n
+    feed(agent)
+
+
+def serve(agent, link, until=None):
+    """The service loop: never returns (unless `until()` is true) and never dies. Whatever escapes a step is
+    logged (the bounded, persisted error log: FAULT), the link backs off and resumes."""
+    faults = Backoff(1000, 60000)
+    while until is None or not until():
+        try:
+            wait = link.serve_once()
+            faults.reset()
+        except Exception as e:  # noqa: BLE001 - the service outlives any one fault; MemoryError included
+            wait = faults.next_ms()
+            _fault(agent, link, e)
+        sleep_fed(agent, wait)
+
+
+def _fault(agent, link, e):
+    print("fota: fault:", repr(e))
+    try:
+        agent.log_error(errors.FAULT, repr(e)[:_FAULT_DETAIL])
+        link.fault(e)
+    except Exception as e2:  # noqa: BLE001 - reporting a fault must not end the loop either
+        print("fota: fault while handling a fault:", repr(e2))

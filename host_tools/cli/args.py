@@ -33,3 +33,17 @@ def positive_int(value: str) -> int:
     if number == 0:
         raise argparse.ArgumentTypeError("0 is not allowed; it must be 1 or more")
     return number
+
+
+def duration(value: str) -> float:
+    """Seconds from `90`, `90s`, `30m`, `12h` or `7d` (an age such as --stale-after)."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    text = value.strip().lower()
+    scale = units.get(text[-1:], None)
+    try:
+        number = float(text[:-1] if scale else text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a duration (e.g. 90s, 30m, 12h, 7d)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive duration")
+    return number * (scale or 1)

@@ -15,11 +15,13 @@ import sys
 import time
 from pathlib import Path
 
+from host_tools.cli.args import duration
 from host_tools.errors import NotFoundError
 from host_tools.fleet.campaign import (
     COMPLETED,
     PAUSED,
     PRESETS,
+    STALE_AFTER_S,
     CampaignError,
     CampaignRunner,
     CampaignSpec,
@@ -56,6 +58,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", help="'MIN HOUR DOM MON DOW DURATION_MIN [TZ]', e.g. '0 2 * * * 120 Europe/Berlin'")
     p.add_argument("--policy", choices=("auto", "consent", "download-only"), help="when devices install (default: auto)")
     p.add_argument("--rollback-package", help="stored package id offered back to updated devices on abort")
+    p.add_argument("--allow-rolled-back", action="store_true", default=None,
+                   help="also offer to devices the image rolled back on (default: excluded; they refuse it themselves)")
     p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
     _remote(p)
     p.set_defaults(handler=cmd_create)
@@ -77,8 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
     _remote(p)
     p.set_defaults(handler=cmd_status)
-    p = camp.add_parser("report", help="outcomes; failures by reason and hardware revision")
+    p = camp.add_parser("report", help="outcomes; failures by reason and hardware revision; devices not heard from")
     p.add_argument("name", help="campaign name")
+    p.add_argument("--stale-after", type=duration, default=STALE_AFTER_S, metavar="AGE",
+                   help="list devices the server has not heard from for longer than AGE, e.g. 12h, 7d (default: 7d)")
     p.add_argument("--json", action="store_true", help="as JSON")
     p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
     _remote(p)
@@ -137,7 +143,7 @@ def _spec_fields(args, package: str) -> dict:
             "boards": args.board, "hw_revs": args.hw_rev, "success_threshold": args.success, "error_threshold": args.error,
             "min_sample": args.min_sample, "device_timeout_s": args.timeout, "retries": args.retries,
             "max_in_flight": args.max_in_flight, "window": args.window, "policy": args.policy,
-            "rollback_package": args.rollback_package, "waves": args.waves.split(",") if args.waves else None}
+            "rollback_package": args.rollback_package, "allow_rolled_back": args.allow_rolled_back, "waves": args.waves.split(",") if args.waves else None}
 
 
 def cmd_action(args) -> int:
@@ -151,13 +157,14 @@ def cmd_action(args) -> int:
 
 
 def _report_data(args) -> dict:
+    stale_after = getattr(args, "stale_after", STALE_AFTER_S)
     api = _api(args)
     if api is not None:
-        return api.get(f"/api/campaigns/{args.name}/report")
+        return api.get(f"/api/campaigns/{args.name}/report", stale_after=stale_after)
     registry = _registry(args)
     if registry.campaign(args.name) is None:
         raise NotFoundError(f"no campaign named {args.name!r}", hint="fota campaign list shows them")
-    return report(registry, args.name)
+    return report(registry, args.name, stale_after_s=stale_after)
 
 
 def cmd_list(args) -> int:

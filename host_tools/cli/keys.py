@@ -55,8 +55,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", type=Path, required=True, help="root private key")
     p.add_argument("--passphrase-env", metavar="VAR", help="the root key's passphrase is in this environment variable")
     p.add_argument("--list", type=Path, required=True, dest="state", help="keylist.json (from root-init)")
-    p.add_argument("-o", "--output", type=Path, required=True, help="signed key list to write, e.g. keys/keylist.bin")
+    p.add_argument("-o", "--output", type=output_file, required=True, help="signed key list to write, e.g. keys/keylist.bin")
     p.set_defaults(handler=cmd_list_sign)
+
+    p = keys.add_parser("push", help="send a signed key list to devices now, without new firmware (retained)")
+    p.add_argument("keylist", type=Path, help="a signed key list (from list-sign)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--device", action="append", help="device id (repeatable)")
+    target.add_argument("--group", help="every device in this group")
+    p.add_argument("--data", type=Path, help="the server's data directory (default: $FOTA_HOME/server)")
+    p.add_argument("--server", help="the fota API, http://HOST:PORT (default: $FOTA_SERVER, else the local fota serve)")
+    p.add_argument("--token", help="API token (default: $FOTA_TOKEN, else the local server's operator token)")
+    p.set_defaults(handler=cmd_push)
 
 
 def passphrase_from_env(var: str | None) -> bytes | None:
@@ -121,4 +131,20 @@ def cmd_list_sign(args) -> int:
     blob = state.sign(FileSigner.load(args.root, passphrase_from_env(args.passphrase_env)))
     args.output.write_bytes(blob)
     print(f"wrote {args.output}: key list v{state.version}, {len(state.keys)} key(s), {len(state.revoked)} revoked")
+    return 0
+
+
+def cmd_push(args) -> int:
+    from host_tools.errors import UnavailableError
+    from host_tools.server.api.client import ApiClient
+    from host_tools.server.service import default_data_dir
+
+    raw = args.keylist.read_bytes()
+    api = ApiClient.locate(args.data or default_data_dir(args.home), url=args.server, token=args.token)
+    if api is None:
+        raise UnavailableError("fota keys push needs a running fota serve with its HTTP API",
+                               hint="start one with: fota serve (or name a remote one with --server URL / $FOTA_SERVER)")
+    body = {"keylist": raw.hex()} | ({"devices": args.device} if args.device else {"group": args.group})
+    sent = api.post("/api/keylist", body)
+    print(f"key list v{sent['version']} sent to {len(sent['devices'])} device(s): {', '.join(sent['devices'])}")
     return 0

@@ -30,6 +30,7 @@ CREATED, RUNNING, PAUSED, ABORTED, COMPLETED = "CREATED", "RUNNING", "PAUSED", "
 # Device states in a campaign, beyond the offer's own (registry.FINAL and the in-progress ones)
 PENDING, EXCLUDED = "PENDING", "EXCLUDED"
 FAILURES = ("ROLLED_BACK", "REFUSED", "FAILED", "TIMED_OUT")
+STALE_AFTER_S = 7 * 86400.0  # a report lists devices the server has not heard from for longer (freeze attack or dead)
 
 PRESETS = {
     # waves, error threshold, min sample, in-flight cap, honour the window
@@ -67,6 +68,7 @@ class CampaignSpec:
     preset: str | None = None
     chunk: int = 4096
     rollback_package: str | None = None  # offered back to updated devices on abort (optional)
+    allow_rolled_back: bool = False  # offer even to devices the image rolled back on (they refuse it: ROLLED_BACK_BEFORE)
 
     @classmethod
     def with_preset(cls, preset: str, **kw) -> CampaignSpec:
@@ -98,6 +100,14 @@ def _compatible(device: dict, package: dict) -> str | None:
     return None
 
 
+def _excluded(registry: Registry, device: dict, package: dict, spec: CampaignSpec) -> str | None:
+    """Why the campaign leaves a selected device out, or None: incompatible, or the image rolled back on it."""
+    reason = _compatible(device, package)
+    if reason or spec.allow_rolled_back:
+        return reason
+    return registry.rolled_back_reason(device["id"], spec.package)
+
+
 def _selected(device: dict, spec: CampaignSpec) -> bool:
     if spec.groups and not set(spec.groups) & set(device["groups"]):
         return False
@@ -120,7 +130,7 @@ def plan_campaign(registry: Registry, spec: CampaignSpec) -> Plan:
     for device in registry.devices():
         if not _selected(device, spec):
             continue
-        reason = _compatible(device, package)
+        reason = _excluded(registry, device, package, spec)
         if reason:
             excluded.append((device["id"], reason))
         else:
@@ -255,11 +265,27 @@ class CampaignRunner:
         for row in in_wave:
             if busy >= spec.max_in_flight:
                 return
-            if row["status"] == PENDING:
-                offer_id = self.offer(row["device"], spec.package, chunk=spec.chunk, policy=spec.policy)
+            if row["status"] == PENDING and not spec.allow_rolled_back \
+                    and (why := self.registry.rolled_back_reason(row["device"], spec.package)):
+                self.registry.update_campaign_device(name, row["device"], status=EXCLUDED, wave=-1, reason=why)
+            elif row["status"] == PENDING:
+                # an open offer of this package already (the server stopped between making it and noting it here):
+                # that one is the device's offer, published again at the restart; a second would count it twice
+                orphan = self._orphan_offer(row["device"], spec.package)
+                offer_id = orphan or self.offer(row["device"], spec.package, chunk=spec.chunk, policy=spec.policy)
                 self.registry.update_campaign_device(name, row["device"], status="OFFERED", offer=offer_id,
                                                      attempts=row["attempts"] + 1, started=self.clock())
                 busy += 1
+
+    def _orphan_offer(self, device: str, package: str) -> int | None:
+        """An open offer of `package` to `device` that no campaign row names (made just before the server stopped)."""
+        open_ = [o.id for o in self.registry.offers(device) if o.package == package and o.status not in FINAL]
+        if not open_:
+            return None
+        named = {r["offer"] for c in self.registry.campaigns() for r in self.registry.campaign_devices(c["name"])
+                 if r["device"] == device}
+        orphans = [i for i in open_ if i not in named]
+        return orphans[-1] if orphans else None
 
     def _admit_late(self, name: str, spec: CampaignSpec, wave: int) -> None:
         """Devices that registered after the plan: into the current wave, or excluded with the reason."""
@@ -268,7 +294,7 @@ class CampaignRunner:
         for device in self.registry.devices():
             if device["id"] in known or not _selected(device, spec):
                 continue
-            reason = _compatible(device, package)
+            reason = _excluded(self.registry, device, package, spec)
             if reason:
                 self.registry.add_campaign_device(name, device["id"], -1, EXCLUDED, reason)
             else:
@@ -297,8 +323,21 @@ class CampaignRunner:
         return self.registry.campaign_devices(name)
 
 
-def report(registry: Registry, name: str) -> dict:
-    """Outcomes by status; failures by reason and by hardware revision."""
+def unreachable(rows: list[dict], devices: dict[str, dict], stale_after_s: float, now: float) -> list[dict]:
+    """The campaign's devices the server has not heard from for longer than `stale_after_s` (or never):
+    dead, or cut off from newer releases (a freeze attack); oldest contact first."""
+    out = []
+    for row in rows:
+        d = devices.get(row["device"]) or {}
+        heard = d.get("last_heard") or d.get("last_seen")
+        if heard is None or now - heard > stale_after_s:
+            out.append({"device": row["device"], "last_heard": heard, "last_sent": d.get("last_sent"),
+                        "last_sent_what": d.get("last_sent_what"), "age_s": None if heard is None else now - heard})
+    return sorted(out, key=lambda u: u["last_heard"] or 0)
+
+
+def report(registry: Registry, name: str, *, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> dict:
+    """Outcomes by status; failures by reason and by hardware revision; devices unheard of for `stale_after_s`."""
     rows = registry.campaign_devices(name)
     devices = {d["id"]: d for d in registry.devices()}
     by_status: dict[str, int] = {}
@@ -311,4 +350,6 @@ def report(registry: Registry, name: str) -> dict:
             by_reason[reason] = by_reason.get(reason, 0) + 1
             hw = (devices.get(row["device"]) or {}).get("hw_rev") or "?"
             by_hw.setdefault(hw, {})[row["status"]] = by_hw.setdefault(hw, {}).get(row["status"], 0) + 1
-    return {"campaign": registry.campaign(name), "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows}
+    return {"campaign": registry.campaign(name), "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows,
+            "stale_after_s": stale_after_s,
+            "unreachable": unreachable(rows, devices, stale_after_s, time.time() if now is None else now)}

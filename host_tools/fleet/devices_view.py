@@ -56,10 +56,11 @@ def _progress(record: dict) -> str:
 
 
 def render_devices(records: list[dict], now: float | None = None) -> str:
-    """The `fota devices` table: no None, error names, group, last seen and progress columns."""
+    """The `fota devices` table: no None, error names, group and progress columns; `heard`: when the server last
+    heard from the device, `sent`: when it last sent the device an offer, a command or a key list."""
     now = time.time() if now is None else now
     header = (f"{'device':<14} {'board':<8} {'hw':<3} {'version':<9} {'seq':>4} {'state':<11} {'progress':>8} "
-              f"{'groups':<12} {'last seen':<10} {'last offer':<16} last error")
+              f"{'groups':<12} {'heard':<10} {'sent':<10} {'last offer':<16} last error")
     lines = [header]
     for d in records:
         offer = d.get("last_offer")
@@ -69,7 +70,8 @@ def render_devices(records: list[dict], now: float | None = None) -> str:
         lines.append(
             f"{d['id']:<14} {d.get('board') or '-':<8} {d.get('hw_rev') or '-':<3} {d.get('version') or '-':<9} "
             f"{d['seq'] if d.get('seq') is not None else '-':>4} {d['state_name'] if d.get('state') is not None else '-':<11} "
-            f"{_progress(d):>8} {','.join(d.get('groups') or []) or '-':<12} {_ago(d.get('last_seen'), now):<10} "
+            f"{_progress(d):>8} {','.join(d.get('groups') or []) or '-':<12} {_ago(d.get('last_heard') or d.get('last_seen'), now):<10} "
+            f"{_ago(d.get('last_sent'), now):<10} "
             f"{last:<16} {error}")
     if not records:
         lines.append("(no devices yet: a device appears when it first reports to fota serve)")

@@ -26,7 +26,7 @@ import json
 import random
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from host_tools import firmware, protocol
@@ -135,6 +135,7 @@ class ProtoDevice:
             raise ValueError(f"behaviour {spec.behaviour!r} is not one of {', '.join(BEHAVIOURS)}")
         self.spec = spec
         self.id = spec.id
+        self.counter = 0  # the report counter (a simulated device never loses it)
         self.clock = clock  # Unix time (expiry, the error log)
         t = {kind: protocol.topic(prefix, spec.id, kind).encode() for kind in protocol.TOPICS}
         self.t_state, self.t_events, self.t_get = t["state"], t["events"], t["get"]

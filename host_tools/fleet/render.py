@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import time
+
 from host_tools.fleet.campaign import CampaignError, CampaignSpec, Plan, report
 from host_tools.protocol import FINAL
 from host_tools.server.registry import Registry
@@ -66,4 +68,14 @@ def render_report_data(data: dict, name: str) -> str:
         lines.append("  failures and exclusions by hardware revision:")
         for hw, counts in sorted(data["by_hw_rev"].items()):
             lines.append(f"    {hw}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    stale = data.get("unreachable") or []
+    if stale:
+        days = (data.get("stale_after_s") or 0) / 86400
+        lines.append(f"  not heard from for more than {days:g} day(s) (dead, or cut off from releases: a freeze?):")
+        lines += [f"    {u['device']:<14} last heard {_when(u['last_heard'])}, last sent {_when(u['last_sent'])}"
+                  f"{' (' + u['last_sent_what'] + ')' if u.get('last_sent_what') else ''}" for u in stale]
     return "\n".join(lines)
+
+
+def _when(stamp: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(stamp)) if stamp else "never"

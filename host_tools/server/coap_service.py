@@ -19,7 +19,6 @@ every block is read on demand, carries ETag = SHA-256(payload)[:8] and Size2 = p
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 import threading
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import aiocoap
+from aiocoap import error as coap_error
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
 from aiocoap.optiontypes import BlockOption
@@ -34,6 +34,8 @@ from aiocoap.optiontypes import BlockOption
 from host_tools import protocol
 from host_tools.errors import FotaError
 from host_tools.image.package import PackageError
+from host_tools.server import inbound
+from host_tools.server.identity import Identities
 from host_tools.server.loopthread import LoopThread
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Registry
@@ -62,9 +64,10 @@ class Backend(Protocol):
 
     def payload(self, offer_id: int) -> Payload | None: ...
 
-    def state(self, device: str, state: dict) -> None: ...
+    # A report as the device POSTed it: JSON + its MAC trailer (docs/PROTOCOL.md "Authenticated reports").
+    def state(self, device: str, payload: bytes) -> None: ...
 
-    def event(self, device: str, event: dict) -> None: ...
+    def event(self, device: str, payload: bytes) -> None: ...
 
 
 def payload_etag(read: Callable[[int, int], bytes], size: int, piece: int = 1 << 16) -> bytes:
@@ -78,8 +81,10 @@ def payload_etag(read: Callable[[int, int], bytes], size: int, piece: int = 1 <<
 class RegistryBackend:
     """`fota serve`: offers from the registry, payloads from the package store."""
 
-    def __init__(self, registry: Registry, store: PackageStore, *, on_final: Callable[[str], None] | None = None) -> None:
+    def __init__(self, registry: Registry, store: PackageStore, *, on_final: Callable[[str], None] | None = None,
+                 identities: Identities | None = None) -> None:
         self.registry = registry
+        self.identities = identities  # checks each report's MAC and counter; None: no report is recorded
         self.store = store
         self.on_final = on_final  # called with the device when its offer reached a final status
         self._etags: dict[str, bytes] = {}  # package id -> ETag (8 bytes each; payloads are not kept)
@@ -113,11 +118,17 @@ class RegistryBackend:
                 etag = self._etags[pid] = payload_etag(read, size)
         return Payload(size, etag, read)
 
-    def state(self, device: str, state: dict) -> None:
-        self.registry.record_state(device, state)
+    def _authentic(self, device: str, kind: str, payload: bytes) -> bytes | None:
+        return self.identities.open_report(device, kind, payload) if self.identities is not None else None
 
-    def event(self, device: str, event: dict) -> None:
-        if self.registry.record_event(device, event) and self.on_final:
+    def state(self, device: str, payload: bytes) -> None:
+        body = self._authentic(device, "state", payload)
+        if body is not None:
+            self.registry.record_state(device, inbound.parse_state(body).as_dict())
+
+    def event(self, device: str, payload: bytes) -> None:
+        body = self._authentic(device, "events", payload)
+        if body is not None and self.registry.record_event(device, inbound.parse_event(body).as_dict()) and self.on_final:
             self.on_final(device)
 
 
@@ -150,9 +161,24 @@ class FotaResource(resource.Resource, resource.PathCapable):
         self.max_szx = max_szx
         self.blocks_served = 0
         self.bytes_served = 0
+        self.stats = inbound.InboundStats("coap")  # requests refused or failed (a metric)
 
     async def needs_blockwise_assembly(self, request) -> bool:
-        return request.code != Code.GET  # GETs answer Block2 themselves; POSTs may come in Block1
+        # GETs answer Block2 themselves; POSTs may come in Block1, assembled only up to the cap
+        block1 = request.opt.block1
+        return request.code != Code.GET and (block1 is None or block1.start + block1.size <= inbound.MAX_STATE)
+
+    async def render(self, request):
+        try:
+            return await super().render(request)
+        except inbound.InboundError as exc:
+            self.stats.refused(str(request.code), exc)
+            return aiocoap.Message(code=Code.BAD_REQUEST)
+        except Exception as exc:  # noqa: BLE001 - one request never ends the service (counted, logged)
+            if isinstance(exc, coap_error.RenderableError):
+                raise
+            self.stats.failed(str(request.code), exc)
+            return aiocoap.Message(code=Code.INTERNAL_SERVER_ERROR)
 
     async def render_get(self, request):
         path = request.opt.uri_path
@@ -176,16 +202,16 @@ class FotaResource(resource.Resource, resource.PathCapable):
         path = request.opt.uri_path
         if len(path) != 2 or path[1] not in ("state", "events"):
             return aiocoap.Message(code=Code.NOT_FOUND)
-        try:
-            body = json.loads(request.payload)
-        except ValueError:
-            return aiocoap.Message(code=Code.BAD_REQUEST)
-        if not isinstance(body, dict):
-            return aiocoap.Message(code=Code.BAD_REQUEST)
-        if path[1] == "state":
-            self.backend.state(path[0], body)
+        cap = inbound.MAX_STATE if path[1] == "state" else inbound.MAX_EVENT
+        b1 = request.opt.block1  # an assembled body keeps the last block's option; one not assembled is over the cap
+        if len(request.payload) > cap or (b1 is not None and (b1.more or len(request.payload) <= b1.start)):
+            self.stats.refused(path[1], inbound.InboundError(f"a {path[1]} POST over {cap} bytes"))
+            return aiocoap.Message(code=Code.REQUEST_ENTITY_TOO_LARGE, size1=cap)
+        device = inbound.device_id(path[0])
+        if path[1] == "state":  # the backend checks the device's MAC (or relays it unchanged: a gateway)
+            self.backend.state(device, bytes(request.payload))
         else:
-            self.backend.event(path[0], body)
+            self.backend.event(device, bytes(request.payload))
         return aiocoap.Message(code=Code.CHANGED)
 
 
@@ -221,6 +247,9 @@ class CoapService:
         site = resource.Site()
         site.add_resource([self.prefix], self.resource)
         return await aiocoap.Context.create_server_context(site, bind=(self.host, self.port), transports=["udp6"])
+
+    def alive(self) -> bool:
+        return self._lt.alive()
 
     def stop(self) -> None:
         if self._context is not None:

@@ -26,6 +26,7 @@ from pathlib import Path
 from host_tools import protocol
 from host_tools.errors import FotaError
 from host_tools.image.package import PackageError, parse_package
+from host_tools.server import inbound
 from host_tools.server.coap_service import ETAG_LEN, CoapService, Payload
 from host_tools.server.mqtt_client import paho_client, parse_broker_url, start_client
 
@@ -46,8 +47,8 @@ class GatewayConfig:
     coap_port: int = 5683  # 0: a free port
     ca_file: str | None = None
     client_id: str = "fota-gateway"
-    window: int = 16  # chunk requests outstanding upstream (one P/D/get carries at most 16)
     auth: tuple[str, str] | None = None  # the gateway's broker login (fota gateway-enroll), (user, password)
+    window: int = 16  # chunk requests outstanding upstream (one P/D/get carries at most 16)
     chunk_timeout_s: float = 2.0  # no data for this long: ask again for what is missing
     max_timeouts: int = 10  # then pause the fetch for retry_s
     retry_s: float = 30.0
@@ -132,6 +133,7 @@ class Gateway:
         self.fetches: dict[bytes, _Fetch] = {}  # digest -> fetch in progress
         self.fetches_started = 0  # one per digest that was not in the cache
         self.bytes_fetched = 0
+        self.stats = inbound.InboundStats("gateway")  # upstream messages refused or failed (a metric)
         # Test-only: called with the cache file of each payload once it is verified and kept, to
         # play a gateway that alters what it serves (the device must refuse the result).
         self.tamper_hook = None
@@ -176,13 +178,15 @@ class Gateway:
         if parsed is None or parsed[0] not in self.devices:
             return
         device, kind = parsed
-        try:
+        try:  # upstream messages; the devices' own reach the CoAP service, which counts what it refuses
             if kind == "offer":
                 self._on_offer(device, msg.payload)
             elif kind == "data":
                 self._on_data(msg.payload)
         except (ValueError, PackageError, OSError) as exc:
-            print(f"fota gateway: {msg.topic}: {exc}", flush=True)
+            self.stats.refused(kind, exc)
+        except Exception as exc:  # noqa: BLE001 - paho's thread outlives any one message (counted, logged)
+            self.stats.failed(kind, exc)
 
     # -- offers from upstream ----------------------------------------------------------
     def _on_offer(self, device: str, payload: bytes) -> None:
@@ -295,7 +299,7 @@ class Gateway:
     # (the gateway has no device keys, so it can neither forge nor alter one: docs/SECURITY.md).
     def state(self, device: str, payload: bytes) -> None:
         if device in self.devices:
-            self._client.publish(self._topic(device, "state"), json.dumps(state), qos=1, retain=True)
+            self._client.publish(self._topic(device, "state"), payload, qos=1, retain=True)
 
     def event(self, device: str, payload: bytes) -> None:
         if device not in self.devices:

@@ -15,16 +15,20 @@ import socket
 import threading
 
 from host_tools import protocol
+from host_tools.server import inbound
+from host_tools.server.identity import Identities
 from host_tools.server.mqtt_client import ServerError, paho_client, parse_broker_url, start_client
 from host_tools.server.packages import PackageStore
-from host_tools.server.registry import Registry
+from host_tools.server.registry import Offer, Registry
 
 
 class MqttService:
     """One paho client, its network thread, and the handlers for device topics."""
 
     def __init__(self, registry: Registry, store: PackageStore, broker_url: str, *, prefix: str = "fota",
-                 client_id: str = "fota-server", serve: bool = True, ca_file: str | None = None) -> None:
+                 client_id: str = "fota-server", serve: bool = True, ca_file: str | None = None,
+                 serve_rate: float = 4 << 20, identities: Identities | None = None,
+                 auth: tuple[str, str] | None = None) -> None:
         self.registry = registry
         self.store = store
         self.host, self.port, tls = parse_broker_url(broker_url)
@@ -34,13 +38,41 @@ class MqttService:
         self.chunks_served = 0
         self.malformed = 0  # device messages that could not be parsed
         self.rejected = 0  # chunk requests for an unknown offer or for another device's offer
+        self.stats = inbound.InboundStats("mqtt")  # what the network sent that was not acted on (a metric)
+        self.serve_limit = inbound.RateLimit(serve_rate, serve_rate)  # payload bytes per second per device
+        self._stopped = False
         self._connected = threading.Event()
-        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message)
+        # reports are only recorded when a device's own key authenticates them (docs/SECURITY.md);
+        # without `identities` (a client that only publishes offers) none are.
+        self.identities = identities
+        if auth is None and identities is not None:
+            cred = identities.server_credentials()
+            auth = (cred.user, cred.password)
+        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth)
 
     def start(self, timeout: float = 10) -> None:
         start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
 
+    def alive(self) -> bool:
+        """False once paho's network thread ended although stop() was not called (the service died)."""
+        thread = self._client._thread  # paho keeps no public handle on its loop thread
+        return self._stopped or (thread is not None and thread.is_alive())
+
+    def republish_offers(self) -> int:
+        """Publish every device's newest offer without an outcome again (retained): after a restart,
+        an embedded broker has lost them. Returns how many were published."""
+        newest: dict[str, Offer] = {}
+        for o in self.registry.offers():
+            if o.status not in protocol.FINAL:
+                newest[o.device] = o
+        for o in newest.values():
+            blob = self.store.offer_blob(o.package)
+            self._client.publish(protocol.topic(self.prefix, o.device, "offer"), protocol.encode_offer(o.id, o.chunk, o.policy, blob),
+                                 qos=1, retain=True).wait_for_publish(10)
+        return len(newest)
+
     def stop(self) -> None:
+        self._stopped = True
         self._client.disconnect()
         self._client.loop_stop()
 
@@ -53,41 +85,52 @@ class MqttService:
             client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1), (f"{p}/+/get", 0)])
         self._connected.set()
 
+    # paho's network thread: nothing a peer sends may raise out of here (the thread would end).
     def _on_message(self, client, userdata, msg) -> None:
-        parsed = protocol.parse_topic(self.prefix, msg.topic)
-        if parsed is None:
-            return
-        device, kind = parsed
+        kind = "topic"
         try:
+            parsed = protocol.parse_topic(self.prefix, msg.topic)
+            if parsed is None:
+                return
+            device, kind = inbound.device_id(parsed[0]), parsed[1]
             if kind == "get":
-                self._serve_chunks(device, msg.payload)
-            elif kind == "state" and msg.payload:
-                self.registry.record_state(device, json.loads(msg.payload))
-            elif kind == "events":
-                self._on_event(device, json.loads(msg.payload))
-        except (ValueError, KeyError, TypeError, AttributeError):
+                self._serve_chunks(device, inbound.parse_get(msg.payload))
+            elif kind == "state" and msg.payload and (body := self._authentic(device, kind, msg.payload)) is not None:
+                self.registry.record_state(device, inbound.parse_state(body).as_dict())
+            elif kind == "events" and (body := self._authentic(device, kind, msg.payload)) is not None:
+                self._on_event(device, inbound.parse_event(body).as_dict())
+        except inbound.InboundError as exc:
             self.malformed += 1  # a malformed message from a device changes nothing
+            self.stats.refused(kind, exc)
+        except Exception as exc:  # noqa: BLE001 - the service outlives any one message (counted, logged)
+            self.stats.failed(kind, exc)
 
-    def _serve_chunks(self, device: str, payload: bytes) -> None:
-        offer_id, offsets = protocol.decode_get(payload)
-        offer = self.registry.offer(offer_id)
+    def _authentic(self, device: str, kind: str, payload: bytes) -> bytes | None:
+        """The report's JSON if `device`'s key authenticates it (else None: counted by the identities)."""
+        return self.identities.open_report(device, kind, payload) if self.identities is not None else None
+
+    def _serve_chunks(self, device: str, req: inbound.ChunkRequest) -> None:
+        offer = self.registry.offer(req.offer_id)
         if offer is None or offer.device != device:
             self.rejected += 1
             return
         topic = protocol.topic(self.prefix, device, "data")
-        for offset in offsets:
+        for offset in dict.fromkeys(req.offsets):  # each offset once: at most MAX_REQUEST chunks per request
             if offset % offer.chunk:
                 continue
+            if not self.serve_limit.allow(device, offer.chunk):
+                self.stats.rate_limited(device)
+                return
             data = self.store.chunk(offer.package, offset, offer.chunk)
             if not data:
                 continue
-            self._client.publish(topic, protocol.encode_data(offer_id, offset, data), qos=0)
+            self._client.publish(topic, protocol.encode_data(req.offer_id, offset, data), qos=0)
             self.bytes_served += len(data)
             self.chunks_served += 1
 
     def _on_event(self, device: str, event: dict) -> None:
         if self.registry.record_event(device, event):
-            self.clear_offer(device)
+            self.settle_offer(device)
 
     # -- offers ---------------------------------------------------------------
     def offer(self, device: str, package_id: str, *, chunk: int = 4096, policy: str = "auto") -> int:
@@ -100,8 +143,26 @@ class MqttService:
         info.wait_for_publish(10)
         return offer_id
 
+    def push_key_list(self, device: str, raw: bytes, version: int) -> None:
+        """A root-signed key list on the device's `keys` topic, retained (docs/PROTOCOL.md "Key lists"):
+        the device keeps it if it verifies against its roots and is newer than the newest it has seen."""
+        self._client.publish(protocol.topic(self.prefix, device, "keys"), raw, qos=1, retain=True).wait_for_publish(10)
+        self.registry.note_sent(device, f"keylist {version}")
+
+    def settle_offer(self, device: str) -> None:
+        """An offer of `device` reached an outcome: retain its newest open offer if it has one (a newer offer
+        made meanwhile must not be withdrawn with the old one), else clear the retained offer."""
+        open_ = [o for o in self.registry.offers(device) if o.status not in protocol.FINAL]
+        if not open_:
+            self.clear_offer(device)
+            return
+        o = open_[-1]
+        self._client.publish(protocol.topic(self.prefix, device, "offer"),
+                             protocol.encode_offer(o.id, o.chunk, o.policy, self.store.offer_blob(o.package)), qos=1, retain=True)
+
     def clear_offer(self, device: str) -> None:
         self._client.publish(protocol.topic(self.prefix, device, "offer"), b"", qos=1, retain=True)
 
     def command(self, device: str, cmd: dict) -> None:
         self._client.publish(protocol.topic(self.prefix, device, "cmd"), json.dumps(cmd), qos=1).wait_for_publish(10)
+        self.registry.note_sent(device, f"cmd {cmd.get('cmd')}")

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from host_tools.firmware import errors as firmware_errors
 from host_tools.protocol import FINAL, status_for_event
 from host_tools.server.db import open_database
 
@@ -45,7 +46,14 @@ CREATE TABLE IF NOT EXISTS campaign_devices (
 CREATE TABLE IF NOT EXISTS events (
     id {serial}, device TEXT, offer INTEGER, event TEXT, body TEXT, t {real}
 );
+CREATE TABLE IF NOT EXISTS package_images (package TEXT PRIMARY KEY, image_sha256 TEXT);
+CREATE TABLE IF NOT EXISTS rolled_back (
+    device TEXT, image_sha256 TEXT, package TEXT, offer INTEGER, reason TEXT, t {real}, PRIMARY KEY (device, image_sha256)
+);
+CREATE TABLE IF NOT EXISTS contact (device TEXT PRIMARY KEY, heard {real}, sent {real}, sent_what TEXT);
 """
+
+ROLLED_BACK_BEFORE = firmware_errors().ROLLED_BACK_BEFORE  # the device's refusal of an image that rolled back on it
 
 SCHEMA_TYPES = {
     "sqlite": {"serial": "INTEGER PRIMARY KEY AUTOINCREMENT", "real": "REAL"},
@@ -71,6 +79,7 @@ class Registry:
 
     def __init__(self, target: Path | str) -> None:
         self._db = open_database(target)
+        self.foreign_events = 0  # events that named an offer of another device (changed nothing)
         self._db.script(SCHEMA_TEMPLATE.format(**SCHEMA_TYPES[self._db.kind]))
 
     def close(self) -> None:
@@ -79,7 +88,6 @@ class Registry:
     @property
     def db(self):
         """The database under the registry, for modules that keep their own tables beside it (the API's audit log)."""
-        self.foreign_events = 0  # events that named an offer of another device (changed nothing)
         return self._db
 
     def _exec(self, sql: str, args: tuple = ()) -> None:
@@ -100,6 +108,7 @@ class Registry:
              state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
              state.get("detail"), json.dumps(state.get("errors") or []), time.time()),
         )
+        self.note_heard(device)
 
     def set_tags(self, device: str, tags: list[str]) -> None:
         self._exec("INSERT INTO devices (id, tags) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET tags=excluded.tags",
@@ -110,10 +119,16 @@ class Registry:
                    (device, ",".join(groups)))
 
     def devices(self, group: str | None = None) -> list[dict]:
+        """Device rows with `groups`, `tags`, and the contact times: `last_heard` (the server last heard from
+        the device), `last_sent` and `last_sent_what` (the server last sent it an offer, command or key list)."""
         rows = [dict(r) for r in self._all("SELECT * FROM devices ORDER BY id")]
+        contact = {c["device"]: c for c in self._all("SELECT device, heard, sent, sent_what FROM contact")}
         for r in rows:
             r["groups"] = [g for g in (r.pop("groups_") or "").split(",") if g]
             r["tags"] = [t for t in (r.get("tags") or "").split(",") if t]
+            c = contact.get(r["id"]) or {}
+            r["last_heard"] = max(filter(None, (r.get("last_seen"), c.get("heard"))), default=None)
+            r["last_sent"], r["last_sent_what"] = c.get("sent"), c.get("sent_what")
         return [r for r in rows if group is None or group in r["groups"]]
 
     def device(self, device: str) -> dict | None:
@@ -127,6 +142,12 @@ class Registry:
             (pid, path, manifest.version, manifest.sequence, manifest.board, ",".join(manifest.hw_revs),
              manifest.image_size, manifest.encoded_size, manifest.encoding_name, time.time()),
         )
+        self._exec("INSERT INTO package_images VALUES (?,?) ON CONFLICT (package) DO NOTHING", (pid, manifest.image_sha256.hex()))
+
+    def package_image(self, pid: str) -> str | None:
+        """The SHA-256 (hex) of the image the package installs: what a device remembers a rollback by."""
+        rows = self._all("SELECT image_sha256 FROM package_images WHERE package = ?", (pid,))
+        return rows[0]["image_sha256"] if rows else None
 
     def package(self, pid: str) -> dict | None:
         rows = self._all("SELECT * FROM packages WHERE id = ?", (pid,))
@@ -138,10 +159,12 @@ class Registry:
     # -- offers -------------------------------------------------------------
     def create_offer(self, device: str, package: str, *, chunk: int, policy: int) -> int:
         now = time.time()
-        return self._db.insert_id(
+        offer_id = self._db.insert_id(
             "INSERT INTO offers (device, package, chunk, policy, status, created, updated) VALUES (?,?,?,?,?,?,?) RETURNING id",
             (device, package, chunk, policy, "OFFERED", now, now),
         )
+        self.note_sent(device, f"offer {offer_id}")
+        return offer_id
 
     def offer(self, offer_id: int) -> Offer | None:
         rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason FROM offers WHERE id = ?", (offer_id,))
@@ -204,15 +227,54 @@ class Registry:
                    (device, event.get("offer"), event.get("event"), json.dumps(event), time.time()))
 
     def record_event(self, device: str, event: dict) -> str | None:
-        """Log a device event and move its offer on (host_tools.protocol's rule); returns a final status it reached."""
+        """Log a device event and move its offer on (host_tools.protocol's rule); returns a final status it reached.
+        An image that rolled back on the device, or that it refused as rolled back before, is remembered."""
         self.add_event(device, event)
+        self.note_heard(device)
         offer_id = event.get("offer")
         outcome = status_for_event(event)
         if offer_id is None or outcome is None:
             return None
         status, code, reason = outcome
+        offer = self.offer(int(offer_id))
+        if offer is None or offer.device != device:
+            self.foreign_events += 1  # an event may only move an offer of the device that sent it
+            return None
         self.set_offer_status(int(offer_id), status, code=code, reason=reason)
+        if status == "ROLLED_BACK" or (status == "REFUSED" and code == ROLLED_BACK_BEFORE):
+            self.remember_rolled_back(device, offer, reason)
         return status if status in FINAL else None
+
+    # -- what rolled back where (docs/SECURITY.md "Rollback, keys and freshness") ----------------------
+    def remember_rolled_back(self, device: str, offer: Offer, reason: str | None) -> None:
+        """The offer's image rolled back on `device` (or was refused as such): never offered to it again unforced."""
+        image = self.package_image(offer.package)
+        if image is not None:
+            self._exec("INSERT INTO rolled_back VALUES (?,?,?,?,?,?) ON CONFLICT (device, image_sha256) DO NOTHING",
+                       (device, image, offer.package, offer.id, reason, time.time()))
+
+    def rolled_back(self, device: str, package: str) -> dict | None:
+        """Why `package`'s image must not be offered to `device` ({"offer", "reason", "t"}), or None."""
+        image = self.package_image(package)
+        rows = self._all("SELECT offer, reason, t FROM rolled_back WHERE device = ? AND image_sha256 = ?", (device, image))
+        return rows[0] if rows and image is not None else None
+
+    def rolled_back_reason(self, device: str, package: str) -> str | None:
+        """Why `package` is not offered to `device` unless forced (its image rolled back there), or None."""
+        seen = self.rolled_back(device, package)
+        if seen is None:
+            return None
+        return f"image rolled back on this device (offer {seen['offer']}: {seen['reason'] or '-'}); force to offer it anyway"
+
+    # -- contact: when the server last heard from and sent to each device --------------------------------
+    def note_heard(self, device: str) -> None:
+        self._exec("INSERT INTO contact (device, heard) VALUES (?, ?) ON CONFLICT (device) DO UPDATE SET heard=excluded.heard",
+                   (device, time.time()))
+
+    def note_sent(self, device: str, what: str) -> None:
+        """The server sent `device` something it acts on (an offer, a command, a key list)."""
+        self._exec("INSERT INTO contact (device, sent, sent_what) VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE SET"
+                   " sent=excluded.sent, sent_what=excluded.sent_what", (device, time.time(), what))
 
     def events(self, device: str | None = None) -> list[dict]:
         sql = "SELECT device, offer, event, body, t FROM events"
@@ -224,7 +286,3 @@ class Registry:
         rows = self._all("SELECT id, device, offer, event, body, t FROM events WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         return [r | {"body": json.loads(r["body"])} for r in rows]
 
-        offer = self.offer(int(offer_id))
-        if offer is None or offer.device != device:
-            self.foreign_events += 1  # an event may only move an offer of the device that sent it
-            return None

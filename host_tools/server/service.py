@@ -15,16 +15,26 @@ With `coap_port` set, the same registry and packages are also served over CoAP
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from host_tools.errors import FotaError
+from host_tools.errors import FotaError, UnavailableError
+from host_tools.image.keys import PublicKey
 from host_tools.server.broker import EmbeddedBroker
+from host_tools.server.identity import Identities
 from host_tools.server.mqtt_service import MqttService
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Registry
+
+
+class ServiceDied(FotaError):
+    """A service thread of the server ended; the process exits non-zero."""
+
+    exit_code = 70  # EX_SOFTWARE
 
 
 def default_data_dir(home: str | os.PathLike | None = None) -> Path:
@@ -39,6 +49,8 @@ class ServerConfig:
     prefix: str = "fota"
     broker_port: int = 0
     broker_ca: str | None = None  # CA file for an mqtts:// broker
+    broker_host: str = "127.0.0.1"  # where the embedded broker listens; not loopback: broker_tls is required
+    broker_tls: tuple[str, str] | None = None  # (certfile, keyfile) of the embedded broker (mqtts://)
     coap_port: int | None = None  # None: no CoAP; 0: a free UDP port (docs/COAP.md)
     coap_host: str = "127.0.0.1"
     tick_s: float = 1.0  # how often campaigns move on
@@ -46,13 +58,16 @@ class ServerConfig:
     api_port: int | None = None  # None: no HTTP API and console; 0: a free TCP port (host_tools/server/api/)
     api_host: str = "127.0.0.1"
     webhooks: tuple[str, ...] = ()  # URLs that get campaign events (paused by a gate, completed, aborted)
+    trusted_keys: tuple[Path, ...] = ()  # public keys packages must be signed by (none: structure and digests only)
 
 
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.registry = Registry(config.database or config.data_dir / "registry.sqlite")
-        self.store = PackageStore(config.data_dir / "packages")
+        trusted = [*config.trusted_keys, *sorted((config.data_dir / "trusted").glob("*.pub"))]  # the API's trusted keys too
+        self.store = PackageStore(config.data_dir / "packages", trusted=[PublicKey.load(p) for p in trusted])
+        self.identities = Identities(self.registry, config.prefix)  # device secrets, logins, report checks
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttService | None = None
         self.coap = None  # CoapService when config.coap_port is not None
@@ -68,15 +83,17 @@ class Server:
 
     def start(self) -> None:
         if self.config.broker_url is None:
-            self.broker = EmbeddedBroker(port=self.config.broker_port)
+            self.broker = EmbeddedBroker(self.identities, host=self.config.broker_host, port=self.config.broker_port,
+                                         tls=self.config.broker_tls)
             self.broker.start()
         self.mqtt = MqttService(self.registry, self.store, self.broker_url, prefix=self.config.prefix,
-                                ca_file=self.config.broker_ca)
+                                ca_file=self.config.broker_ca, identities=self.identities)
         self.mqtt.start()
+        self.mqtt.republish_offers()  # an embedded broker lost the retained offers when the server stopped
         if self.config.coap_port is not None:
             from host_tools.server.coap_service import CoapService, RegistryBackend
 
-            backend = RegistryBackend(self.registry, self.store, on_final=self.mqtt.clear_offer)
+            backend = RegistryBackend(self.registry, self.store, on_final=self.mqtt.settle_offer, identities=self.identities)
             self.coap = CoapService(backend, host=self.config.coap_host, port=self.config.coap_port, prefix=self.config.prefix)
             self.coap.start()
         from host_tools.fleet.campaign import CampaignRunner
@@ -99,7 +116,31 @@ class Server:
     def _tick_campaigns(self) -> None:
         while not self._stopping.wait(self.config.tick_s):
             with self.campaign_lock:
-                self.campaigns.tick()
+                try:
+                    self.campaigns.tick()
+                except Exception:  # noqa: BLE001 - the next tick tries again; logged, never the end of the ticker
+                    logging.getLogger("fota.server").exception("campaign tick failed")
+
+    def dead(self) -> list[str]:
+        """The services whose thread ended while the server runs (then the process should end, non-zero)."""
+        out = []
+        if self.mqtt is not None and not self.mqtt.alive():
+            out.append("MQTT service")
+        if self.coap is not None and not self.coap.alive():
+            out.append("CoAP service")
+        if self._ticker is not None and not self._ticker.is_alive() and not self._stopping.is_set():
+            out.append("campaign ticker")
+        if self.broker is not None and hasattr(self.broker, "alive") and not self.broker.alive():
+            out.append("embedded broker")
+        return out
+
+    def supervise(self, interval: float = 1.0) -> None:
+        """Return never while every service runs; raise ServiceDied when one has died (a supervisor restarts us)."""
+        while True:
+            time.sleep(interval)
+            dead = self.dead()
+            if dead:
+                raise ServiceDied(f"fota serve: {', '.join(dead)} stopped; exiting so that a supervisor restarts the server")
 
     def stop(self) -> None:
         self._stopping.set()
@@ -121,10 +162,27 @@ class Server:
         self.registry.add_package(pid, str(self.store.path(pid)), package.manifest)
         return pid
 
-    def deploy(self, data: bytes, devices: list[str], *, chunk: int = 4096, policy: str = "auto") -> list[int]:
-        """Offer a package to devices now (retained: offline devices get it when they connect)."""
+    def push_key_list(self, raw: bytes, devices: list[str]) -> int:
+        """Send a root-signed key list to devices without a firmware update (retained: offline devices get it
+        later); returns its version."""
+        version = key_list_version(raw)
+        for d in devices:
+            self.mqtt.push_key_list(d, raw, version)
+        return version
+
+    def deploy(self, data: bytes, devices: list[str], *, chunk: int = 4096, policy: str = "auto", force: bool = False) -> list[int]:
+        """Offer a package to devices now (retained: offline devices get it when they connect); without `force`,
+        not to devices its image rolled back on (docs/SECURITY.md)."""
         pid = self.add_package(data)
-        return [self.mqtt.offer(d, pid, chunk=chunk, policy=policy) for d in devices]
+        return [self.mqtt.offer(d, pid, chunk=chunk, policy=policy) for d in devices
+                if force or self.registry.rolled_back_reason(d, pid) is None]
+
+
+def key_list_version(raw: bytes) -> int:
+    """The version of a key list about to be pushed (KeyListError if it is not one; devices check the root signature)."""
+    from host_tools.image.keylist import parse_key_list
+
+    return parse_key_list(raw).version
 
 
 def open_registry(data_dir: Path, database: str | None = None) -> Registry:
@@ -138,5 +196,6 @@ def running_server(data_dir: Path) -> dict:
     """What `serve.json` says about the running server, or an error that says how to start one."""
     path = data_dir / "serve.json"
     if not path.exists():
-        raise FotaError(f"no fota server is running on {data_dir}", hint="start one with: fota serve (or give --broker)")
+        raise UnavailableError(f"no fota server is running on {data_dir}",
+                               hint="start one with: fota serve (or name a remote one with --server URL / $FOTA_SERVER)")
     return json.loads(path.read_text())

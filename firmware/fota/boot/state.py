@@ -30,6 +30,7 @@ _SUBTYPE_OTA_MIN = const(0x10)
 _OFFERS_KEPT = const(8)  # offers with an outcome remembered (never tried again)
 _DESC_AT = const(0x20)  # esp_app_desc_t in an app image (docs/FORMAT.md "Anti-rollback")
 _DESC_MAGIC = const(0xABCD5432)  # esp_app_desc_t.magic_word; secure_version follows (+4)
+_KEY_LIST_MAX = const(512)  # docs/FORMAT.md "Key lists"
 
 
 # (otadata Partition or None, its two entries, the ota_N app partitions in N order)
@@ -76,6 +77,7 @@ def copy_file(src, dst):
 class BootState:
     def __init__(self, state_path="fota_state.json", journal_path="fota_journal.json", config_path="config.json"):
         self.store = store.Store(state_path)
+        self.key_list_path = state_path.rsplit(".", 1)[0] + ".keylist"  # a key list pushed on its own
         self.journal_path = journal_path
         self.config_path = config_path
         self.wdt = None  # the self-test's watchdog (confirm.py arms it; it cannot be stopped)
@@ -105,6 +107,23 @@ class BootState:
 
     def note_key_list(self, version):
         self.store.records.raise_to("kl", version)
+
+    # The key list pushed to the device on its own (bytes, verified again when used), or None.
+    def stored_key_list(self):
+        try:
+            with open(self.key_list_path, "rb") as f:
+                return f.read(_KEY_LIST_MAX + 1)
+        except OSError:
+            return None
+
+    # Keep a verified key list: the file first (tmp + rename), then its version in the anchors, so a
+    # cut in between leaves a newer file that still verifies against the older version recorded.
+    def store_key_list(self, raw, version):
+        tmp = self.key_list_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(raw)
+        store.replace(tmp, self.key_list_path)
+        self.note_key_list(version)
 
     # Unix time from the clock's reading `t` (None: not set), never before the time floor: the
     # newest signed `created` seen. A clock set back, or not set yet, cannot revive an expired package.

@@ -41,10 +41,15 @@ def write_atomic(path, text):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         f.write(text)
+    replace(tmp, path)
+
+
+# Rename `tmp` over `path` (LittleFS renames over a file; FAT does not: remove it first).
+def replace(tmp, path):
     try:
         os.rename(tmp, path)
     except OSError as e:
-        if e.args[0] != _EEXIST:  # LittleFS renames over a file; FAT does not
+        if e.args[0] != _EEXIST:
             raise
         os.remove(path)
         os.rename(tmp, path)

@@ -138,6 +138,7 @@ class Device:
         self.now = now
         self.kl_version = kl_version  # the newest key-list version seen (0: none)
         self.kl_seen = None  # set by check(): the version of a verified key list in the package
+        self.kl_stored = None  # the key list pushed to the device on its own (bytes), or None
 
 
 # Checks 1-2 on the first 32 bytes of a package (more bytes are ignored):
@@ -166,7 +167,9 @@ def parse_header(header):
 # A package carrying a key list (record 0x0E) is checked against that list only: the list is
 # verified first (root signature, version not below device.kl_version; device.kl_seen is set
 # for the caller to store), the signing key must be in it, for this board, not revoked. A
-# package without one is checked against `trusted_keys`, until the device has seen a list.
+# package without one is checked against `trusted_keys` until the device has seen a list; after
+# that against the list pushed to it on its own (device.kl_stored, docs/PROTOCOL.md "Key lists"),
+# which must still be the newest seen (else KEY_LIST_OLD).
 def check(signed, signature, trusted_keys, device, slot_size, roots=()):
     manifest_len, key_id = parse_header(signed)
     if len(signed) != HEADER_SIZE + manifest_len:
@@ -182,7 +185,14 @@ def check(signed, signature, trusted_keys, device, slot_size, roots=()):
             raise OtaError(KEY_REVOKED)
         trusted_keys = kl.keys_for(device.board)
     elif device.kl_version:
-        raise OtaError(KEY_LIST_OLD)  # a package without a list once a list was seen
+        if device.kl_stored is None:
+            raise OtaError(KEY_LIST_OLD)  # a package without a list once a list was seen
+        from . import keylist
+
+        kl = keylist.check(device.kl_stored, roots, device.kl_version)
+        if key_id in kl.revoked:
+            raise OtaError(KEY_REVOKED)
+        trusted_keys = kl.keys_for(device.board)
     _check_signature(signed, signature, trusted_keys, key_id)
     m = parse_manifest(body)
     check_device(m, device, slot_size)

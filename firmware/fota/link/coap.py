@@ -100,6 +100,9 @@ class CoapLink(Link):
                 self._flush()
             if self._complete:
                 self._finish()
+            elif self._past_deadline():
+                self._rx.drop()
+                self._give_up(errors.DEADLINE, "attempt over %d s" % (self.deadline_ms // 1000))
             elif self.agent.state == DOWNLOADING and self._rx.path is not None:
                 self._download(timeout_ms)
             elif ticks_diff(now, self._next_poll) >= 0:

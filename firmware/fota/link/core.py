@@ -21,21 +21,23 @@ from ..agent import DOWNLOADING
 from ..backoff import Backoff
 from ..compat import const, ticks_add, ticks_diff, ticks_ms
 from ..errors import OtaError
-from .wire import OFFER_HEAD, parse_offer
+from .wire import OFFER_HEAD, parse_command, parse_offer
 
 _MAX_EVENTS = const(16)  # events kept while offline (oldest dropped)
 _MAX_RESTARTS = const(3)  # source changes tolerated per offer before the attempt is failed
+_DEADLINE_MS = const(1800000)  # an attempt's overall deadline (threats table: slow retrieval): 30 min
 _OUTCOMES = ("committed", "rolled_back")  # events that end an offer after the reboot
 
 
 class Link:
-    def __init__(self, agent, device_id, *, max_misses, chunk=None, retry_base_ms=2000, retry_cap_ms=300000):
+    def __init__(self, agent, device_id, *, max_misses, chunk=None, retry_base_ms=2000, retry_cap_ms=300000,
+                 deadline_ms=_DEADLINE_MS):
         self.agent = agent
         self.chunk = chunk  # the agent's chunk size, or None: the one each offer names
         self.device_id = device_id
+        self.signer = None  # a link.auth.Signer: every report carries the device's MAC (docs/SECURITY.md)
         self.connected = False
         self.offer_id = None
-        self.signer = None  # a link.auth.Signer: every report carries the device's MAC (docs/SECURITY.md)
         self.max_misses = max_misses  # misses in a row that end an attempt
         self._offer_blob = None
         self._chunk_size = 4096
@@ -51,6 +53,8 @@ class Link:
         self._resume = False  # that attempt takes up an interrupted download
         self._retry = Backoff(retry_base_ms, retry_cap_ms)
         self._sink = self._chunk  # bound once: handed to transports that push chunks
+        self.deadline_ms = deadline_ms  # an attempt's whole time (slow retrieval ends with DEADLINE); 0: none
+        self._attempt_at = 0
 
     # -- transport hooks ------------------------------------------------------
     def _send_event(self, text):
@@ -102,14 +106,14 @@ class Link:
         finally:
             self._flushing = False
 
-    def _flush_due(self):
-        return self._events or self._state_due
-
-    # -- offers ------------------------------------------------------------------
     # A report as it goes on the wire: with the device's MAC and counter when it has a key.
     def _sealed(self, kind, text):
         return self.signer.seal(kind, text) if self.signer is not None else text
 
+    def _flush_due(self):
+        return self._events or self._state_due
+
+    # -- offers ------------------------------------------------------------------
     def on_offer(self, buf, n):
         """An offer as received (`n` bytes of `buf`); an offer seen or done before is ignored."""
         offer = parse_offer(buf, n)
@@ -118,6 +122,8 @@ class Link:
         offer_id, chunk, policy = offer
         if offer_id == self.offer_id or self.agent.is_done(offer_id):
             return
+        if self.agent.state == DOWNLOADING and self.agent.tag != offer_id:
+            self.agent.cancel()  # the server replaced the offer being downloaded: that one is abandoned
         self.offer_id = offer_id
         self._offer_blob = bytes(buf[OFFER_HEAD:n])
         self._chunk_size = self.chunk or chunk
@@ -134,15 +140,12 @@ class Link:
 
     def on_command(self, text):
         """A command for this device (JSON): approve or cancel the current offer."""
-        try:
-            cmd = json.loads(text)
-        except ValueError:
+        cmd = parse_command(text)
+        if cmd is None or cmd[1] not in (None, self.offer_id):
             return
-        if cmd.get("offer") not in (None, self.offer_id):
-            return
-        if cmd.get("cmd") == "approve":
+        if cmd[0] == "approve":
             self.agent.approve()
-        elif cmd.get("cmd") == "cancel":
+        elif cmd[0] == "cancel":
             self.agent.cancel()
             self._done(errors.CANCELLED)
 
@@ -155,8 +158,13 @@ class Link:
         try:
             m = self.agent.offer(self._offer_blob, self._chunk_size, tag=self.offer_id)
         except OtaError as e:
+            if e.code == errors.BUSY:  # an install under way: not an outcome; the offer is tried again later
+                self._resume = True
+                self._retry_at = ticks_add(ticks_ms(), self._retry.next_ms())
+                return
             self._done(e.code)
             return
+        self._attempt_at = ticks_ms()
         self._begin_fetch(m)
 
     # The offer has an outcome: it is never tried again, even if the server still offers it.
@@ -168,10 +176,12 @@ class Link:
     # A chunk from the transport; False when the attempt ended on it (reported by the agent).
     def _chunk(self, offset, mv):
         try:
-            self.agent.on_chunk(offset, mv)
+            new = self.agent.on_chunk(offset, mv)
         except OtaError as e:
             self._done(e.code)
             return False
+        if new:
+            self._heard()  # progress is a chunk not seen before: a replayed one keeps no attempt alive
         if self.agent.complete():
             self._complete = True  # verify and install in the link's loop, not in a callback
         return True
@@ -192,6 +202,11 @@ class Link:
 
     def _asked(self):
         self._last_data = ticks_ms()
+
+    # The attempt ran past its deadline (however steadily chunks trickle in).
+    def _past_deadline(self):
+        return (self.deadline_ms > 0 and self.agent.state == DOWNLOADING
+                and ticks_diff(ticks_ms(), self._attempt_at) >= self.deadline_ms)
 
     def _silent_for(self, ms):
         return ticks_diff(ticks_ms(), self._last_data) >= ms

@@ -9,6 +9,8 @@ asked for with `get` and asked again when half of it came; a chunk_timeout_ms wi
 is a miss, and after `max_timeouts` of them the attempt ends (CONNECTION_LOST).
 """
 
+import gc
+
 from .. import errors
 from ..agent import DOWNLOADING
 from ..backoff import Backoff
@@ -20,15 +22,17 @@ from .wire import DATA_HEAD, GET_HEAD, GET_MAX, pack_get, parse_data
 
 class MqttLink(Link):
     def __init__(self, agent, client, device_id, *, prefix="fota", window=8, chunk_timeout_ms=3000,
-                 max_timeouts=8, retry_base_ms=2000, retry_cap_ms=300000):
+                 max_timeouts=8, retry_base_ms=2000, retry_cap_ms=300000, deadline_ms=1800000):
         super().__init__(agent, device_id, max_misses=max_timeouts + 1, retry_base_ms=retry_base_ms,
-                         retry_cap_ms=retry_cap_ms)
+                         retry_cap_ms=retry_cap_ms, deadline_ms=deadline_ms)
         self.client = client
         base = prefix + "/" + device_id + "/"
         self._base = base.encode()
         self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", base + "get"
         self.t_data, self.t_events, self.t_cmd = base + "data", base + "events", base + "cmd"
-        self._suffix = {b"offer": self._on_offer, b"data": self._on_data, b"cmd": self._on_cmd}
+        self.t_keys = base + "keys"  # a root-signed key list on its own, retained (docs/PROTOCOL.md "Key lists")
+        self._suffix = {b"offer": self._on_offer, b"data": self._on_data, b"cmd": self._on_cmd, b"keys": self._on_keys}
+        self._key_list = None  # a key list received, taken in the next step (callbacks only enqueue)
         self.window = window
         self.chunk_timeout_ms = chunk_timeout_ms
         self.max_timeouts = max_timeouts
@@ -65,6 +69,7 @@ class MqttLink(Link):
         self.client.subscribe(self.t_offer, 1)
         self.client.subscribe(self.t_cmd, 1)
         self.client.subscribe(self.t_data, 0)
+        self.client.subscribe(self.t_keys, 1)
         self.connected = True
         self._reconnect.reset()
         self._state_due = True
@@ -75,15 +80,28 @@ class MqttLink(Link):
     def run(self, until=None):
         """Serve forever (or until `until()` is true): reconnects with back-off."""
         while until is None or not until():
-            if not self.connected:
-                try:
-                    self.connect()
-                except Exception as e:  # noqa: BLE001 - any failure to connect (OSError, MQTTError): back off
-                    print("fota: MQTT connect failed:", repr(e))
-                    self._drop(e)
-                    sleep_ms(self._reconnect.next_ms())
-                    continue
-            self.step(100)
+            wait = self.serve_once()
+            if wait:
+                sleep_ms(wait)
+
+    def serve_once(self):
+        """One turn: connect if needed (returns the ms to back off when that failed), else one step (0)."""
+        if not self.connected:
+            try:
+                self.connect()
+            except Exception as e:  # noqa: BLE001 - any failure to connect (OSError, MQTTError): back off
+                print("fota: MQTT connect failed:", repr(e))
+                self._drop(e)
+                return self._reconnect.next_ms()
+        self.step(100)
+        return 0
+
+    def fault(self, e):
+        """Something escaped a step (the service loop caught it): end the attempt, reconnect after the back-off."""
+        if self.agent.state == DOWNLOADING:
+            self._give_up(errors.FAULT, repr(e)[:60])
+        self._state_due = True  # the error log changed
+        self._drop(e)
 
     def step(self, timeout_ms=100):
         try:
@@ -92,11 +110,19 @@ class MqttLink(Link):
                 self._flush()
             if self._complete:
                 self._finish()
+            if self._key_list is not None:
+                raw, self._key_list = self._key_list, None
+                self.agent.take_key_list(raw)  # OtaError when refused: reported by the agent
             self._tick()
         except OSError as e:
             self._drop(e)
         except OtaError:
             pass  # already reported by the agent (approve() whose install failed)
+        except MemoryError as e:  # a fragmented heap: end the attempt (reported), reconnect, take it up later
+            gc.collect()
+            if self.agent.state == DOWNLOADING:
+                self._give_up(errors.OUT_OF_MEMORY, "MQTT link")
+            self._drop(e)
 
     def _drop(self, e):
         self.connected = False
@@ -124,6 +150,10 @@ class MqttLink(Link):
         else:
             self.on_offer(payload, len(payload))
 
+    def _on_keys(self, payload):
+        if len(payload):
+            self._key_list = bytes(payload)
+
     def _on_cmd(self, payload):
         self.on_command(bytes(payload))
 
@@ -132,7 +162,6 @@ class MqttLink(Link):
         if head is None or head[0] != self.offer_id:
             return
         offset = head[1]
-        self._heard()
         if offset in self._inflight:
             self._inflight.remove(offset)
         if self._chunk(offset, payload[DATA_HEAD : DATA_HEAD + head[2]]) and not self._complete:
@@ -141,6 +170,8 @@ class MqttLink(Link):
 
     # -- chunk windows -------------------------------------------------------------------
     def _request(self):
+        if self.offer_id is None:
+            return  # the offer was withdrawn or ended meanwhile: nothing to ask for
         want = [o for o in self.agent.wanted(self.window + len(self._inflight)) if o not in self._inflight]
         want = want[: max(0, self.window - len(self._inflight))]
         if not want:
@@ -155,7 +186,10 @@ class MqttLink(Link):
             if not self._retry_left():
                 self._retry_due()
             return
-        if self.agent.state != DOWNLOADING or not self._silent_for(self.chunk_timeout_ms):
+        if self._past_deadline():
+            self._give_up(errors.DEADLINE, "attempt over %d s" % (self.deadline_ms // 1000))
+            return
+        if self.agent.state != DOWNLOADING or self.offer_id is None or not self._silent_for(self.chunk_timeout_ms):
             return
         if self._miss():
             self._give_up(errors.CONNECTION_LOST, "no data after %d requests" % self.max_timeouts)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Literal
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Request
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel, Field, field_validator
 
 from host_tools.errors import FotaError
-from host_tools.fleet.campaign import FAILURES, PRESETS, CampaignSpec, report
+from host_tools.fleet.campaign import FAILURES, PRESETS, STALE_AFTER_S, CampaignSpec, report
 from host_tools.protocol import FINAL
 from host_tools.server.api.auth import Principal, operator, reader
 from host_tools.server.api.common import NAME, audit_of, device_row, not_found, server_of
@@ -45,6 +45,7 @@ class CampaignIn(BaseModel):
     policy: Literal["auto", "consent", "download-only"] | None = None
     chunk: int | None = Field(default=None, ge=256, le=32768)
     rollback_package: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
+    allow_rolled_back: bool | None = None
 
     @field_validator("waves")
     @classmethod
@@ -129,10 +130,12 @@ def get_campaign(request: Request, name: str = Path(pattern=NAME), who: Principa
     return status_of(server_of(request), name)
 
 
-@router.get("/{name}/report", summary="Outcomes; failures by reason and by hardware revision")
-def get_report(request: Request, name: str = Path(pattern=NAME), who: Principal = Depends(reader)) -> dict:
+@router.get("/{name}/report", summary="Outcomes; failures by reason and hardware revision; devices not heard from")
+def get_report(request: Request, name: str = Path(pattern=NAME), who: Principal = Depends(reader),
+               stale_after: float = Query(STALE_AFTER_S, gt=0, description="seconds without contact that make a device"
+                                          " unreachable in the report")) -> dict:
     _campaign(request, name)
-    return report(server_of(request).registry, name)
+    return report(server_of(request).registry, name, stale_after_s=stale_after)
 
 
 @router.post("/{name}/{action}", summary="start | pause | resume | abort (operator)")

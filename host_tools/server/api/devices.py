@@ -30,6 +30,15 @@ class DeployIn(BaseModel):
     group: str | None = Field(default=None, pattern=NAME)
     chunk: int = Field(default=4096, ge=256, le=32768)
     policy: Literal["auto", "consent", "download-only"] = "auto"
+    force: bool = False  # offer even to devices the package's image rolled back on (they refuse it themselves)
+
+
+class KeyListIn(BaseModel):
+    """Send a root-signed key list (docs/FORMAT.md "Key lists", hex) to some devices or a whole group."""
+
+    keylist: str = Field(pattern=r"^[0-9a-f]{164,1024}$")
+    devices: list[str] = Field(default_factory=list, max_length=10000)
+    group: str | None = Field(default=None, pattern=NAME)
 
 
 def _check_names(names: list[str]) -> list[str]:
@@ -127,7 +136,37 @@ def deploy(request: Request, body: DeployIn, who: Principal = Depends(operator))
         raise HTTPException(422, f"unknown device(s): {', '.join(unknown[:10])}")
     if not devices:
         raise HTTPException(422, f"no devices in group {body.group!r}")
+    skipped = [] if body.force else [{"device": d, "reason": why} for d in devices
+                                     if (why := reg.rolled_back_reason(d, body.package))]
+    devices = [d for d in devices if d not in {s["device"] for s in skipped}]
     offers = [{"device": d, "offer": server.mqtt.offer(d, body.package, chunk=body.chunk, policy=body.policy)} for d in devices]
     audit_of(request).record(who, "deploy", body.package, {"version": package["version"], "devices": devices,
-                                                           "group": body.group, "policy": body.policy})
-    return {"package": body.package, "version": package["version"], "offers": offers}
+                                                           "group": body.group, "policy": body.policy, "force": body.force,
+                                                           "skipped": [s["device"] for s in skipped]})
+    return {"package": body.package, "version": package["version"], "offers": offers, "skipped": skipped}
+
+
+@router.post("/keylist", status_code=201, summary="Send a root-signed key list to devices, no firmware needed (operator)")
+def push_key_list(request: Request, body: KeyListIn, who: Principal = Depends(operator)) -> dict:
+    from host_tools.errors import FotaError
+    from host_tools.image.keylist import parse_key_list
+
+    server = server_of(request)
+    reg = server.registry
+    if bool(body.devices) == bool(body.group):
+        raise HTTPException(422, "give either devices or group")
+    raw = bytes.fromhex(body.keylist)
+    try:
+        version = parse_key_list(raw).version
+    except FotaError as exc:
+        raise HTTPException(422, str(exc)) from None
+    known = {d["id"] for d in reg.devices()}
+    devices = _check_names(body.devices) or [d["id"] for d in reg.devices(body.group)]
+    unknown = [d for d in devices if d not in known]
+    if unknown:
+        raise HTTPException(422, f"unknown device(s): {', '.join(unknown[:10])}")
+    if not devices:
+        raise HTTPException(422, f"no devices in group {body.group!r}")
+    server.push_key_list(raw, devices)
+    audit_of(request).record(who, "keylist", str(version), {"devices": devices, "group": body.group})
+    return {"version": version, "devices": devices}
