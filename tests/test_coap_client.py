@@ -311,7 +311,7 @@ class Backend:
         self.reads: list[tuple[int, int]] = []
         self.flip_after = flip_after
         self.flip_every = flip_every
-        self.posts: list[tuple[str, str, dict]] = []
+        self.posts: list[tuple[str, str, bytes]] = []  # reports as POSTed: the backend checks their MAC
 
     def _current(self) -> bytes:
         n = len(self.reads)
@@ -392,7 +392,7 @@ def test_post_json_not_found_and_window(run_device, service):
     backend = Backend()
     svc = service(backend)
     out = run_device({"do": "post", "port": svc.port, "path": "fota/d1/events", "body": '{"event": "progress"}'})
-    assert said(out, "CODE") == [[str(cm.CHANGED)]] and backend.posts == [("events", "d1", {"event": "progress"})]
+    assert said(out, "CODE") == [[str(cm.CHANGED)]] and backend.posts == [("events", "d1", b'{"event": "progress"}')]
     out = run_device({"do": "get", "port": svc.port, "path": "fota/o/8"})
     assert said(out, "GOT") == [[f"{cm.NOT_FOUND} 0 {sha(b'')}"]]
     out = run_device({"do": "window", "port": svc.port, "path": "fota/o/7", "slots": 4, "blocks": 4})
