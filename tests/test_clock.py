@@ -130,6 +130,33 @@ def test_expires_is_not_judged_while_the_clock_is_unset(tmp_path):
     assert status(run)["version"] == "2.0.0"
 
 
+@pytest.mark.fw
+def test_expires_refused_after_power_loss_from_the_signed_time_floor(tmp_path):
+    """NTP set the clock for one update; power is lost (the chip's RTC reads 2000 again) and no NTP follows.
+
+    The real unset clock (fota.clock returns None), not a stubbed one: an expired package is still
+    refused (EXPIRED) because `now` is never before the newest signed `created` the board has seen.
+    """
+    now = int(time.time())
+    first = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2, created=now)
+    board = make_board(tmp_path, "floor", first, scenario={"ntp": True})
+    run = run_until_done(board)
+    assert "REFUSED" not in run.transcript() and status(run)["version"] == "2.0.0"
+
+    board.write_file("scenario.json", "{}")  # no NTP after this power-on: the RTC stays unset
+    stale = fw_package(fw_image("2.1.0"), version="2.1.0", sequence=3, created=now - 7 * 86400, expires=now - 86400)
+    board.write_file("update.fota", stale)
+    run = run_until_done(board)
+    assert run.clock.device_time() < 600  # the chip's clock was never set in this run
+    assert "REFUSED 12" in run.transcript()  # EXPIRED
+    assert status(run)["version"] == "2.0.0"
+
+    fresh = fw_package(fw_image("2.1.0"), version="2.1.0", sequence=3, created=now, expires=now + 86400)
+    board.write_file("update.fota", fresh)
+    run = run_until_done(board)
+    assert "REFUSED" not in run.transcript() and status(run)["version"] == "2.1.0"
+
+
 CLOCK_PROBE = """
 import time
 from fota import clock
