@@ -17,7 +17,7 @@ from host_tools.image.build import BuildSpec, build_image
 from host_tools.image.guards import SequenceHistory, hw_revs_choice
 from host_tools.image.keylist import KeyListError, parse_key_list
 from host_tools.image.keys import FileSigner, PublicKey, private_key_exposed
-from host_tools.image.package import Manifest, VerifyError, decode_payload, make_package, parse_package, verify_package
+from host_tools.image.package import Manifest, VerifyError, decode_payload, load_base, make_package, parse_package, verify_package
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -145,8 +145,6 @@ def cmd_sign(args) -> int:
     check_app_image(image, board)
     base = None
     if args.base is not None:
-        from host_tools.image.delta import load_base
-
         base = load_base(args.base.read_bytes())
         args.encoding = args.encoding or "delta"
     if (args.encoding == "delta") != (base is not None):
@@ -216,8 +214,6 @@ def cmd_verify(args) -> int:
     package = parse_package(args.package.read_bytes())
     base = None
     if args.base is not None:
-        from host_tools.image.delta import load_base
-
         base = load_base(args.base.read_bytes())
     report = verify_package(package, [PublicKey.load(p) for p in args.pubkey], base=base)
     for note in report.notes:

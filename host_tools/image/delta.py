@@ -187,14 +187,3 @@ def decode_delta(base: bytes, payload: bytes, wbits: int) -> bytes:
         raise DeltaError(f"delta payload does not inflate: {exc}") from exc
     return apply_records(base, records)
 
-
-def load_base(data: bytes) -> bytes:
-    """The base image from an app image file, or from the package it was installed from (`*.fota`)."""
-    from host_tools.image.package import MAGIC, decode_payload, parse_package
-
-    if data[:4] != MAGIC:
-        return data
-    package = parse_package(data)
-    if package.manifest.encoding == 2:
-        raise DeltaError("the base must be a full image or a full package, not another delta")
-    return decode_payload(package)

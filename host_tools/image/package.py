@@ -15,6 +15,7 @@ import zlib
 from dataclasses import dataclass, field, replace
 
 from host_tools.errors import EXIT_VERIFY_FAILED, FotaError
+from host_tools.image.delta import DELTA_WBITS, DeltaError, decode_delta, encode_delta
 from host_tools.image.keys import PublicKey, Signer
 
 MAGIC = b"FOTA"
@@ -163,8 +164,6 @@ def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: 
     if encoding == "delta":
         if base is None:
             raise PackageError("a delta package needs the base image", hint="pass --base OLD.bin (or OLD.fota)")
-        from host_tools.image.delta import DELTA_WBITS, encode_delta
-
         wbits = max(wbits, DELTA_WBITS)
         payload, patch_size = encode_delta(base, image, wbits)
     else:
@@ -293,8 +292,6 @@ def decode_payload(package: Package, base: bytes | None = None) -> bytes:
     """The image the payload makes; a delta needs its `base` image."""
     m = package.manifest
     if m.encoding == ENCODING_DELTA:
-        from host_tools.image.delta import DeltaError, decode_delta
-
         if base is None:
             raise VerifyError("a delta package is decoded against its base image (--base)")
         if len(base) != m.base_size or hashlib.sha256(base).digest() != m.base_sha256:
@@ -312,6 +309,16 @@ def decode_payload(package: Package, base: bytes | None = None) -> bytes:
             raise VerifyError(f"payload does not inflate: {exc}") from exc
     raise VerifyError(f"unknown payload encoding {m.encoding}")
 
+
+
+def load_base(data: bytes) -> bytes:
+    """A delta's base image from an app image file, or from the full package it was installed from (`*.fota`)."""
+    if data[:4] != MAGIC:
+        return data
+    package = parse_package(data)
+    if package.manifest.encoding == ENCODING_DELTA:
+        raise DeltaError("the base must be a full image or a full package, not another delta")
+    return decode_payload(package)
 
 def _key_from_list(blob: bytes, trusted: list[PublicKey], kid: bytes, board: str, report: VerifyReport) -> PublicKey | None:
     """The signing key as the carried key list names it (the list verified by a trusted root)."""
