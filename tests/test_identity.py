@@ -215,6 +215,9 @@ def test_a_revoked_device_can_no_longer_connect_or_report_while_the_others_conti
     if stack.mosq:
         stack.mosq.sync(ids)  # fota broker-files + SIGHUP
     assert Client(stack, A, stack.creds[A].password).rc != 0
+    if not stack.mosq:  # the embedded broker also closes the connection A had open at revocation
+        wait_until(lambda: not a.c.is_connected(), 10, "A's open connection closed")
+        assert stack.broker.kicked >= 1
     rejected = ids.rejected
     spy = as_server(stack, subs=())
     spy.pub(f"fota/{A}/state", sealed(stack, A, "state", STATE | {"version": "9.9.9"}, 2))  # its key no longer counts
@@ -223,6 +226,7 @@ def test_a_revoked_device_can_no_longer_connect_or_report_while_the_others_conti
     b.pub(f"fota/{B}/state", sealed(stack, B, "state", STATE | {"id": B}, 1))
     wait_until(lambda: reg.device(B) and ids.rejected == rejected + 1, 10, "B recorded, A refused")
     assert reg.device(A)["version"] == "1.0.0"
+    assert b.c.is_connected()  # only the revoked login was closed
     for c in (a, b, spy):
         c.close()
 

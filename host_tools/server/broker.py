@@ -7,7 +7,10 @@
 Every client logs in (docs/SECURITY.md "Broker access"): `policy` (host_tools.server.identity.
 Identities) answers each CONNECT's username and password and each PUBLISH, SUBSCRIBE and delivery
 (a device only under fota/<its id>/, the server everywhere), asked at the moment, so a device
-enrolled or revoked while the broker runs is known at its next CONNECT. amqtt's own plugins are
+enrolled or revoked while the broker runs is known at its next CONNECT. A login revoked while its
+client is connected (`fota device revoke`, from any process sharing the registry) is disconnected
+within `revoke_check_s` (1 s): every connected session's username is checked against the policy's
+revoked set, and a revoked one is closed as if its TCP connection had dropped. amqtt's own plugins are
 the mechanism (its plugin list replaces the anonymous default; one auth plugin that answers True or
 False; one topic plugin that answers for all three actions, so a subscribe is checked too).
 
@@ -37,6 +40,8 @@ class AccessPolicy(Protocol):
     def check_password(self, user: str | None, password: str | bytes | None) -> bool: ...
 
     def allowed(self, user: str | None, action: str, topic: str) -> bool: ...
+
+    def revoked(self) -> set[str]: ...
 
 
 class FotaAuthPlugin(BaseAuthPlugin):
@@ -80,7 +85,7 @@ class EmbeddedBroker:
     """amqtt with logins and per-device ACLs, on loopback (or anywhere with TLS), run on a LoopThread."""
 
     def __init__(self, policy: AccessPolicy, host: str = "127.0.0.1", port: int = 0,
-                 tls: tuple[str, str] | None = None) -> None:
+                 tls: tuple[str, str] | None = None, revoke_check_s: float = 1.0) -> None:
         if not is_loopback(host) and tls is None:
             raise BrokerError(f"the embedded broker will not listen on {host} without TLS: device passwords and "
                               "reports would cross the network in clear",
@@ -89,6 +94,8 @@ class EmbeddedBroker:
         self.host = host
         self.tls = tls
         self.port = port or free_port(host)
+        self.revoke_check_s = revoke_check_s
+        self.kicked = 0  # connections closed because their login was revoked
         self._lt = LoopThread("amqtt-broker")
         self._broker = None
 
@@ -117,7 +124,29 @@ class EmbeddedBroker:
         }
         broker = Broker(config, loop=asyncio.get_running_loop())
         await broker.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_revoked(broker))
         return broker
+
+    async def _sweep_revoked(self, broker) -> None:
+        """Close every connected session whose login was revoked (the CONNECT check alone waits for a reconnect)."""
+        while True:
+            await asyncio.sleep(self.revoke_check_s)
+            try:
+                gone = self.policy.revoked()
+            except Exception:  # noqa: BLE001 - a registry hiccup must not end the broker; next sweep retries
+                continue
+            if gone:
+                await self.disconnect_users(broker, gone)
+
+    async def disconnect_users(self, broker, users: set[str]) -> int:
+        """Close the connected sessions logged in as one of `users`; how many were closed."""
+        closed = 0
+        for session, handler in list(broker.sessions.values()):
+            if session.username in users and session.transitions.is_connected() and handler is not None:
+                await handler.handle_connection_closed()  # the session's loop ends it: writer closed, state disconnected
+                closed += 1
+        self.kicked += closed
+        return closed
 
     async def _shutdown(self) -> None:
         await self._broker.shutdown()

@@ -154,6 +154,10 @@ class Identities:
         rows = self.db.query("SELECT id, kind, counter, revoked, devices, created FROM identities ORDER BY id")
         return [dict(r) for r in rows]
 
+    def revoked(self) -> set[str]:
+        """The ids of every revoked device and gateway (one query: the broker asks it every second)."""
+        return {r["id"] for r in self.db.query("SELECT id FROM identities WHERE revoked = 1")}
+
     def is_enrolled(self, device: str) -> bool:
         row = self._row(device)
         return row is not None and row["kind"] == "device" and not row["revoked"]
