@@ -17,12 +17,16 @@ $(STAMP): pyproject.toml
 	@touch $@
 
 # mosquitto: a real broker for the transport tests; chromium + chromium-driver: the console's browser
-# tests (Debian packages; needs root or sudo; nothing is downloaded outside the package registries).
+# tests; postgresql: the registry and campaign tests run on SQLite and on a throwaway PostgreSQL cluster
+# (tests/pgcluster.py; only the binaries are used, no system cluster is needed). Debian packages; needs
+# root or sudo; nothing is downloaded outside the package registries.
 system-deps:
-	@{ command -v mosquitto && command -v chromium && command -v chromedriver; } >/dev/null 2>&1 || { \
+	@{ command -v mosquitto && command -v chromium && command -v chromedriver && \
+	   { command -v initdb || ls /usr/lib/postgresql/*/bin/initdb; }; } >/dev/null 2>&1 || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto chromium chromium-driver >/dev/null || \
-	  echo "warning: could not install mosquitto, chromium, chromium-driver; tests that need them are skipped"; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    mosquitto chromium chromium-driver postgresql >/dev/null || \
+	  echo "warning: could not install mosquitto, chromium, chromium-driver, postgresql; tests that need them are skipped"; }
 
 test: setup system-deps
 	$(BIN)/pytest -q
