@@ -1,7 +1,7 @@
 """`fota serve`, `fota deploy`, `fota devices`.
 
 deploy and devices are clients of the server's HTTP API (--server/--token, $FOTA_SERVER/$FOTA_TOKEN,
-else the local server's serve.json and operator token); without the API they use the local registry.
+else the local server's serve.json and operator token); a local server without the API: its registry; no server: exit 5.
 """
 
 from __future__ import annotations
@@ -279,6 +279,7 @@ def cmd_devices(args) -> int:
             api.put(f"/api/devices/{args.assign[0]}/groups", {"names": args.assign[1:]})
         rows = [device_record(d) for d in api.get("/api/devices", group=args.group)]
     else:
+        running_server(_data(args))  # no server at all: exit 5 and say how to start one (never an empty table)
         registry = open_registry(_data(args))
         if args.group:
             _known_group(args.group, registry.devices())

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from host_tools.cli.args import positive_int
-from host_tools.errors import FotaError
+from host_tools.errors import EXIT_NOT_FOUND, FotaError
 from host_tools.sim.device import SimDevice, SimError, sim_home
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.interpreter import check_micropython, find_micropython
@@ -64,7 +64,7 @@ def cmd_create(args) -> int:
 def cmd_flash(args) -> int:
     board = SimDevice.open(args.name, args.home)
     if not args.image.exists():
-        raise FotaError(f"no such image file: {args.image}")
+        raise FotaError(f"no such image file: {args.image}", hint="build one with: fota build --board sim", exit_code=EXIT_NOT_FOUND)
     board.flash_app(args.image.read_bytes())
     print(f"flashed {args.image} ({args.image.stat().st_size} bytes) to ota_0 of {board.name}; otadata erased")
     return 0

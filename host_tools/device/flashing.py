@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from host_tools.errors import FotaError
+from host_tools.errors import EXIT_NOT_FOUND, FotaError
 from host_tools.esp import boards
 from host_tools.image.build import check_app_image
 
@@ -49,7 +49,7 @@ def check_fits(image: bytes, board: boards.BoardDef) -> None:
 def read_image(image_path: Path) -> bytes:
     """The app image file's bytes."""
     if not image_path.exists():
-        raise FlashError(f"no such image file: {image_path}")
+        raise FlashError(f"no such image file: {image_path}", hint="build one with: fota build", exit_code=EXIT_NOT_FOUND)
     return image_path.read_bytes()
 
 
