@@ -252,7 +252,7 @@ def test_devices_json_is_real_json_and_the_table_has_names(served):
     d1 = next(r for r in rows if r["id"] == "d1")
     assert isinstance(d1["errors"], list) and d1["errors"][0]["name"] == "WRONG_HW_REV"
     table = run(home, "devices").stdout
-    assert "WRONG_HW_REV" in table and "None" not in table and "last seen" in table and "groups" in table
+    assert "WRONG_HW_REV" in table and "None" not in table and "heard" in table and "sent" in table and "groups" in table
 
 
 def test_a_campaign_over_no_device_is_refused(served, files):
