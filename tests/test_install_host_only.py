@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
+from host_tools.errors import EXIT_NOT_FOUND
 from simkit import app_image
 
 pytestmark = [pytest.mark.host, pytest.mark.install, pytest.mark.timeout(240)]
@@ -77,7 +78,7 @@ def test_host_only_commands_work(host_venv, tmp_path):
             time.sleep(0.1)
         assert json.loads((data / "serve.json").read_text())["broker"].startswith("mqtt://")
         res = sh(fota, "deploy", "app.fota", "--device", "nobody", "--data", data, cwd=tmp_path, env=env, timeout=60)
-        assert res.returncode == 1 and "unknown device(s): nobody" in res.stderr, res.stderr  # the server answered
+        assert res.returncode == EXIT_NOT_FOUND and "unknown device(s): nobody" in res.stderr, res.stderr  # the server answered (docs/CLI.md: 4)
         res = sh(fota, "campaign", "create", "c1", "--package", "app.fota", "--data", data, "--waves", "100%",
                  cwd=tmp_path, env=env, timeout=60)
         assert res.returncode == 1 and "would target no device" in res.stderr, res.stderr  # planned, and refused honestly
