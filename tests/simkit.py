@@ -49,8 +49,12 @@ def self_test():
 
 
 @cache
-def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
-    """A sim image with firmware/ frozen, an `app` module and the test key trusted."""
+def fw_image(version: str, behaviour: str = "ok", pad: int = 0, *, secure_version: int = 0) -> bytes:
+    """A sim image with firmware/ frozen, an `app` module and the test key trusted.
+
+    secure_version 0: make_package stamps the package's sequence into it (the image in the slot then differs
+    from these bytes); give the sequence (`fota build --sequence N`) for the exact image the device will hold.
+    """
     from host_tools.image.build import BuildSpec, build_image
 
     modules = [("app.py", APP_TEMPLATE.format(version=version, behaviour=behaviour))]
@@ -59,7 +63,8 @@ def fw_image(version: str, behaviour: str = "ok", pad: int = 0) -> bytes:
         n = min(step, pad - i)
         data = bytes((j * 7 + i // step) & 0xFF for j in range(n))
         modules.append((f"pad{i // step}.py", f"DATA = {data!r}\n"))
-    spec = BuildSpec(board="sim", version=version, extra_modules=tuple(modules), trusted_keys=(session_signer().public_key,))
+    spec = BuildSpec(board="sim", version=version, extra_modules=tuple(modules), trusted_keys=(session_signer().public_key,),
+                     secure_version=secure_version)
     return build_image(spec)
 
 

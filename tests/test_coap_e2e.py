@@ -130,7 +130,7 @@ def test_power_cut_during_download_resumes_by_block(tmp_path, server):
 @pytest.mark.fw
 def test_lossy_link_completes_without_rewriting_flash(tmp_path, server):
     lossy = Impairment(loss=0.2, duplicate=0.05, reorder=0.05, jitter_ms=2)
-    image = fw_image("2.0.0", "ok", 60_000)
+    image = fw_image("2.0.0", "ok", 60_000, secure_version=2)  # built for sequence 2: the package carries it unchanged
     with UdpProxy(("127.0.0.1", server.coap.port), up=lossy, down=lossy, seed=20) as proxy:
         board = coap_board(tmp_path, "lossy", ids=server.identities, port=proxy.port, window=2, ack_timeout_ms=100, max_failures=8)
         with BoardRun(board) as run:
