@@ -30,6 +30,11 @@ def test_serve_deploy_devices(tmp_path):
         info = wait_until(lambda: (data / "serve.json").exists() and json.loads((data / "serve.json").read_text()), 30, "serve.json")
         broker = urlparse(info["broker"])
         board = mqtt_board(tmp_path, "cli", host=broker.hostname, port=broker.port)
+        # The broker takes logins only (docs/SECURITY.md): the operator enrols the board, as fota provision does.
+        enrolled = fota("device", "enroll", device_id(board), "--data", str(data))
+        assert enrolled.returncode == 0, enrolled.stderr
+        config = json.loads((board.fs_path / "config.json").read_text()) | json.loads(enrolled.stdout)
+        board.write_file("config.json", json.dumps(config))
         package = tmp_path / "v2.fota"
         package.write_bytes(fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2))
         with BoardRun(board):
