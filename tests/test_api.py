@@ -14,6 +14,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from apikit import ApiStack, HookReceiver, device_specs, wait_until
+from host_tools import protocol
 from host_tools.errors import FotaError
 from host_tools.server.api import ApiService
 from simkit import app_image, fw_package
@@ -106,7 +107,8 @@ def test_every_endpoint_refuses_a_missing_or_unknown_token_and_changes_nothing(s
 
 
 def test_read_only_token_reads_but_every_change_is_403_and_changes_nothing(stack, pkg):
-    stack.op.post("/api/campaigns", json={"name": "c-ro", "package": pkg, "waves": ["nogroup"]}).raise_for_status()
+    # a campaign to read (over every device: an empty one is refused since issue 16); never started
+    stack.op.post("/api/campaigns", json={"name": "c-ro", "package": pkg, "waves": ["100%"]}).raise_for_status()
     before = snapshot(stack)
     for method, path, body in WRITES:
         answer = _call(stack.ro, method, path, body, pkg)
@@ -243,8 +245,10 @@ def test_campaign_gate_pause_resume_report_webhooks_and_event_stream(stack, hook
     wait_until(lambda: any(m["type"] == "campaign" and m["status"] == "COMPLETED" for m in seen), 10, "the stream's campaign message")
     events = {m["event"] for m in seen if m["type"] == "event"}
     assert {"downloading", "progress", "committed", "rolled_back"} <= events
-    # abort: another campaign, aborted by the operator, sends its webhook; the audit log has every step
-    stack.op.post("/api/campaigns", json={"name": "c2", "package": pkg3}).raise_for_status()
+    # abort: another campaign, aborted by the operator, sends its webhook; the audit log has every step.
+    # A newer package: every device took 3.0.0, rolled it back or cannot, and a campaign over no device is refused.
+    pkg4 = upload(stack.op, package("4.0.0", 4)).json()["id"]
+    stack.op.post("/api/campaigns", json={"name": "c2", "package": pkg4}).raise_for_status()
     assert stack.op.post("/api/campaigns/c2/abort").json()["status"] == "ABORTED"
     wait_until(lambda: [h for h in hooks.received if h["event"] == "campaign.aborted" and h["campaign"] == "c2"], 10, "aborted webhook")
     actions = [(e["action"], e["target"]) for e in stack.ro.get("/api/audit").json()]
@@ -255,13 +259,18 @@ def test_campaign_gate_pause_resume_report_webhooks_and_event_stream(stack, hook
 
 
 def test_metrics_in_prometheus_text_format_count_chunks_and_malformed_messages(stack):
+    # an enrolled device that sends junk on its own topics (the broker takes no anonymous login, docs/SECURITY.md):
+    # a report with a valid MAC whose body is not JSON, and a chunk request that does not parse
+    cred = stack.server.identities.enroll("garbage")
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="garbage")
+    client.username_pw_set(cred.user, cred.password)
     host, port = stack.server.broker_url.rsplit("/", 1)[1].split(":")
     client.connect(host, int(port))
     client.loop_start()
     try:
-        client.publish("fota/p0/state", b"{not json", qos=1).wait_for_publish(5)
-        client.publish("fota/p0/get", b"\x01", qos=1).wait_for_publish(5)
+        client.publish("fota/garbage/state", protocol.seal_report(cred.key, "garbage", "state", 1, b"{not json"),
+                       qos=1).wait_for_publish(5)
+        client.publish("fota/garbage/get", b"\x01", qos=1).wait_for_publish(5)
     finally:
         client.loop_stop()
         client.disconnect()
