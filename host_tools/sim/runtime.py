@@ -151,6 +151,12 @@ class BoardRun:
             return self._transcript.decode(errors="replace")
 
     @property
+    def pid(self) -> int | None:
+        """The process id of the interpreter running now (a new one after every reset); benches read its CPU time."""
+        child = self._child
+        return child.pid if child is not None and child.returncode is None else None
+
+    @property
     def repl_path(self) -> str | None:
         return os.ttyname(self._repl_slave) if self._repl_slave >= 0 else None
 
