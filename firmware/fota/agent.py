@@ -90,7 +90,7 @@ class Agent:
         self.tag = None
         self._hold_since = None
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
-        self._carry = bytearray(SECTOR + _MARGIN)  # the inflater's input (zlib packages)
+        self._carry = bytearray(_MARGIN)  # the inflater moves its undecoded tail through it (zlib packages)
         self._writer = None
         self._inflater = None
         self._patcher = None  # delta packages: the decoded patch applied from the running slot

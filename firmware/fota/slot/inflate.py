@@ -1,19 +1,29 @@
 """zlib-encoded payloads inflated into the slot as the chunks arrive.
 
-`deflate.DeflateIO` pulls its input one byte at a time from a stream, so the
-chunks the transport pushes are kept in a carry buffer and the decoder is only
-asked for output while at least MARGIN input bytes are buffered (more than one
-256-byte output step can consume, block headers included): it never runs dry
-mid-symbol. Output fills a 4 KiB buffer that goes to `out(offset, mv)` (the slot writer's
-write_at, or a step before it) a sector at a time.
+`deflate.DeflateIO` pulls its input one byte at a time through the stream protocol
+(extmod/moddeflate.c `deflateio_read_stream`: `stream->read(.., 1)` per compressed byte).
+Its input is therefore an `io.BytesIO`, whose read is C (py/objstringio.c): a byte costs a
+memcpy, not a bytecode call, as a Python `io.IOBase` subclass would. The chunks the
+transport pushes are written at the stream's end; the decoder is only asked for output
+while at least MARGIN input bytes are buffered (more than one 256-byte output step takes
+from a zlib stream our packager writes, block headers included), so it never runs dry
+mid-symbol. A BytesIO cannot shrink: when a chunk would not fit, the undecoded tail
+(< MARGIN bytes) moves to the front through `carry` and the bytes after it are stale,
+so every read is checked against the end of what arrived (a stream that reads past it
+is an INFLATE error, as a stream that ends inside a block is). Output fills a 4 KiB buffer
+in 256-byte steps through views made once, and goes to `out(offset, mv)` (the slot writer's
+write_at, or a step before it) a sector at a time. Nothing is allocated per chunk.
 Chunks must come in order; a duplicate is ignored, one from ahead is refused
 (the transport asks for it again). The SHA-256 of the encoded stream is kept as
 it arrives; the image itself is hashed from flash at the end.
 
-    inf = Inflater(writer.write_at, manifest, carry=bytearray(4096 + MARGIN), buf=bytearray(4096))
-    inf.feed(offset, memoryview(chunk))
-    inf.finished()                     # all of encoded_size consumed, stream ended
+    inf = Inflater(writer.write_at, manifest, carry=bytearray(MARGIN), buf=bytearray(4096))
+    inf.feed(offset, memoryview(chunk))   # chunks up to len(buf) bytes
+    inf.finished()                        # all of encoded_size consumed, stream ended at its last byte
 """
+
+# pyright: reportAttributeAccessIssue=false
+# (micropython-esp32-stubs' io.BytesIO lists none of the stream methods it has: read, readinto, write, seek, tell)
 
 import hashlib
 import io
@@ -26,52 +36,31 @@ MARGIN = const(1024)
 _STEP = const(256)
 
 
-class _Carry(io.IOBase):
-    # The stream DeflateIO reads from: bytes pushed by feed(), consumed one at a time.
-    def __init__(self, buf):
-        self.buf = buf
-        self.mv = memoryview(buf)
-        self.start = 0
-        self.end = 0
-
-    def readinto(self, b):
-        n = min(len(b), self.end - self.start)
-        if n <= 0:
-            return 0
-        if n == 1:  # DeflateIO reads one byte at a time: no slice, no allocation
-            b[0] = self.buf[self.start]
-        else:
-            b[:n] = self.mv[self.start : self.start + n]
-        self.start += n
-        return n
-
-    def avail(self):
-        return self.end - self.start
-
-    def push(self, mv):
-        if self.start:
-            live = self.end - self.start
-            self.mv[:live] = self.mv[self.start : self.end]  # memmove within the buffer
-            self.start, self.end = 0, live
-        n = len(mv)
-        if self.end + n > len(self.buf):
-            raise OtaError(CHUNK_RANGE)
-        self.mv[self.end : self.end + n] = mv
-        self.end += n
+def _stream(size):
+    try:
+        return io.BytesIO(size)  # MicroPython: empty, `size` bytes reserved (py/objstringio.c)
+    except TypeError:  # CPython: no size hint
+        return io.BytesIO()
 
 
 class Inflater:
     def __init__(self, out, m, carry, buf):
         import deflate  # MicroPython only; not needed to import this module
 
+        if len(carry) < MARGIN or len(buf) % _STEP:
+            raise OtaError(CHUNK_RANGE)
         self.emit = out
         self.encoded_size = m.encoded_size
         self.image_size = m.image_size
         self.next = 0
         self.sha = hashlib.sha256()
-        self._carry = _Carry(carry)
-        self._dec = deflate.DeflateIO(self._carry, deflate.ZLIB, m.zlib_wbits)
-        self._out = buf
+        self._cap = len(buf) + MARGIN
+        self._in = _stream(self._cap)
+        self._end = 0  # where the bytes that arrived end in self._in; stale bytes may follow
+        self._tail = memoryview(carry)[:MARGIN]
+        self._dec = deflate.DeflateIO(self._in, deflate.ZLIB, m.zlib_wbits)
+        self._out = memoryview(buf)
+        self._steps = [self._out[i : i + _STEP] for i in range(0, len(buf), _STEP)]
         self._fill = 0
         self.decoded = 0
         self._ended = False
@@ -82,22 +71,48 @@ class Inflater:
             return False
         if offset + len(mv) > self.encoded_size:
             raise OtaError(CHUNK_RANGE)
+        if self._ended:  # bytes after the end of the zlib stream
+            raise OtaError(INFLATE)
         self.sha.update(mv)
-        self._carry.push(mv)
+        self._push(mv)
         self.next += len(mv)
         self._drain(self.next == self.encoded_size)
         return True
 
     def finished(self):
-        return self._ended and self.next == self.encoded_size
+        return self._ended and self.next == self.encoded_size and self._in.tell() == self._end
+
+    def _push(self, mv):
+        s = self._in
+        pos = s.tell()
+        n = len(mv)
+        if self._end + n > self._cap:  # move the undecoded tail (< MARGIN) to the front
+            live = self._end - pos
+            if live + n > self._cap:
+                raise OtaError(CHUNK_RANGE)
+            s.readinto(self._tail)
+            s.seek(0)
+            s.write(self._tail)  # bytes past `live` are stale
+            self._end = live
+            pos = 0
+        s.seek(self._end)
+        s.write(mv)
+        self._end += n
+        s.seek(pos)
 
     def _drain(self, final):
-        out = memoryview(self._out)
-        while not self._ended and (final or self._carry.avail() >= MARGIN):
-            step = min(_STEP, len(self._out) - self._fill)
+        s = self._in
+        while not self._ended and (final or self._end - s.tell() >= MARGIN):
+            fill = self._fill
+            if fill % _STEP:  # only after a short read, which only the stream's end gives
+                view = self._out[fill : min(fill + _STEP, len(self._out))]
+            else:
+                view = self._steps[fill // _STEP]
             try:
-                n = self._dec.readinto(out[self._fill : self._fill + step])
+                n = self._dec.readinto(view)
             except (OSError, ValueError, EOFError):  # EOFError: a stream that ends inside a block
+                raise OtaError(INFLATE)
+            if s.tell() > self._end:  # the decoder read past what arrived (stale bytes)
                 raise OtaError(INFLATE)
             if not n:
                 self._ended = True
@@ -108,10 +123,12 @@ class Inflater:
                 raise OtaError(INFLATE)
             if self._fill == len(self._out):
                 self._flush()
+        if self._ended and s.tell() != self._end:  # bytes after the end of the zlib stream
+            raise OtaError(INFLATE)
         if final and self._fill:
             self._flush()
 
     def _flush(self):
         start = self.decoded - self._fill
-        self.emit(start, memoryview(self._out)[: self._fill])
+        self.emit(start, self._out if self._fill == len(self._out) else self._out[: self._fill])
         self._fill = 0
