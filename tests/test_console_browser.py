@@ -23,6 +23,7 @@ import pytest
 from host_tools.demos.fleet import APP, MAIN
 from host_tools.image.build import BuildSpec, build_image
 from host_tools.image.package import Manifest, make_package
+from host_tools.server.identity import Identities
 from host_tools.server.service import open_registry
 from host_tools.sim.device import SimDevice
 from host_tools.sim.runtime import BoardRun
@@ -71,14 +72,16 @@ def serve(tmp_path):
         log.close()
 
 
-def start_boards(home: Path, v1: bytes, broker_port: int) -> list[tuple[SimDevice, BoardRun]]:
+def start_boards(home: Path, v1: bytes, broker_port: int, identities: Identities) -> list[tuple[SimDevice, BoardRun]]:
+    """The boards, each enrolled (its own broker login and report key, docs/SECURITY.md) as fota provision does."""
     out = []
     for name, _, sensor_ok in BOARDS:
         board = SimDevice.create(name, home, hw_rev="A")
         board.flash_app(v1)
         board.write_file("main.py", MAIN)
         board.write_file("config.json", json.dumps({"board": "sim", "chip_id": 0, "hw_rev": "A", "self_test_ms": 3000,
-                                                    "server": f"mqtt://127.0.0.1:{broker_port}", "chunk_timeout_ms": 1000}))
+                                                    "server": f"mqtt://127.0.0.1:{broker_port}", "chunk_timeout_ms": 1000}
+                                                   | identities.enroll(board.config["uid"]).device_config()))
         board.write_file("sensor.json", '{"ok": true}' if sensor_ok else '{"ok": false, "error": "no I2C ACK"}')
         run = BoardRun(board, repl_pty=False)
         run.start()
@@ -106,7 +109,7 @@ def test_console_overview_campaign_pause_and_rolled_back_device(serve, tmp_path)
                                     trusted_keys=(signer.public_key,))) for v in ("1.0.0", "2.0.0")]
     manifest = Manifest(sequence=2, version="2.0.0", board="sim", chip_id=0, hw_revs=("A",), image_size=0, image_sha256=b"")
     package = make_package(images[1], manifest, signer, encoding="zlib").to_bytes()
-    boards = start_boards(tmp_path / "boards", images[0], int(info["broker"].rsplit(":", 1)[1]))
+    boards = start_boards(tmp_path / "boards", images[0], int(info["broker"].rsplit(":", 1)[1]), Identities(open_registry(data)))
     driver = None
     try:
         ids = {name: board.config["uid"] for (board, _), (name, _, _) in zip(boards, BOARDS)}
