@@ -85,14 +85,21 @@ def build(app, cfg):
                   roots=getattr(trusted_keys, "ROOTS", ()))
     if hasattr(app, "self_test"):
         agent.add_check("app", app.self_test)
-    host, port, tls = parse_server(cfg["server"])
-    client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30), ssl=tls_context(cfg) if tls else None,
+    host, port, _tls = parse_server(cfg["server"])
+    client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30),  # TLS: use_tls() after boot()
                         user=cfg.get("user"), password=cfg.get("password"))
     link = MqttLink(agent, client, device_id, prefix=cfg.get("prefix", "fota"),
                     chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", 8),
                     deadline_ms=cfg.get("attempt_deadline_ms", 1800000))
     agent.reporter = link.report
     return agent, link
+
+
+# mqtts://: the TLS context (the ssl module, the CA parsed by mbedTLS) is made after agent.boot(), so the
+# boot checks run without it in the heap; nothing connects before this (the link connects in serve()).
+def use_tls(link, cfg):
+    if parse_server(cfg["server"])[2]:
+        link.client.ssl = tls_context(cfg)
 
 
 # Every report carries the device's MAC and counter (docs/SECURITY.md): `fota provision` writes the key.
@@ -111,6 +118,7 @@ def run(app, path="config.json"):
         agent.boot()  # before anything else: confirm a new image (or report its rollback)
     except OtaError as e:  # recorded and reported by the agent; the service still runs (and reports it)
         print("fota: boot:", errors.name(e.code))
+    use_tls(link, cfg)  # after boot(), like the signer
     sign_reports(link, cfg)  # after boot(): its checks run in the emptiest heap; its events are sealed when sent
     print("fota: running", agent.version())
     serve(agent, link)
