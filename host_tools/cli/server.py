@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", type=Path, help="data directory (default: $FOTA_HOME/server)")
     p.add_argument("--prefix", default="fota", help="topic prefix")
     p.add_argument("--database", help="postgresql://USER@HOST/DB for the registry (default: SQLite in the data directory)")
+    p.add_argument("--worker", metavar="NAME",
+                   help="one of several servers sharing --database (PostgreSQL) and --broker (its MQTT 5 client id is "
+                        "fota-server-NAME; each worker has its own --data): docs/DEPLOY.md")
     p.add_argument("--coap-port", type=int, default=None,
                    help="CoAP (UDP) port, docs/COAP.md (default: 5683, or a free one if 5683 is taken; 0: a free one)")
     p.add_argument("--coap-host", default="127.0.0.1", help="address CoAP listens on (default: loopback)")
@@ -109,6 +112,7 @@ def cmd_serve(args) -> int:
     server = Server(ServerConfig(_data(args), broker_url=args.broker, prefix=args.prefix, broker_port=broker_port, broker_ca=args.ca, database=args.database,
                                  coap_port=coap_port, coap_host=args.coap_host, api_port=api_port, api_host=args.api_host,
                                  webhooks=tuple(args.webhook), trusted_keys=tuple(args.trust), broker_host=args.broker_host,
+                                 worker=args.worker,
                                  broker_tls=(args.broker_cert, args.broker_key) if args.broker_cert and args.broker_key else None))
     signal.signal(signal.SIGTERM, _interrupt)
     server.start()

@@ -155,11 +155,12 @@ class CampaignRunner:
     """Moves campaigns on; `offer(device, package, chunk=, policy=)` makes an offer and returns its id."""
 
     def __init__(self, registry: Registry, offer: Callable[..., int], withdraw: Callable[[str], None],
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, republish: Callable[[int], None] | None = None) -> None:
         self.registry = registry
         self.offer = offer
         self.withdraw = withdraw
         self.clock = clock
+        self.republish = republish  # publish an adopted offer again (its maker may have died before publishing it)
 
     # -- operator actions ------------------------------------------------------
     def create(self, spec: CampaignSpec) -> Plan:
@@ -272,6 +273,8 @@ class CampaignRunner:
                 # an open offer of this package already (the server stopped between making it and noting it here):
                 # that one is the device's offer, published again at the restart; a second would count it twice
                 orphan = self._orphan_offer(row["device"], spec.package)
+                if orphan and self.republish:
+                    self.republish(orphan)
                 offer_id = orphan or self.offer(row["device"], spec.package, chunk=spec.chunk, policy=spec.policy)
                 self.registry.update_campaign_device(name, row["device"], status="OFFERED", offer=offer_id,
                                                      attempts=row["attempts"] + 1, started=self.clock())

@@ -8,12 +8,24 @@ portable subset: `ON CONFLICT ... DO UPDATE/NOTHING`, `RETURNING id`, `?` params
     db.execute("UPDATE devices SET version = ? WHERE id = ?", ("2.0.0", "a1b2"))
     rows = db.query("SELECT * FROM devices")                 # list of dicts
     new_id = db.insert_id("INSERT INTO offers (...) VALUES (?, ?) RETURNING id", (...))
+
+Several `fota serve` workers share one PostgreSQL database (docs/DEPLOY.md); what they must not do
+at once is decided by PostgreSQL's own locks, never by a protocol of ours:
+
+    with db.transaction():                                   # all or nothing (PostgreSQL; SQLite: one process)
+        db.query("SELECT counter FROM identities WHERE id = ?" + db.for_update, ("a1b2",))   # row lock
+    with db.try_lock("fota:campaigns") as mine:              # an advisory lock: False if another worker holds it
+        if mine: ...
+
+A worker that dies holding either loses it with its connection: PostgreSQL rolls its transaction back.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from host_tools.errors import FotaError
@@ -24,21 +36,26 @@ class DatabaseError(FotaError):
 
 
 class SqliteDatabase:
+    """One process owns the file: its threads take turns (statements commit one by one)."""
+
     kind = "sqlite"
+    for_update = ""  # no row locks in SQLite; the process-wide lock serialises a transaction() instead
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+        self._named: dict[str, threading.Lock] = {}
 
     def script(self, sql: str) -> None:
         with self._lock, self._db:
             self._db.executescript(sql)
 
-    def execute(self, sql: str, args: tuple = ()) -> None:
+    def execute(self, sql: str, args: tuple = ()) -> int:
+        """Run one statement; the number of rows it changed."""
         with self._lock, self._db:
-            self._db.execute(sql, args)
+            return self._db.execute(sql, args).rowcount
 
     def insert_id(self, sql: str, args: tuple = ()) -> int:
         with self._lock, self._db:
@@ -48,12 +65,38 @@ class SqliteDatabase:
         with self._lock:
             return [dict(r) for r in self._db.execute(sql, args).fetchall()]
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The statements inside run while no other thread of this process touches the database."""
+        with self._lock:
+            yield
+
+    @contextmanager
+    def try_lock(self, key: str) -> Iterator[bool]:
+        """True if this process holds `key` for the block (one process owns an SQLite file)."""
+        lock = self._named.setdefault(key, threading.Lock())
+        mine = lock.acquire(blocking=False)
+        try:
+            yield mine
+        finally:
+            if mine:
+                lock.release()
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold `key` for the block, waiting for whoever holds it."""
+        with self._named.setdefault(key, threading.Lock()):
+            yield
+
     def close(self) -> None:
         self._db.close()
 
 
 class PostgresDatabase:
+    """One connection for statements (threads take turns) and one for advisory locks, opened when first asked."""
+
     kind = "postgresql"
+    for_update = " FOR UPDATE"
 
     def __init__(self, url: str) -> None:
         try:
@@ -61,11 +104,14 @@ class PostgresDatabase:
             from psycopg.rows import dict_row
         except ImportError as exc:
             raise DatabaseError("PostgreSQL needs psycopg", hint="pip install 'psycopg[binary]'") from exc
+        self._url = url
         try:
             self._db = psycopg.connect(url, autocommit=True, row_factory=dict_row)
         except psycopg.OperationalError as exc:
             raise DatabaseError(f"cannot connect to {url}: {exc}") from exc
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entrant: a transaction() holds it around the registry's own statements
+        self._locks = None  # the advisory-lock connection (psycopg.Connection), opened on first use
+        self._locks_mutex = threading.Lock()
 
     @staticmethod
     def _sql(sql: str) -> str:
@@ -76,9 +122,10 @@ class PostgresDatabase:
             for statement in filter(str.strip, sql.split(";")):
                 self._db.execute(statement)
 
-    def execute(self, sql: str, args: tuple = ()) -> None:
+    def execute(self, sql: str, args: tuple = ()) -> int:
+        """Run one statement; the number of rows it changed."""
         with self._lock, self._db.transaction():
-            self._db.execute(self._sql(sql), args)
+            return self._db.execute(self._sql(sql), args).rowcount
 
     def insert_id(self, sql: str, args: tuple = ()) -> int:
         with self._lock, self._db.transaction():
@@ -89,8 +136,44 @@ class PostgresDatabase:
         with self._lock:
             return list(self._db.execute(self._sql(sql), args).fetchall())
 
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """The statements inside (this thread's) commit together or, if the block raises or the process dies,
+        not at all; row locks taken inside (`SELECT ... FOR UPDATE`) are held until the end."""
+        with self._lock, self._db.transaction():
+            yield
+
+    @contextmanager
+    def _advisory(self, key: str, wait: bool) -> Iterator[bool]:
+        """A transaction-scoped advisory lock on the lock connection (released at its end, or when the
+        connection dies with the process)."""
+        import psycopg
+
+        with self._locks_mutex:
+            if self._locks is None or self._locks.closed:
+                self._locks = psycopg.connect(self._url, autocommit=True)
+            conn = self._locks
+            with conn.transaction():
+                fn = "pg_advisory_xact_lock" if wait else "pg_try_advisory_xact_lock"
+                row = conn.execute(f"SELECT {fn}(hashtextextended(%s, 0))", (key,)).fetchone()
+                yield True if wait else bool(row[0])
+
+    @contextmanager
+    def try_lock(self, key: str) -> Iterator[bool]:
+        """True if this worker holds `key` for the block; False at once if another worker does."""
+        with self._advisory(key, wait=False) as mine:
+            yield mine
+
+    @contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Hold `key` for the block, waiting for the worker that holds it."""
+        with self._advisory(key, wait=True):
+            yield
+
     def close(self) -> None:
         self._db.close()
+        if self._locks is not None:
+            self._locks.close()
 
 
 def open_database(target: str | Path):

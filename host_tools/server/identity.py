@@ -47,7 +47,12 @@ CREATE TABLE IF NOT EXISTS identities (
     id TEXT PRIMARY KEY, kind TEXT, secret TEXT, counter INTEGER DEFAULT -1, revoked INTEGER DEFAULT 0,
     devices TEXT DEFAULT '', created {real}
 );
+CREATE TABLE IF NOT EXISTS report_seen (device TEXT, counter BIGINT, kind TEXT, PRIMARY KEY (device, counter));
 """
+# Counters accepted out of order, at most this far below a device's newest: several server workers
+# take a device's reports in parallel (docs/DEPLOY.md), so they may be checked in another order than
+# sent. Each counter is accepted once (report_seen), as in IPsec's anti-replay window (RFC 4303 3.4.3).
+REPLAY_WINDOW = 64
 
 
 class IdentityError(FotaError):
@@ -114,6 +119,7 @@ class Identities:
             " ON CONFLICT(id) DO UPDATE SET kind=excluded.kind, secret=excluded.secret, counter=excluded.counter,"
             " revoked=0, devices=excluded.devices, created=excluded.created",
             (user, kind, secret.hex(), -1, 0, devices, time.time()))
+        self.db.execute("DELETE FROM report_seen WHERE device = ?", (user,))  # a new secret counts from the start
 
     def enroll(self, device: str) -> Credentials:
         """A new secret for `device` (an existing one is replaced: its old credentials stop working)."""
@@ -220,24 +226,39 @@ class Identities:
     def open_report(self, device: str, kind: str, payload: bytes) -> bytes | None:
         """The JSON bytes of an authenticated report from `device` (parse them with server.inbound), or
         None when it is not one: no MAC, a wrong MAC, a device unknown or revoked (counted in `rejected`),
-        or a counter not above the last one (a replay, counted in `replayed`; the same counter again is
-        the same report delivered twice, QoS 1 or retained, and is dropped without counting)."""
+        a counter seen before or more than REPLAY_WINDOW below the newest, or a state older than one already
+        taken (it would undo the newer): a replay, counted in `replayed`; the newest counter again is the same
+        report delivered twice, QoS 1 or retained, and is dropped without counting.
+
+        Run it in the caller's `db.transaction()` together with what the report changes: the device's
+        identity row is locked until then, so of several workers exactly one takes each report, and a
+        worker that dies before its commit leaves the report to be taken again."""
         split = protocol.split_report(payload)
-        row = self._row(device) if split is not None else None
-        if split is None or row is None or row["kind"] != "device" or row["revoked"]:
+        if split is None:
             self.rejected += 1
             return None
         body, counter, mac = split
-        want = protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)
-        if not hmac.compare_digest(mac, want):
-            self.rejected += 1
-            return None
-        with self._lock:
-            last = self._row(device)["counter"]
-            if counter <= last:
+        with self.db.transaction():
+            rows = self.db.query("SELECT kind, secret, counter, revoked FROM identities WHERE id = ?" + self.db.for_update,
+                                 (device,))
+            row = rows[0] if rows else None
+            if row is None or row["kind"] != "device" or row["revoked"] or not hmac.compare_digest(
+                    mac, protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)):
+                self.rejected += 1
+                return None
+            last = row["counter"]
+            if counter <= last - REPLAY_WINDOW or not self.db.execute(
+                    "INSERT INTO report_seen (device, counter, kind) VALUES (?,?,?) ON CONFLICT DO NOTHING", (device, counter, kind)):
                 self.replayed += counter < last
                 return None
-            self.db.execute("UPDATE identities SET counter = ? WHERE id = ?", (counter, device))
+            if counter > last:
+                self.db.execute("UPDATE identities SET counter = ? WHERE id = ?", (counter, device))
+                if counter % REPLAY_WINDOW == 0:
+                    self.db.execute("DELETE FROM report_seen WHERE device = ? AND counter <= ?", (device, counter - REPLAY_WINDOW))
+            elif kind == "state" and self.db.query("SELECT 1 AS newer FROM report_seen WHERE device = ? AND kind = 'state'"
+                                                   " AND counter > ? LIMIT 1", (device, counter)):
+                self.replayed += 1  # an old state: a replay, or (several workers) overtaken by the newer one
+                return None
         return body
 
     def stats(self) -> dict:

@@ -30,11 +30,16 @@ def parse_broker_url(url: str) -> tuple[str, int, bool]:
 
 
 def paho_client(client_id: str, tls: bool, ca_file: str | None, connected: threading.Event,
-                on_connect: Callable, on_message: Callable, auth: tuple[str, str] | None = None) -> mqtt.Client:
+                on_connect: Callable, on_message: Callable, auth: tuple[str, str] | None = None,
+                v5: bool = False) -> mqtt.Client:
     """A clean-session MQTT 3.1.1 client that reconnects (0.2 .. 5 s) and clears `connected` when the link drops.
 
-    `auth` = (username, password) for the broker's login (docs/SECURITY.md: every principal has one)."""
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
+    `auth` = (username, password) for the broker's login (docs/SECURITY.md: every principal has one).
+    `v5`: MQTT 5 instead (a clean start at every connect), for shared subscriptions (`$share/GROUP/FILTER`)."""
+    if v5:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
+    else:
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=True)
     if auth is not None:
         client.username_pw_set(*auth)
     client.on_connect = on_connect
@@ -50,7 +55,10 @@ def start_client(client: mqtt.Client, host: str, port: int, connected: threading
                  error: type[FotaError], what: str) -> None:
     """Connect and start the network thread; `error` when `what` cannot be reached or sends no CONNACK in time."""
     try:
-        client.connect(host, port, keepalive=30)
+        if client.protocol == mqtt.MQTTv5:
+            client.connect(host, port, keepalive=30, clean_start=True)
+        else:
+            client.connect(host, port, keepalive=30)
     except OSError as exc:
         raise error(f"cannot reach {what} at {host}:{port}: {exc}") from exc
     client.loop_start()

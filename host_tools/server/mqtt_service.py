@@ -6,6 +6,13 @@ events in the registry, publishes and clears retained offers.
     svc = MqttService(registry, store, "mqtt://127.0.0.1:1883")
     svc.start()
     svc.offer("a1b2c3", package_id)          # retained on fota/a1b2c3/offer
+
+One of several workers (docs/DEPLOY.md; PostgreSQL and an external broker): `share="fota"` with a
+client id of its own. Chunk requests come through the MQTT 5 shared subscription `$share/fota/P/+/get`
+(each to one worker). Every worker receives every report, and the database lets exactly one take it
+(Identities.open_report in one transaction with what the report changes): a shared subscription would
+lose the reports a worker had received but not acknowledged when it died (mosquitto 2.0 hands them to
+no other member), and devices do not send a report twice.
 """
 
 from __future__ import annotations
@@ -28,12 +35,13 @@ class MqttService:
     def __init__(self, registry: Registry, store: PackageStore, broker_url: str, *, prefix: str = "fota",
                  client_id: str = "fota-server", serve: bool = True, ca_file: str | None = None,
                  serve_rate: float = 4 << 20, identities: Identities | None = None,
-                 auth: tuple[str, str] | None = None) -> None:
+                 auth: tuple[str, str] | None = None, share: str | None = None) -> None:
         self.registry = registry
         self.store = store
         self.host, self.port, tls = parse_broker_url(broker_url)
         self.prefix = prefix
         self.serve = serve  # False: a CLI client that only publishes offers and commands
+        self.share = share  # a shared-subscription group: one of several workers (MQTT 5)
         self.bytes_served = 0
         self.chunks_served = 0
         self.malformed = 0  # device messages that could not be parsed
@@ -48,7 +56,8 @@ class MqttService:
         if auth is None and identities is not None:
             cred = identities.server_credentials()
             auth = (cred.user, cred.password)
-        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth)
+        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth,
+                                   v5=share is not None)
 
     def start(self, timeout: float = 10) -> None:
         start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
@@ -71,6 +80,14 @@ class MqttService:
                                  qos=1, retain=True).wait_for_publish(10)
         return len(newest)
 
+    def republish_offer(self, offer_id: int) -> None:
+        """Publish an open offer again (retained), as made: a worker died between recording and publishing it."""
+        o = self.registry.offer(offer_id)
+        if o is not None and o.status not in protocol.FINAL:
+            self._client.publish(protocol.topic(self.prefix, o.device, "offer"),
+                                 protocol.encode_offer(o.id, o.chunk, o.policy, self.store.offer_blob(o.package)),
+                                 qos=1, retain=True).wait_for_publish(10)
+
     def stop(self) -> None:
         self._stopped = True
         self._client.disconnect()
@@ -82,7 +99,8 @@ class MqttService:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         p = self.prefix
         if self.serve:
-            client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1), (f"{p}/+/get", 0)])
+            get = f"$share/{self.share}/{p}/+/get" if self.share else f"{p}/+/get"
+            client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1), (get, 0)])
         self._connected.set()
 
     # paho's network thread: nothing a peer sends may raise out of here (the thread would end).
@@ -95,10 +113,16 @@ class MqttService:
             device, kind = inbound.device_id(parsed[0]), parsed[1]
             if kind == "get":
                 self._serve_chunks(device, inbound.parse_get(msg.payload))
-            elif kind == "state" and msg.payload and (body := self._authentic(device, kind, msg.payload)) is not None:
-                self.registry.record_state(device, inbound.parse_state(body).as_dict())
-            elif kind == "events" and (body := self._authentic(device, kind, msg.payload)) is not None:
-                self._on_event(device, inbound.parse_event(body).as_dict())
+            elif kind == "state" and msg.payload:
+                with self.registry.db.transaction():  # the report is taken with what it changes, or not at all
+                    if (body := self._authentic(device, kind, msg.payload)) is not None:
+                        self.registry.record_state(device, inbound.parse_state(body).as_dict())
+            elif kind == "events":
+                with self.registry.db.transaction():
+                    body = self._authentic(device, kind, msg.payload)
+                    final = body is not None and self.registry.record_event(device, inbound.parse_event(body).as_dict())
+                if final:
+                    self.settle_offer(device)
         except inbound.InboundError as exc:
             self.malformed += 1  # a malformed message from a device changes nothing
             self.stats.refused(kind, exc)
@@ -127,10 +151,6 @@ class MqttService:
             self._client.publish(topic, protocol.encode_data(req.offer_id, offset, data), qos=0)
             self.bytes_served += len(data)
             self.chunks_served += 1
-
-    def _on_event(self, device: str, event: dict) -> None:
-        if self.registry.record_event(device, event):
-            self.settle_offer(device)
 
     # -- offers ---------------------------------------------------------------
     def offer(self, device: str, package_id: str, *, chunk: int = 4096, policy: str = "auto") -> int:

@@ -10,6 +10,10 @@ With `coap_port` set, the same registry and packages are also served over CoAP
     server.start()
     server.deploy(Path("app.fota").read_bytes(), ["a1b2c3"])
     server.stop()
+
+Several workers share one PostgreSQL registry and one external broker (docs/DEPLOY.md): each has
+its own data directory and a `worker` name (its MQTT client id is fota-server-<name>); packages,
+campaigns and reports go through the database (host_tools/server/workers.py).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from host_tools.server.identity import Identities
 from host_tools.server.mqtt_service import MqttService
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Registry
+from host_tools.server.workers import CampaignLock, SharedPackageStore
 
 
 class ServiceDied(FotaError):
@@ -59,21 +64,29 @@ class ServerConfig:
     api_host: str = "127.0.0.1"
     webhooks: tuple[str, ...] = ()  # URLs that get campaign events (paused by a gate, completed, aborted)
     trusted_keys: tuple[Path, ...] = ()  # public keys packages must be signed by (none: structure and digests only)
+    worker: str | None = None  # one of several workers by this name: needs `database` (PostgreSQL) and `broker_url`
 
 
 class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        if config.worker is not None and not (config.broker_url and (config.database or "").startswith(("postgresql:", "postgres:"))):
+            raise FotaError(f"worker {config.worker!r} needs a PostgreSQL registry and an external broker",
+                            hint="fota serve --worker NAME --database postgresql://... --broker mqtt://HOST:PORT (docs/DEPLOY.md)")
         self.registry = Registry(config.database or config.data_dir / "registry.sqlite")
         trusted = [*config.trusted_keys, *sorted((config.data_dir / "trusted").glob("*.pub"))]  # the API's trusted keys too
-        self.store = PackageStore(config.data_dir / "packages", trusted=[PublicKey.load(p) for p in trusted])
+        keys = [PublicKey.load(p) for p in trusted]
+        if self.registry.db.kind == "postgresql":  # other workers may serve what this one stores, and the reverse
+            self.store: PackageStore = SharedPackageStore(config.data_dir / "packages", self.registry.db, trusted=keys)
+        else:
+            self.store = PackageStore(config.data_dir / "packages", trusted=keys)
         self.identities = Identities(self.registry, config.prefix)  # device secrets, logins, report checks
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttService | None = None
         self.coap = None  # CoapService when config.coap_port is not None
         self.campaigns = None
         self.api = None  # ApiService when config.api_port is not None
-        self.campaign_lock = threading.Lock()  # the ticker and operator actions move a campaign one at a time
+        self.campaign_lock = CampaignLock(self.registry.db)  # campaigns move one at a time, in all workers
         self._ticker: threading.Thread | None = None
         self._stopping = threading.Event()
 
@@ -86,8 +99,10 @@ class Server:
             self.broker = EmbeddedBroker(self.identities, host=self.config.broker_host, port=self.config.broker_port,
                                          tls=self.config.broker_tls)
             self.broker.start()
+        worker = self.config.worker
         self.mqtt = MqttService(self.registry, self.store, self.broker_url, prefix=self.config.prefix,
-                                ca_file=self.config.broker_ca, identities=self.identities)
+                                ca_file=self.config.broker_ca, identities=self.identities,
+                                client_id=f"fota-server-{worker}" if worker else "fota-server", share="fota" if worker else None)
         self.mqtt.start()
         self.mqtt.republish_offers()  # an embedded broker lost the retained offers when the server stopped
         if self.config.coap_port is not None:
@@ -98,7 +113,8 @@ class Server:
             self.coap.start()
         from host_tools.fleet.campaign import CampaignRunner
 
-        self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, withdraw=self.mqtt.clear_offer)
+        self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, withdraw=self.mqtt.clear_offer,
+                                        republish=self.mqtt.republish_offer)
         self._ticker = threading.Thread(target=self._tick_campaigns, name="campaigns", daemon=True)
         self._ticker.start()
         info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca,
@@ -115,11 +131,12 @@ class Server:
 
     def _tick_campaigns(self) -> None:
         while not self._stopping.wait(self.config.tick_s):
-            with self.campaign_lock:
-                try:
-                    self.campaigns.tick()
-                except Exception:  # noqa: BLE001 - the next tick tries again; logged, never the end of the ticker
-                    logging.getLogger("fota.server").exception("campaign tick failed")
+            try:
+                with self.campaign_lock.attempt() as mine:  # another worker making this tick: skip it
+                    if mine:
+                        self.campaigns.tick()
+            except Exception:  # noqa: BLE001 - the next tick tries again; logged, never the end of the ticker
+                logging.getLogger("fota.server").exception("campaign tick failed")
 
     def dead(self) -> list[str]:
         """The services whose thread ended while the server runs (then the process should end, non-zero)."""
