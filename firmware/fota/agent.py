@@ -24,7 +24,7 @@ from . import errors
 from .boot import confirm
 from .boot.state import BootState
 from .check import manifest
-from .compat import const, ticks_diff, ticks_ms
+from .compat import bytes_io, const, ticks_diff, ticks_ms
 from .errors import OtaError
 from .slot.writer import SECTOR, SlotWriter
 
@@ -91,6 +91,7 @@ class Agent:
         self._hold_since = None
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
         self._carry = bytearray(_MARGIN)  # the inflater moves its undecoded tail through it (zlib packages)
+        self._zin = bytes_io(SECTOR + _MARGIN)  # the inflater's input stream, made while the heap is whole
         self._writer = None
         self._inflater = None
         self._patcher = None  # delta packages: the decoded patch applied from the running slot
@@ -135,6 +136,7 @@ class Agent:
             "code": res.get("code", 0),
             "detail": res.get("detail"),
             "errors": errs,
+            "image": self.boot_state.store.data.get("image"),  # running image's SHA-256 (hex), or None
         }
 
     def state_json(self, device_id, offer_id):
@@ -239,11 +241,11 @@ class Agent:
             from .slot import patch
 
             body = memoryview(blob)[manifest.HEADER_SIZE : end]
-            self._inflater, self._patcher = patch.begin(m, body, self._inflated, self._carry, self._buf)
+            self._inflater, self._patcher = patch.begin(m, body, self._inflated, self._carry, self._buf, self._zin)
         elif m.encoding == 1:
             from .slot.inflate import Inflater
 
-            self._inflater = Inflater(self._inflated, m, self._carry, self._buf)
+            self._inflater = Inflater(self._inflated, m, self._carry, self._buf, self._zin)
         else:
             j = bs.journal(m.image_sha256.hex(), target.info()[4])
             if j:

@@ -38,3 +38,13 @@ except ImportError:  # a port without random: os.urandom
         from os import urandom
 
         return int.from_bytes(urandom(4), "big") & ((1 << n) - 1)
+
+
+# An empty io.BytesIO with `size` bytes reserved (py/objstringio.c); CPython's takes no size hint.
+def bytes_io(size):
+    import io
+
+    try:
+        return io.BytesIO(size)
+    except TypeError:  # CPython
+        return io.BytesIO()

@@ -17,7 +17,8 @@ Chunks must come in order; a duplicate is ignored, one from ahead is refused
 (the transport asks for it again). The SHA-256 of the encoded stream is kept as
 it arrives; the image itself is hashed from flash at the end.
 
-    inf = Inflater(writer.write_at, manifest, carry=bytearray(MARGIN), buf=bytearray(4096))
+    inf = Inflater(writer.write_at, manifest, carry=bytearray(MARGIN), buf=bytearray(4096),
+                   stream=bytes_io(4096 + MARGIN))   # optional: made once, kept across updates
     inf.feed(offset, memoryview(chunk))   # chunks up to len(buf) bytes
     inf.finished()                        # all of encoded_size consumed, stream ended at its last byte
 """
@@ -26,9 +27,8 @@ it arrives; the image itself is hashed from flash at the end.
 # (micropython-esp32-stubs' io.BytesIO lists none of the stream methods it has: read, readinto, write, seek, tell)
 
 import hashlib
-import io
 
-from ..compat import const
+from ..compat import bytes_io, const
 from ..errors import CHUNK_RANGE, INFLATE, OtaError
 
 
@@ -36,15 +36,8 @@ MARGIN = const(1024)
 _STEP = const(256)
 
 
-def _stream(size):
-    try:
-        return io.BytesIO(size)  # MicroPython: empty, `size` bytes reserved (py/objstringio.c)
-    except TypeError:  # CPython: no size hint
-        return io.BytesIO()
-
-
 class Inflater:
-    def __init__(self, out, m, carry, buf):
+    def __init__(self, out, m, carry, buf, stream=None):
         import deflate  # MicroPython only; not needed to import this module
 
         if len(carry) < MARGIN or len(buf) % _STEP:
@@ -55,7 +48,8 @@ class Inflater:
         self.next = 0
         self.sha = hashlib.sha256()
         self._cap = len(buf) + MARGIN
-        self._in = _stream(self._cap)
+        self._in = bytes_io(self._cap) if stream is None else stream  # one kept by the caller: stale bytes are fine
+        self._in.seek(0)
         self._end = 0  # where the bytes that arrived end in self._in; stale bytes may follow
         self._tail = memoryview(carry)[:MARGIN]
         self._dec = deflate.DeflateIO(self._in, deflate.ZLIB, m.zlib_wbits)
