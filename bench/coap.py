@@ -5,7 +5,8 @@ board running the real agent over the real CoAP client (1 KiB blocks, NSTART 1 u
 and, for each loss rate, the same payload resource fetched by aiocoap's client (its own
 block-wise, 1 KiB blocks) through the same impairment proxy with the same transmission
 parameters. Prints seconds per image for both and their ratio (device / aiocoap); asserts nothing
-about timing. Loss applies to each direction.
+about timing. Loss applies to each direction. Also prints the modelled time on an ESP32 over Wi-Fi
+and a slow link (bench/esp32model.py), with RFC 7252's default timers for the lost exchanges.
 
     .venv/bin/python bench/coap.py [--size 1500000] [--loss 0 0.1] [--ack-ms 200] [--window 1]
 """
@@ -24,8 +25,10 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import aiocoap  # noqa: E402
 from aiocoap.numbers.constants import TransportTuning  # noqa: E402
+from esp32model import LINKS, CpuSampler, Esp32Model  # noqa: E402
 
 from coapkit import coap_board, start_server  # noqa: E402
+from host_tools.sim.interpreter import check_micropython  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
 from mqttkit import device_id, wait_final, wait_until  # noqa: E402
 from simkit import fw_image, fw_package  # noqa: E402
@@ -56,19 +59,34 @@ def dropped(proxy: UdpProxy) -> int:
     return proxy.stats["up"].dropped + proxy.stats["down"].dropped
 
 
-def device_update(home: Path, server, port: int, package: bytes, tag: str, ack_ms: int, window: int) -> tuple[float, float]:
-    """(device-measured download seconds, offer -> committed seconds)."""
+ACK_TIMEOUT_S, ACK_RANDOM_FACTOR, MAX_RETRANSMIT = 2.0, 1.5, 4  # RFC 7252 section 4.8 defaults
+BLOCK_WIRE = 1024 + 20 + 28  # a 2.05 block: payload, CoAP header, token and options (about), UDP + IPv4
+REQUEST_WIRE = 30 + 28  # a GET with Uri-Path and Block2 (about), UDP + IPv4
+
+
+def expected_stall_s(loss: float) -> float:
+    """Mean retransmission wait of one CON exchange at `loss` each way, with RFC 7252's default timers."""
+    q = 1 - (1 - loss) ** 2  # the request or its response is lost
+    mean_timeout = ACK_TIMEOUT_S * (1 + ACK_RANDOM_FACTOR) / 2
+    return sum(q**k * mean_timeout * 2 ** (k - 1) for k in range(1, MAX_RETRANSMIT + 1))
+
+
+def device_update(home: Path, server, port: int, package: bytes, tag: str, ack_ms: int, window: int) -> tuple[float, float, float]:
+    """(device-measured download seconds, offer -> committed seconds, board CPU seconds from offer to reset)."""
     board = coap_board(home, tag, port=port, ack_timeout_ms=ack_ms, window=window, max_failures=8)
     with BoardRun(board, repl_pty=False) as run:
         wait_until(lambda: server.registry.device(device_id(board)), 60, "device online")
+        sampler = CpuSampler(run)
         started = time.monotonic()
         offer_id = server.deploy(package, [device_id(board)])[0]
         offer = wait_final(server, offer_id, timeout=3600)
         total = time.monotonic() - started
+        sampler.stop()
+        cpu = sampler.between(started, time.monotonic())
         if offer.status != "SUCCEEDED":
             raise SystemExit(f"{tag}: the update ended {offer.status} ({offer.reason}); console:\n{run.transcript()[-2000:]}")
     ms = [e["body"]["ms"] for e in server.registry.events(device_id(board)) if e["event"] == "downloaded"]
-    return ms[-1] / 1000, total
+    return ms[-1] / 1000, total, cpu
 
 
 def main() -> int:
@@ -97,9 +115,9 @@ def main() -> int:
                     if got != payload:
                         raise SystemExit("aiocoap fetched other bytes than the package's payload")
                     ref_drops = dropped(proxy)
-                    dev_s, total = device_update(home, server, proxy.port, package, f"b{i}", args.ack_ms, args.window)
+                    dev_s, total, cpu = device_update(home, server, proxy.port, package, f"b{i}", args.ack_ms, args.window)
                     dev_drops = dropped(proxy) - ref_drops
-                rows.append((loss, dev_s, total, dev_drops, ref_s, ref_drops))
+                rows.append((loss, dev_s, total, dev_drops, ref_s, ref_drops, cpu))
         finally:
             server.stop()
     blocks = -(-len(payload) // 1024)
@@ -107,11 +125,21 @@ def main() -> int:
           f"device window {args.window}, flash at host speed")
     print(f"{'loss':>6} {'device s':>9} {'MB/s':>6} {'dropped':>8} {'aiocoap s':>10} {'MB/s':>6} {'dropped':>8} {'ratio':>6} "
           f"{'offer->committed s':>19}")
-    for loss, dev_s, total, dev_drops, ref_s, ref_drops in rows:
+    for loss, dev_s, total, dev_drops, ref_s, ref_drops, _ in rows:
         print(f"{loss * 100:5.0f}% {dev_s:9.2f} {len(payload) / dev_s / 1e6:6.2f} {dev_drops:8d} {ref_s:10.2f} "
               f"{len(payload) / ref_s / 1e6:6.2f} {ref_drops:8d} {dev_s / ref_s:6.2f} {total:19.2f}")
     print("device s: download measured on the device (offer checked -> digest verified from flash), into the emulated flash;")
     print("aiocoap s: aiocoap's client fetching the same resource through the same proxy; ratio = device / aiocoap")
+    model = Esp32Model.measure(check_micropython().path)
+    print(model.describe())
+    print(f"  modelled ESP32 time of the {len(image)}-byte CoAP update (board CPU from offer to reset; {blocks} blocks, "
+          f"{args.window} in flight, a round trip per window; lost exchanges wait RFC 7252's default timers):")
+    for loss, *_, cpu in rows:
+        for link in LINKS:
+            est = model.update(cpu, len(image), blocks * (BLOCK_WIRE + REQUEST_WIRE),
+                               blocks / args.window + blocks * expected_stall_s(loss) / link.rtt_s, link)
+            print(f"    {loss * 100:3.0f}% loss, CPU {cpu:.2f} s on the host: {est.line()}")
+    print("  (shared 2-core host loaded by other jobs: wall times +-30 %; CPU times are the process's own)")
     return 0
 
 

@@ -2,12 +2,13 @@
 
     store = PackageStore(Path("data/packages"))
     pid, package = store.add(Path("app.fota").read_bytes())
-    data = store.chunk(pid, offset, 4096)
+    data = store.chunk(pid, offset, 4096)    # from the payload mapped once (mmap), no file open per chunk
 """
 
 from __future__ import annotations
 
 import hashlib
+import mmap
 import threading
 from pathlib import Path
 
@@ -54,6 +55,7 @@ class PackageStore:
         self.trusted = trusted or []  # keys a package must be signed by (empty: structure and digests only)
         root.mkdir(parents=True, exist_ok=True)
         self._meta: dict[str, tuple[Package, int]] = {}
+        self._payloads: dict[str, memoryview] = {}  # package id -> its payload, mapped (a file never changes: named by digest)
         self._lock = threading.Lock()
 
     def add(self, data: bytes) -> tuple[str, Package]:
@@ -89,11 +91,21 @@ class PackageStore:
         package, _ = self.load(pid)
         return package.header + package.manifest_bytes + package.signature
 
-    def chunk(self, pid: str, offset: int, length: int) -> bytes:
+    def payload(self, pid: str) -> memoryview:
+        """The package's encoded payload, read-only, mapped at the first call and kept (the hot path of serving)."""
+        view = self._payloads.get(pid)
+        if view is not None:
+            return view
         package, start = self.load(pid)
-        size = package.manifest.encoded_size
-        if offset < 0 or offset >= size:
+        with self._lock:
+            if pid not in self._payloads:
+                with open(self.path(pid), "rb") as f:
+                    mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                self._payloads[pid] = memoryview(mapped)[start : start + package.manifest.encoded_size]
+            return self._payloads[pid]
+
+    def chunk(self, pid: str, offset: int, length: int) -> bytes:
+        view = self.payload(pid)
+        if offset < 0 or offset >= len(view):
             return b""
-        with open(self.path(pid), "rb") as f:
-            f.seek(start + offset)
-            return f.read(min(length, size - offset))
+        return bytes(view[offset : offset + length])
