@@ -35,6 +35,16 @@ class DatabaseError(FotaError):
     """The registry's database cannot be opened."""
 
 
+_NAMED: dict[tuple[str, str], threading.Lock] = {}
+_NAMED_GUARD = threading.Lock()
+
+
+def _named_lock(path: str, key: str) -> threading.Lock:
+    """The process's lock called `key` for the SQLite file at `path` (every handle on the file shares it)."""
+    with _NAMED_GUARD:
+        return _NAMED.setdefault((path, key), threading.Lock())
+
+
 class SqliteDatabase:
     """One process owns the file: its threads take turns (statements commit one by one)."""
 
@@ -46,7 +56,7 @@ class SqliteDatabase:
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
-        self._named: dict[str, threading.Lock] = {}
+        self._path = str(path.resolve())
 
     def script(self, sql: str) -> None:
         with self._lock, self._db:
@@ -74,7 +84,7 @@ class SqliteDatabase:
     @contextmanager
     def try_lock(self, key: str) -> Iterator[bool]:
         """True if this process holds `key` for the block (one process owns an SQLite file)."""
-        lock = self._named.setdefault(key, threading.Lock())
+        lock = _named_lock(self._path, key)
         mine = lock.acquire(blocking=False)
         try:
             yield mine
@@ -85,7 +95,7 @@ class SqliteDatabase:
     @contextmanager
     def lock(self, key: str) -> Iterator[None]:
         """Hold `key` for the block, waiting for whoever holds it."""
-        with self._named.setdefault(key, threading.Lock()):
+        with _named_lock(self._path, key):
             yield
 
     def close(self) -> None:

@@ -80,7 +80,7 @@ class Server:
             self.store: PackageStore = SharedPackageStore(config.data_dir / "packages", self.registry.db, trusted=keys)
         else:
             self.store = PackageStore(config.data_dir / "packages", trusted=keys)
-        self.identities = Identities(self.registry, config.prefix)  # device secrets, logins, report checks
+        self.identities = Identities(self.registry, config.prefix, shared=config.worker is not None)  # secrets, logins, reports
         self.broker: EmbeddedBroker | None = None
         self.mqtt: MqttService | None = None
         self.coap = None  # CoapService when config.coap_port is not None

@@ -1,0 +1,69 @@
+"""What several workers on one registry rely on, on SQLite and PostgreSQL: reports taken once in any
+order, campaigns moved by one holder of the lock at a time, packages found through the database."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import pytest
+
+from host_tools import protocol
+from host_tools.server.identity import REPLAY_WINDOW, Identities
+from host_tools.server.registry import Registry
+from host_tools.server.workers import CampaignLock, SharedPackageStore
+from simkit import app_image, fw_package
+
+pytestmark = pytest.mark.host
+
+
+@pytest.fixture
+def regs(registry_target):
+    """Two registries on one database: two workers (on SQLite, two handles in one process)."""
+    a, b = Registry(registry_target), Registry(registry_target)
+    yield a, b
+    a.close()
+    b.close()
+
+
+def _sealed(key: bytes, device: str, kind: str, counter: int, body: dict) -> bytes:
+    return protocol.seal_report(key, device, kind, counter, json.dumps(body).encode())
+
+
+def test_reports_out_of_order_are_taken_once_each_and_old_states_never_undo_new(regs):
+    a, b = regs
+    ids_a, ids_b = Identities(a), Identities(b)
+    key = ids_a.enroll("d1").key
+    ev = {"event": "progress", "offer": 1}
+    assert ids_a.open_report("d1", "state", _sealed(key, "d1", "state", 100, {"v": 100}))
+    assert ids_b.open_report("d1", "events", _sealed(key, "d1", "events", 99, ev))  # overtaken, not seen: taken
+    assert ids_a.open_report("d1", "events", _sealed(key, "d1", "events", 99, ev)) is None  # seen: a replay (one worker)
+    assert ids_b.open_report("d1", "state", _sealed(key, "d1", "state", 98, {"v": 98})) is None  # would undo state 100
+    old = 100 - REPLAY_WINDOW
+    assert ids_a.open_report("d1", "events", _sealed(key, "d1", "events", old, ev)) is None  # outside the window
+    assert ids_a.replayed + ids_b.replayed == 3
+    workers = Identities(b, shared=True)  # every worker gets every report: another's copy is no replay
+    assert workers.open_report("d1", "events", _sealed(key, "d1", "events", 99, ev)) is None and workers.replayed == 0
+
+
+def test_campaign_lock_has_one_holder_and_waits_for_it(regs):
+    a, b = regs
+    la, lb = CampaignLock(a.db), CampaignLock(b.db)
+    with la.attempt() as mine:
+        assert mine
+        got: list[bool] = []
+        t = threading.Thread(target=lambda: got.append(lb.attempt().__enter__()))  # another worker's ticker
+        t.start()
+        t.join(10)
+        assert got == [False]
+    with lb.attempt() as mine:
+        assert mine
+    with la:  # an operator action
+        pass
+
+
+def test_a_package_stored_by_one_worker_is_served_by_another(regs, tmp_path):
+    a, b = regs
+    pid, _ = SharedPackageStore(tmp_path / "w1", a.db).add(fw_package(app_image("2.0.0"), version="2.0.0", sequence=2))
+    other = SharedPackageStore(tmp_path / "w2", b.db)
+    assert other.chunk(pid, 0, 16) and other.offer_blob(pid)
