@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from host_tools.image.package import parse_package
 from host_tools.server.broker import EmbeddedBroker
 from host_tools.server.identity import Identities
 from host_tools.server.registry import Registry
@@ -52,12 +53,17 @@ def test_update_succeeds_only_after_the_self_test_committed(tmp_path, broker, se
     board = mqtt_board(tmp_path, "ok", host=host, port=port, ids=server.identities, broker=broker[2])
     with BoardRun(board) as run:
         connected(server, board)
-        offer_id = server.deploy(pkg(), [device_id(board)])[0]
+        assert server.registry.running_image(device_id(board)) is None  # a factory image: no digest to report
+        package = pkg()
+        offer_id = server.deploy(package, [device_id(board)])[0]
         seen = []
         offer = wait_until(lambda: (o := server.registry.offer(offer_id)) and (seen.append(o.status) or o.status == "SUCCEEDED") and o,
                            90, "SUCCEEDED")
         assert "INSTALLING" in seen or "DOWNLOADING" in seen
         wait_until(lambda: server.registry.device(device_id(board))["version"] == "2.0.0", 30, "v2 reported")
+        # issue 20: the state names the running image's digest, the base a delta is made from
+        image = parse_package(package).manifest.image_sha256.hex()
+        wait_until(lambda: server.registry.running_image(device_id(board)) == image, 30, "the running image's digest")
     events = [e["event"] for e in server.registry.events(device_id(board))]
     assert events.index("committed") > events.index("rebooting")  # success only after the reboot and commit
     assert offer.status == "SUCCEEDED" and run.flash.faults == []

@@ -64,12 +64,13 @@ class DeviceState:
     detail: str | None = None
     offer: int | None = None
     errors: tuple[tuple[int, str | None, int | None], ...] = ()
+    image: str | None = None  # SHA-256 (hex) of the running image, once an update installed it (issue 20)
 
     def as_dict(self) -> dict:
         """The document as the registry records it (lists, not tuples)."""
         return {"board": self.board, "hw_rev": self.hw_rev, "version": self.version, "seq": self.seq, "slot": self.slot,
                 "state": self.state, "progress": list(self.progress) if self.progress else None, "result": self.result,
-                "code": self.code, "detail": self.detail, "offer": self.offer, "errors": [list(e) for e in self.errors]}
+                "code": self.code, "detail": self.detail, "offer": self.offer, "errors": [list(e) for e in self.errors], "image": self.image}
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,17 @@ def parse_state(payload: bytes | bytearray | memoryview) -> DeviceState:
     return DeviceState(board=_text(body, "board", 32), hw_rev=_text(body, "hw_rev", 16), version=_text(body, "version", 32),
                        seq=_int(body, "seq"), slot=_text(body, "slot", 16), state=_int(body, "state", 0, 3), progress=progress,
                        result=_int(body, "result", 0, 255), code=_int(body, "code", 0, 0xFFFF), detail=_text(body, "detail"),
-                       offer=_int(body, "offer"), errors=tuple(_error_entry(e) for e in errs))
+                       offer=_int(body, "offer"), errors=tuple(_error_entry(e) for e in errs), image=_digest(body, "image"))
+
+
+def _digest(body: dict, key: str) -> str | None:
+    """A SHA-256 in lower-case hex, or None when absent; InboundError for anything else."""
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise InboundError(f"{key} is not a SHA-256 in lower-case hex")
+    return value
 
 
 def parse_event(payload: bytes | bytearray | memoryview) -> DeviceEvent:

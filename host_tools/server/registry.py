@@ -28,6 +28,9 @@ CREATE TABLE IF NOT EXISTS devices (
     state INTEGER, progress TEXT, result INTEGER, code INTEGER, detail TEXT, errors TEXT,
     groups_ TEXT DEFAULT '', tags TEXT DEFAULT '', last_seen {real}
 );
+CREATE TABLE IF NOT EXISTS device_images (
+    device TEXT PRIMARY KEY, sha TEXT, reported {real}
+);
 CREATE TABLE IF NOT EXISTS packages (
     id TEXT PRIMARY KEY, path TEXT, version TEXT, sequence INTEGER, board TEXT, hw_revs TEXT,
     image_size INTEGER, encoded_size INTEGER, encoding TEXT, added {real}
@@ -108,7 +111,15 @@ class Registry:
              state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
              state.get("detail"), json.dumps(state.get("errors") or []), time.time()),
         )
+        if state.get("image"):  # the running image's digest: the base a delta campaign offers from (issue 20)
+            self._exec("INSERT INTO device_images (device, sha, reported) VALUES (?,?,?) ON CONFLICT(device) DO UPDATE"
+                       " SET sha=excluded.sha, reported=excluded.reported", (device, state["image"], time.time()))
         self.note_heard(device)
+
+    def running_image(self, device: str) -> str | None:
+        """SHA-256 (hex) of the image the device last reported running, or None (never reported: a factory image)."""
+        rows = self._all("SELECT sha FROM device_images WHERE device = ?", (device,))
+        return rows[0]["sha"] if rows else None
 
     def set_tags(self, device: str, tags: list[str]) -> None:
         self._exec("INSERT INTO devices (id, tags) VALUES (?, ?) ON CONFLICT(id) DO UPDATE SET tags=excluded.tags",

@@ -115,6 +115,7 @@ def _commit(boot, pending, now, report):
     if pending:
         st.raise_floor(pending["seq"])  # the anchors first, then the JSON file below
         st.data["version"] = pending["version"]
+        st.data["image"] = pending["sha"]  # reported in the state: the server offers deltas from this base
         st.set_result(0, errors.LWM2M_SUCCESS, "committed", pending["version"], now)
         st.data["pending"] = None
         st.save()

@@ -31,7 +31,8 @@ _U32 = const(0xFFFFFFFF)
 
 
 def _defaults():
-    return {"seq_floor": 0, "version": None, "pending": None, "result": None, "errors": [], "download": None}
+    return {"seq_floor": 0, "version": None, "pending": None, "result": None, "errors": [], "download": None,
+            "image": None}  # image: SHA-256 (hex) of the running image once an update committed it (None: factory)
 
 
 # Replace `path` with `text`: a reader (read_json) sees the old file or the new one, never half.
