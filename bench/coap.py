@@ -73,7 +73,7 @@ def expected_stall_s(loss: float) -> float:
 
 def device_update(home: Path, server, port: int, package: bytes, tag: str, ack_ms: int, window: int) -> tuple[float, float, float]:
     """(device-measured download seconds, offer -> committed seconds, board CPU seconds from offer to reset)."""
-    board = coap_board(home, tag, port=port, ack_timeout_ms=ack_ms, window=window, max_failures=8)
+    board = coap_board(home, tag, ids=server.identities, port=port, ack_timeout_ms=ack_ms, window=window, max_failures=8)
     with BoardRun(board, repl_pty=False) as run:
         wait_until(lambda: server.registry.device(device_id(board)), 60, "device online")
         sampler = CpuSampler(run)

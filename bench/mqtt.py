@@ -107,10 +107,12 @@ def tcp_baseline(home: Path, payload: bytes, timing=None, name: str = "tcp") -> 
 
 
 def update_boards(home: Path, server, broker, package: bytes, count: int, tag: str, timing=None,
-                  cpu: list | None = None) -> tuple[float, float]:
+                  cpu: list | None = None, window: int = 8) -> tuple[float, float]:
     """(seconds from offer to every commit, the slowest device-measured download in seconds); with `cpu`, the
     first board's process CPU seconds from the offer to its reset are appended to it."""
-    boards = [mqtt_board(home, f"{tag}{i}", host=broker.host, port=broker.port) for i in range(count)]
+    boards = [mqtt_board(home, f"{tag}{i}", host=broker.host, port=broker.port, ids=server.identities,
+                         window=window)
+              for i in range(count)]
     runs = [BoardRun(b, repl_pty=False, timing=timing) for b in boards]
     for run in runs:
         run.start()
@@ -139,6 +141,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=1_500_000)
     parser.add_argument("--boards", type=int, default=20)
+    parser.add_argument("--window", type=int, default=8, help="chunks a device keeps in flight (its config's window)")
     parser.add_argument("--timed-size", type=int, default=256_000, help="image size for the run with ESP32 flash timing")
     args = parser.parse_args()
     image = fw_image("2.0.0", pad=args.size)
@@ -159,7 +162,7 @@ def main() -> int:
             before = sysbytes.total()
             served0, cpu0 = server.mqtt.chunks_served, server.mqtt.serve_cpu_s
             device_cpu: list[float] = []
-            one_s, one_dl = update_boards(home, server, broker, package, 1, "one", cpu=device_cpu)
+            one_s, one_dl = update_boards(home, server, broker, package, 1, "one", cpu=device_cpu, window=args.window)
             served, serve_cpu = server.mqtt.chunks_served - served0, server.mqtt.serve_cpu_s - cpu0
             through = sysbytes.total() - before
             many_s, many_dl = update_boards(home, server, broker, package, args.boards, "many")
@@ -170,7 +173,7 @@ def main() -> int:
             server.stop()
             broker.stop()
     size = len(image)
-    print(f"image {size} bytes, 4 KiB chunks, window 8, mosquitto on loopback, flash at host speed")
+    print(f"image {size} bytes, 4 KiB chunks, window {args.window}, mosquitto on loopback, flash at host speed")
     print(f"  plain TCP into the same emulated flash     {tcp_s:7.3f} s  {size / tcp_s / 1e6:6.2f} MB/s")
     print(f"  MQTT download (offer -> verified, device) {one_dl:7.3f} s  {size / one_dl / 1e6:6.2f} MB/s  "
           f"throughput ratio {tcp_s / one_dl:.2f} (target >= 0.6)")
@@ -186,9 +189,9 @@ def main() -> int:
     model = Esp32Model.measure(check_micropython().path)
     print(model.describe())
     print(f"  modelled ESP32 time of the {size}-byte MQTT update (board CPU {device_cpu[0]:.2f} s from offer to reset; "
-          f"the device's half of the broker's bytes as TCP; a round trip per window of 8 chunks):")
+          f"the device's half of the broker's bytes as TCP; a round trip per window of {args.window} chunks):")
     for link in LINKS:
-        est = model.update(device_cpu[0], size, tcp_bytes(through / 2), -(-len(payload) // 4096) / 8, link)
+        est = model.update(device_cpu[0], size, tcp_bytes(through / 2), -(-len(payload) // 4096) / args.window, link)
         print(f"    {est.line()}")
     print("  (shared 2-core host loaded by other jobs: wall times +-30 %; CPU times are the processes' or threads' own)")
     return 0
