@@ -92,7 +92,11 @@ def test_floor_survives_losing_any_state_file(tmp_path, monkeypatch, damage, whi
             path.unlink()
         elif damage == "corrupt":
             raw = bytearray(path.read_bytes())
-            raw[len(raw) // 2] ^= 0x5A
+            # The anchors are sealed: their CRC must catch a flip anywhere, so flip the middle byte.
+            # The JSON file is not: a flip inside a key name leaves valid JSON with the floor intact
+            # (the middle byte moved there when the state gained 'image'), so flip the floor's digit.
+            at = raw.index(b'"seq_floor": ') + 13 if name == "fota_state.json" else len(raw) // 2
+            raw[at] ^= 0x5A
             path.write_bytes(bytes(raw))
         else:
             path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
