@@ -26,7 +26,8 @@ def test_sim_create_flash_run_status(tmp_path, capsys):
     assert "ota_0: valid version=1.0.0" in status and "ota_1: invalid empty (erased)" in status
     assert main([*home, "sim", "repl", "dev1"]) == 1
     assert "not running" in capsys.readouterr().err
-    assert main([*home, "sim", "flash", "dev1", str(tmp_path / "missing.bin")]) == 1
+    assert main([*home, "sim", "flash", "dev1", str(tmp_path / "missing.bin")]) == 4  # not found (docs/CLI.md)
+    assert "no such image file" in capsys.readouterr().err
     bad = tmp_path / "bad.bin"
     bad.write_bytes(b"\x00" * 64)
     assert main([*home, "sim", "flash", "dev1", str(bad)]) == 1
