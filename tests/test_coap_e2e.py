@@ -328,17 +328,29 @@ def test_aiocoap_fetches_the_payload_blockwise_with_one_etag(server):
     assert sizes == {len(payload)} and last == (len(payload) - 1) // 512
 
 
+def _banner(proc, pattern):
+    """The line of `proc`'s output (stdout + stderr) matching `pattern`. Notes on stderr may come first:
+    another process on 1883 or 8470 (a broker or server of a test running alongside) makes fota serve
+    say it took a free port instead (host_tools/cli/server.py)."""
+    seen = []
+    for line in proc.stdout:
+        match = re.search(pattern, line)
+        if match:
+            return match
+        seen.append(line)
+    raise AssertionError(f"no line matching {pattern!r} before the output ended: {seen}")
+
+
 def test_fota_serve_and_fota_gateway_answer_coap(tmp_path):
     serve = subprocess.Popen([*FOTA, "serve", "--data", str(tmp_path / "srv"), "--coap-port", "0"],
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     gw = None
     try:
-        line = serve.stdout.readline()
-        broker, coap = re.search(r"broker (\S+), CoAP (\S+),", line).groups()
+        broker, coap = _banner(serve, r"broker (\S+), CoAP (\S+),").groups()
         assert json.loads((tmp_path / "srv" / "serve.json").read_text())["coap"] == coap
         gw = subprocess.Popen([*FOTA, "gateway", "--upstream", broker, "--coap-port", "0", "--device", "d1",
                                "--data", str(tmp_path / "gw")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        gw_coap = re.search(r"CoAP (\S+),", gw.stdout.readline()).group(1)
+        gw_coap = _banner(gw, r"CoAP (\S+),").group(1)
 
         async def ask(url):
             ctx = await aiocoap.Context.create_client_context(transports=["udp6"])
