@@ -1,17 +1,21 @@
 """One campaign over 1,000 protocol-level devices and 10 virtual boards: time, server CPU per device.
 
-`fota serve` runs as its own process against mosquitto (both started here), so
-its CPU time can be read from /proc at the end; 10 virtual boards (the real
-agent under micropython) are the test wave, 1,000 ProtoDevices (docs/PROTOCOL.md
-spoken from CPython, no flash) the field wave. Prints the time from start to
-COMPLETED, the server's CPU seconds per device, and the broker traffic.
+`fota serve` runs as its own process(es) against mosquitto (logins and ACLs from the registry, as
+`fota broker-files` writes them), so CPU time can be read from /proc at the end; virtual boards
+(the real agent under micropython) are the test wave, ProtoDevices (docs/PROTOCOL.md spoken from
+CPython, no flash) the field wave. Prints the time from start to COMPLETED, the server's CPU per
+device and per chunk, the broker's bytes (read + written, /proc/PID/io) and the outcomes.
 
-    .venv/bin/python bench/fleet.py [--devices 1000] [--boards 10]
+    .venv/bin/python bench/fleet.py [--devices 1000] [--boards 10]          # one fota serve, SQLite
+    .venv/bin/python bench/fleet.py --devices 10000 --boards 1 --workers 1,3
+        # a throwaway PostgreSQL; a run with 1 worker (the baseline), then a fresh fleet with 3 workers;
+        # ratios against the baseline, never asserted (docs/DEPLOY.md has the numbers of this machine)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -24,15 +28,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from brokers import Mosquitto  # noqa: E402
-from host_tools.fleet.campaign import COMPLETED, CampaignSpec  # noqa: E402
-from host_tools.fleet.protodevice import DeviceSpec  # noqa: E402
+from brokers import start_mosquitto  # noqa: E402
+from host_tools.fleet.campaign import COMPLETED, CampaignRunner, CampaignSpec  # noqa: E402
+from host_tools.fleet.protodevice import DeviceSpec, enroll  # noqa: E402
 from host_tools.fleet.protofleet import ProtoFleet  # noqa: E402
-from host_tools.server.packages import PackageStore  # noqa: E402
-from host_tools.server.service import open_registry  # noqa: E402
+from host_tools.server.identity import Identities  # noqa: E402
+from host_tools.server.registry import Registry  # noqa: E402
+from host_tools.server.workers import SharedPackageStore  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
 from mqttkit import device_id, mqtt_board  # noqa: E402
 from simkit import fw_image, fw_package, session_signer  # noqa: E402
+
+
+def io_bytes(pid: int) -> int:
+    """Bytes a process read and wrote through system calls (its sockets, for a broker without persistence)."""
+    fields = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    return int(fields["rchar"]) + int(fields["wchar"])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -50,73 +61,110 @@ def wait(predicate, timeout: float, what: str):
     raise SystemExit(f"timed out waiting for {what}")
 
 
+def run(home: Path, args, workers: int, database: str | None) -> dict:
+    """One campaign: mosquitto, `workers` fota serve processes (0: one plain fota serve on SQLite), a fresh fleet."""
+    home.mkdir()
+    package = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2)
+    broker = start_mosquitto(home, auth=True)
+    broker.conf.write_text(broker.conf.read_text() + "max_connections -1\n")
+    broker.stop()
+    broker.start()
+    registry = Registry(database or home / "w0" / "registry.sqlite")
+    ids = Identities(registry)
+    ids.server_credentials()
+    specs = enroll([DeviceSpec(f"proto{i:05d}", keys=(session_signer().public_key,)) for i in range(args.devices)], ids)
+    boards = [mqtt_board(home, f"b{i}", host=broker.host, port=broker.port, ids=ids) for i in range(args.boards)]
+    broker.sync(ids)
+    serves = []
+    for i in range(max(workers, 1)):
+        data = home / f"w{i}"
+        data.mkdir(exist_ok=True)
+        cmd = [sys.executable, "-m", "host_tools.cli", "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.url]
+        if workers:
+            cmd += ["--worker", f"w{i}", "--database", database]
+        with open(data / "serve.log", "w") as log:
+            serves.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT))
+    runs, fleet = [], None
+    try:
+        wait(lambda: all((home / f"w{i}" / "serve.json").exists() for i in range(len(serves))), 30, "fota serve")
+        runs = [BoardRun(b, repl_pty=False) for b in boards]
+        for r in runs:
+            r.start()
+        fleet = ProtoFleet(broker.url, specs, connect_rate=400)
+        fleet.start()
+        fleet.wait_connected(300)
+        total = args.devices + args.boards
+        wait(lambda: len([d for d in registry.devices() if d["version"]]) >= total, 300, "every device's state")
+        for b in boards:
+            registry.set_groups(device_id(b), ["test"])
+        store = SharedPackageStore(home / "w0" / "packages", registry.db)  # w0's own store; other workers: the database
+        pid, parsed = store.add(package)
+        registry.add_package(pid, str(store.path(pid)), parsed.manifest)
+        spec = CampaignSpec(name="scale", package=pid, waves=["test", "100%"] if boards else ["100%"],
+                            max_in_flight=args.in_flight, error_threshold=0.5, min_sample=10, device_timeout_s=300)
+        runner = CampaignRunner(registry, offer=lambda *a, **k: 0, withdraw=lambda d: None)
+        runner.create(spec)
+        stats_before = fleet.stats()
+        cpu_before = sum(cpu_seconds(p.pid) for p in serves)
+        io_before = io_bytes(broker.pid)
+        started = time.monotonic()
+        runner.start("scale")  # the serving processes pick it up on their next tick
+        wait(lambda: registry.campaign("scale")["status"] == COMPLETED, 3600, "the campaign")
+        elapsed = time.monotonic() - started
+        cpu = sum(cpu_seconds(p.pid) for p in serves) - cpu_before
+        broker_bytes = io_bytes(broker.pid) - io_before
+        outcome: dict[str, int] = {}
+        for row in registry.campaign_devices("scale"):
+            outcome[row["status"]] = outcome.get(row["status"], 0) + 1
+        stats = fleet.stats()
+    finally:
+        if fleet:
+            fleet.stop()
+        for r in runs:
+            r.stop()
+        for p in serves:
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+        registry.close()
+        broker.stop()
+    chunks = max(stats.chunks - stats_before.chunks, 1)
+    return {"workers": workers, "devices": total, "package": len(package), "time_s": elapsed, "cpu_s": cpu,
+            "cpu_ms_per_device": 1000 * cpu / total, "cpu_us_per_chunk": 1e6 * cpu / chunks, "chunks": chunks,
+            "broker_bytes": broker_bytes, "outcome": outcome}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--boards", type=int, default=10)
     parser.add_argument("--in-flight", type=int, default=200)
+    parser.add_argument("--workers", default="0",
+                        help="comma-separated runs: 0 = one fota serve on SQLite; N = N workers on PostgreSQL (default: 0)")
     args = parser.parse_args()
-    package = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2)
-    with tempfile.TemporaryDirectory() as tmp:
-        home = Path(tmp)
-        broker = Mosquitto(home)
-        broker.conf.write_text(broker.conf.read_text() + "max_connections -1\n")
-        broker.start()
-        data = home / "server"
-        log = open(home / "serve.log", "w")
-        serve = subprocess.Popen([sys.executable, "-m", "host_tools.cli", "serve", "--data", str(data), "--no-coap",
-                                  "--broker", f"mqtt://{broker.host}:{broker.port}"], stdout=log, stderr=subprocess.STDOUT)
-        runs, fleet = [], None
-        try:
-            wait(lambda: (data / "serve.json").exists(), 30, "fota serve")
-            registry = open_registry(data)
-            boards = [mqtt_board(home, f"b{i}", host=broker.host, port=broker.port) for i in range(args.boards)]
-            runs = [BoardRun(b, repl_pty=False) for b in boards]
-            for run in runs:
-                run.start()
-            specs = [DeviceSpec(f"proto{i:05d}", keys=(session_signer().public_key,)) for i in range(args.devices)]
-            fleet = ProtoFleet(f"mqtt://{broker.host}:{broker.port}", specs, connect_rate=400)
-            fleet.start()
-            fleet.wait_connected(120)
-            total = args.devices + args.boards
-            wait(lambda: len([d for d in registry.devices() if d["version"]]) >= total, 120, "every device's state")
-            for b in boards:
-                registry.set_groups(device_id(b), ["test"])
-            store = PackageStore(data / "packages")
-            pid, parsed = store.add(package)
-            registry.add_package(pid, str(store.path(pid)), parsed.manifest)
-            spec = CampaignSpec(name="scale", package=pid, waves=["test", "100%"], max_in_flight=args.in_flight,
-                                error_threshold=0.5, min_sample=10, device_timeout_s=300)
-            from host_tools.fleet.campaign import CampaignRunner
+    plan = [int(w) for w in args.workers.split(",")]
+    results = []
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        base = None
+        if any(plan):
+            from pgcluster import fresh_database, postgres_bindir, throwaway_postgres
 
-            runner = CampaignRunner(registry, offer=lambda *a, **k: 0, withdraw=lambda d: None)
-            runner.create(spec)
-            cpu_before = cpu_seconds(serve.pid)
-            started = time.monotonic()
-            runner.start("scale")  # the serving process picks it up on its next tick
-            wait(lambda: registry.campaign("scale")["status"] == COMPLETED, 900, "the campaign")
-            elapsed = time.monotonic() - started
-            cpu = cpu_seconds(serve.pid) - cpu_before
-            rows = registry.campaign_devices("scale")
-            outcome = {}
-            for row in rows:
-                outcome[row["status"]] = outcome.get(row["status"], 0) + 1
-            stats = fleet.stats()
-        finally:
-            if fleet:
-                fleet.stop()
-            for run in runs:
-                run.stop()
-            serve.send_signal(signal.SIGTERM)
-            serve.wait(timeout=60)
-            log.close()
-            broker.stop()
-    print(f"campaign over {args.devices} protocol-level devices + {args.boards} virtual boards "
-          f"(package {len(package)} B, in-flight cap {args.in_flight}, mosquitto, fota serve in its own process)")
-    print(f"  time to complete            {elapsed:8.1f} s")
-    print(f"  server CPU                  {cpu:8.2f} s  = {1000 * cpu / total:.2f} ms per device")
-    print(f"  outcomes                    {json.dumps(outcome)}")
-    print(f"  simulator                   {stats}")
+            bindir = postgres_bindir()
+            if bindir is None:
+                raise SystemExit("--workers N needs PostgreSQL (make system-deps installs it)")
+            base = stack.enter_context(throwaway_postgres(bindir))
+        for n, workers in enumerate(plan):
+            database = fresh_database(base) if workers else None
+            results.append(run(Path(tmp) / f"run{n}", args, workers, database))
+    first = results[0]
+    for r in results:
+        who = f"{r['workers']} worker(s), PostgreSQL" if r["workers"] else "one fota serve, SQLite"
+        print(f"campaign over {r['devices']} devices ({args.boards} virtual boards; package {r['package']} B, in-flight cap "
+              f"{args.in_flight}, mosquitto): {who}")
+        print(f"  time to complete   {r['time_s']:8.1f} s    x{r['time_s'] / first['time_s']:.2f}")
+        print(f"  server CPU         {r['cpu_s']:8.2f} s    = {r['cpu_ms_per_device']:.2f} ms per device, "
+              f"{r['cpu_us_per_chunk']:.0f} us per chunk ({r['chunks']} chunks)    x{r['cpu_s'] / first['cpu_s']:.2f}")
+        print(f"  broker bytes       {r['broker_bytes'] / 1e6:8.1f} MB   x{r['broker_bytes'] / first['broker_bytes']:.2f}")
+        print(f"  outcomes           {json.dumps(r['outcome'])}")
     return 0
 
 

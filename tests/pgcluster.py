@@ -20,6 +20,8 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -53,16 +55,9 @@ def _as(user: str | None, cmd: list[str]) -> list[str]:
     return ["runuser", "-u", user, "--", *cmd] if user else cmd
 
 
-@pytest.fixture(scope="session")
-def postgres_server():
-    """The base URL (postgresql://postgres@127.0.0.1:PORT) of a cluster that lives for the session."""
-    if os.environ.get("FOTA_TEST_POSTGRES") == "0":
-        pytest.skip("PostgreSQL tests switched off (FOTA_TEST_POSTGRES=0)")
-    bindir = postgres_bindir()
-    if bindir is None:
-        pytest.skip("PostgreSQL binaries not found (initdb on PATH or /usr/lib/postgresql/*/bin): "
-                    "make system-deps installs them (apt-get install postgresql)")
-    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (pip install -e '.[test]')")
+@contextmanager
+def throwaway_postgres(bindir: Path) -> Iterator[str]:
+    """A cluster from `bindir` for the block; its base URL (postgresql://postgres@127.0.0.1:PORT). Benches use it too."""
     import psycopg
 
     from brokers import free_port
@@ -104,6 +99,20 @@ def postgres_server():
             proc.wait()
         log.close()
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """The base URL (postgresql://postgres@127.0.0.1:PORT) of a cluster that lives for the session."""
+    if os.environ.get("FOTA_TEST_POSTGRES") == "0":
+        pytest.skip("PostgreSQL tests switched off (FOTA_TEST_POSTGRES=0)")
+    bindir = postgres_bindir()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries not found (initdb on PATH or /usr/lib/postgresql/*/bin): "
+                    "make system-deps installs them (apt-get install postgresql)")
+    pytest.importorskip("psycopg", reason="PostgreSQL tests need psycopg (pip install -e '.[test]')")
+    with throwaway_postgres(bindir) as base:
+        yield base
 
 
 def fresh_database(base: str) -> str:
