@@ -67,3 +67,11 @@ def test_a_package_stored_by_one_worker_is_served_by_another(regs, tmp_path):
     pid, _ = SharedPackageStore(tmp_path / "w1", a.db).add(fw_package(app_image("2.0.0"), version="2.0.0", sequence=2))
     other = SharedPackageStore(tmp_path / "w2", b.db)
     assert other.chunk(pid, 0, 16) and other.offer_blob(pid)
+
+
+def test_a_worker_refuses_to_start_without_postgresql_and_a_broker(tmp_path):
+    from host_tools.errors import FotaError
+    from host_tools.server.service import Server, ServerConfig
+
+    with pytest.raises(FotaError, match="PostgreSQL registry and an external broker"):
+        Server(ServerConfig(tmp_path, worker="w1", broker_url="mqtt://127.0.0.1:1883"))  # SQLite: one process only
