@@ -145,7 +145,12 @@ class Identities:
         """The server's own broker login (made on first use)."""
         with self._lock:
             row = self._row(SERVER_USER)
-            if row is None or row["revoked"]:
+            if row is None:  # several workers starting at once: the first one's secret stays, all use it
+                self.db.execute("INSERT INTO identities (id, kind, secret, counter, revoked, devices, created)"
+                                " VALUES (?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING",
+                                (SERVER_USER, "server", secrets.token_bytes(SECRET_LEN).hex(), -1, 0, "", time.time()))
+                row = self._row(SERVER_USER)
+            if row["revoked"]:
                 self._put(SERVER_USER, "server", secrets.token_bytes(SECRET_LEN))
                 row = self._row(SERVER_USER)
         return Credentials(SERVER_USER, b"", broker_password(bytes.fromhex(row["secret"])))
