@@ -133,7 +133,8 @@ def main() -> int:
     model = Esp32Model.measure(check_micropython().path)
     print(model.describe())
     print(f"  modelled ESP32 time of the {len(image)}-byte CoAP update (board CPU from offer to reset; {blocks} blocks, "
-          f"{args.window} in flight, a round trip per window; lost exchanges wait RFC 7252's default timers):")
+          f"{args.window} in flight, a round trip per window; lost exchanges wait RFC 7252's default timers, one after "
+          f"another: an upper bound when more than one block is in flight):")
     for loss, *_, cpu in rows:
         for link in LINKS:
             est = model.update(cpu, len(image), blocks * (BLOCK_WIRE + REQUEST_WIRE),

@@ -15,6 +15,11 @@ resource changed, the caller starts over). A smaller block size in an answer is 
 rest of the transfer (RFC 7959 2.4); a larger one is refused. When blocks are smaller than
 `unit`, blocks are assembled into whole units (one `unit` buffer per window slot, allocated
 once) and the sink sees whole units only; `unit=0` hands every block over as it comes.
+
+More than one block in flight (RFC 7252 4.7: NSTART above 1 needs congestion control, 4.8.1): the
+blocks asked for at once (`cwnd`) start at 1, grow by one after `cwnd` answers in a row and halve,
+down to 1, when an exchange was retransmitted or failed (additive increase, multiplicative
+decrease), never above `window`. Each exchange keeps its own exponential back-off (client.py).
 """
 
 from ..compat import const
@@ -27,6 +32,9 @@ class Block2:
     def __init__(self, client, window=1, unit=0):
         self.client = client  # a CoapClient with at least `window` slots
         self.window = window
+        self.cwnd = 1  # blocks asked for at once now: 1..window (AIMD, see above)
+        self._run = 0  # answers since cwnd last changed
+        self._rtx = 0  # client.retransmissions when last looked
         self.unit = unit
         self.inflight = []  # payload offsets of the blocks asked for
         self.path = None
@@ -53,6 +61,7 @@ class Block2:
         self.limit = limit
         self.etag_len = -1
         self._expect = etag
+        self.cwnd, self._run, self._rtx = 1, 0, self.client.retransmissions
 
     # Forget what is in flight (late answers are then ignored) and any half-assembled unit.
     def drop(self):
@@ -66,7 +75,7 @@ class Block2:
     def fill(self, offsets):
         per = self.unit // self.bs if self.unit > self.bs else 1
         for c in offsets:
-            if len(self.inflight) >= self.window:
+            if len(self.inflight) >= self.cwnd:
                 return
             if per == 1:
                 if c not in self.inflight:
@@ -77,7 +86,7 @@ class Block2:
                 return
             for k in range(per):
                 b = c + k * self.bs
-                if (self.size >= 0 and b >= self.size) or len(self.inflight) >= self.window:
+                if (self.size >= 0 and b >= self.size) or len(self.inflight) >= self.cwnd:
                     break
                 if not a[2] & (1 << k) and b not in self.inflight:
                     self.ask(b)
@@ -93,6 +102,11 @@ class Block2:
         Raises CoapError: the exchange failed (TIMEOUT, RESET) or the answer failed a check.
         """
         ex = self.client.poll(timeout_ms)
+        rtx = self.client.retransmissions
+        if rtx != self._rtx or (ex is not None and ex.error):  # a loss: halve what is asked for at once
+            self._rtx = rtx
+            self.cwnd = self.cwnd >> 1 or 1
+            self._run = 0
         if ex is None:
             return None
         offset, error = ex.tag, ex.error
@@ -105,6 +119,10 @@ class Block2:
         if m.code != CONTENT:
             return m.code
         self._check(offset, m)
+        self._run += 1
+        if self._run >= self.cwnd and self.cwnd < self.window:
+            self.cwnd += 1
+            self._run = 0
         mv = self.client.payload()
         if self.unit <= self.bs:
             self.sink(offset, mv)
