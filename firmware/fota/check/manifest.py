@@ -245,7 +245,7 @@ def parse_manifest(body):
         pos = start + (mv[pos + 1] | mv[pos + 2] << 8)
         if tag >= _T_INFO:
             if tag == _T_CREATED and pos - start == 4:
-                setattr(m, "created", int.from_bytes(mv[start:pos], "little"))  # as the critical fields are set
+                setattr(m, "created", int.from_bytes(mv[start:pos], "little"))  # noqa: B010 - as the fields above are set; pyright types attributes from __init__
             continue  # informational (notes, future): not used here
         bit = 1 << tag
         if seen & bit and tag != _T_HW_REV:
