@@ -40,6 +40,7 @@ _W_B = const(6)  # wNAF width of the fixed-base streams (B, 2^128 B)
 _W_V = const(4)  # wNAF width of the per-verify streams (A, R)
 _HALF = const(128)  # the fixed-base scalar is split at this bit
 _ENTRY = const(96)  # bytes per fixed-table entry: y + x, y - x, 2dxy
+_ENTRY_Z = const(128)  # bytes per entry of A's and R's tables: Y + X, Y - X, 2dT, 2Z
 
 # RFC 8032 section 5.1: p, L, d, 2d, sqrt(-1), y of the base point B.
 _P = 0x7FFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFED
@@ -139,13 +140,22 @@ def _add(pt, q):
     return (e * f % p, g * h % p, f * g % p, e * h % p)
 
 
-# Cached odd multiples P, 3P, ..., (2n - 1)P.
+# Cached odd multiples P, 3P, ..., (2n - 1)P packed as 128-byte entries in one
+# bytearray (values reduced mod p): n tuples of four big ints held ~3.5x the
+# bytes for the whole verify, the peak of a small heap.
 def _odd_multiples(pt, n):
-    out = [_cached(pt)]
-    two = _cached(_add(pt, out[0]))
-    for _ in range(n - 1):
-        pt = _add(pt, two)
-        out.append(_cached(pt))
+    p = _P
+    out = bytearray(n * _ENTRY_Z)
+    q = _cached(pt)
+    two = _cached(_add(pt, q))
+    o = 0
+    for i in range(n):
+        if i:
+            pt = _add(pt, two)
+            q = _cached(pt)
+        for v in q:
+            out[o : o + 32] = (v % p).to_bytes(32, "little")
+            o += 32
     return out
 
 
@@ -180,14 +190,15 @@ def _fixed_table(pt, n):
     return out
 
 
-# Entry o of a fixed table as a cached point with Z = 1 (z2 None).
-def _fixed_entry(tab, o):
-    o *= _ENTRY
+# Entry o of a packed table (entries of `size` bytes) as a cached point; a
+# fixed table's (size _ENTRY) has Z = 1, given as z2 None.
+def _entry(tab, o, size):
+    o *= size
     return (
         int.from_bytes(tab[o : o + 32], "little"),
         int.from_bytes(tab[o + 32 : o + 64], "little"),
         int.from_bytes(tab[o + 64 : o + 96], "little"),
-        None,
+        int.from_bytes(tab[o + 96 : o + 128], "little") if size > _ENTRY else None,
     )
 
 
@@ -263,8 +274,8 @@ def _split(k):
 
 
 # Sum of the streams (Straus / Shamir's trick): one doubling chain from bit
-# top down; at bit i, digit nafs[j][i] picks an entry of tabs[j] (a list of
-# cached points, or a fixed bytearray table) and cnt[i] counts the
+# top down; at bit i, digit nafs[j][i] picks an entry of tabs[j] (packed:
+# the two fixed tables first, then A's and R's) and cnt[i] counts the
 # additions due there. Returns (X, Y, Z). Products that feed only other
 # products are folded below ~2^261 (2^255 = 19 mod p), cheaper than % p;
 # each step's outputs are fully reduced so sizes cannot creep up.
@@ -302,8 +313,7 @@ def _straus(nafs, tabs, cnt, top):
             # add (ref10 ge_add); a negative digit swaps Y+X and Y-X and
             # negates 2dT
             o = (256 - v if v > 127 else v) >> 1
-            q = tabs[j]
-            q = _fixed_entry(q, o) if type(q) is bytearray else q[o]
+            q = _entry(tabs[j], o, _ENTRY if j < 2 else _ENTRY_Z)
             if v > 127:
                 ym, yp, t2, z2 = q
                 c = -t * t2
@@ -366,6 +376,7 @@ def verify(public_key, message, signature):
     s = int.from_bytes(signature[32:], "little")
     if s >= _L:
         return False
+    fixed = _fixed_tables()  # first: built before this call's points and hasher take the heap
     a = _decode(public_key)
     r = _decode(signature[:32])
     if a is None or r is None:
@@ -373,11 +384,13 @@ def verify(public_key, message, signature):
     h = SHA512(signature[:32])  # k = SHA-512(R || A || M) mod L, no copy of M
     h.update(public_key)
     h.update(message)
-    k1, k2 = _split(int.from_bytes(h.digest(), "little") % _L)
+    k1 = int.from_bytes(h.digest(), "little") % _L
+    del h  # the hasher's state and buffer are garbage from here
+    k1, k2 = _split(k1)
     s = s * k2 % _L
     # [k2 s mod L]B - [k1]A - [k2]R == identity, B's scalar split at _HALF
     n = 1 << (_W_V - 2)
-    tabs = _fixed_tables() + (_odd_multiples(a, n), _odd_multiples(r, n))
+    tabs = fixed + (_odd_multiples(a, n), _odd_multiples(r, n))
     scalars = (s & ((1 << _HALF) - 1), s >> _HALF, -k1, -k2)
     nafs = [bytearray(264) for _ in tabs]
     cnt = bytearray(264)
