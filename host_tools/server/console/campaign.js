@@ -38,7 +38,6 @@ async function load(who) {
   document.body.dataset.loaded = String(Date.now());
 }
 
-let WHO = null;
 for (const action of Object.keys(ACTIONS)) {
   document.getElementById(`btn-${action}`).addEventListener("click", async () => {
     if (action === "abort" && !confirm(`Abort campaign ${NAME}? Offers not yet taken are withdrawn.`)) return;
@@ -47,7 +46,7 @@ for (const action of Object.keys(ACTIONS)) {
       const c = await fota.api(`/api/campaigns/${encodeURIComponent(NAME)}/${action}`, { method: "POST" });
       out.textContent = `${action}: now ${c.status}`;
     } catch (e) { out.textContent = `${action} refused: ${e.message}`; }
-    await load(WHO);
+    await fota.reload();  // after any load already running: its older answer cannot draw over this one
   });
 }
-fota.start({ load: (who) => load((WHO = who)) });
+fota.start({ load });

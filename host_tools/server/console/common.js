@@ -51,6 +51,24 @@ const fota = (() => {
     run();
   }
 
+  // One load at a time: loads that overlap (a slow API, a feed message while a button's action reloads)
+  // may finish out of order and draw an older state over a newer one (a campaign shown RUNNING again,
+  // its Resume button disabled, after Pause). A call while one runs asks for one more run after it; the
+  // promise settles when a load that started after the call has finished.
+  function serial(fn) {
+    let busy = null, queued = null;
+    const run = () => {
+      if (!busy) {
+        busy = Promise.resolve().then(fn).finally(() => { busy = null; });
+        return busy;
+      }
+      queued = queued || busy.catch(() => {}).then(() => { queued = null; return run(); });
+      return queued;
+    };
+    return run;
+  }
+  let reload = () => Promise.resolve();  // the page's serialized load, once start() has it
+
   // Refresh at most every `ms` while messages arrive (a campaign sends many).
   function throttle(fn, ms = 400) {
     let timer = null, again = false;
@@ -76,12 +94,13 @@ const fota = (() => {
       const who = await api("/api/whoami");
       document.getElementById("who").textContent = `${who.name} (${who.role})`;
       document.body.dataset.role = who.role;
-      await page.load(who);
-      live(throttle(() => page.load(who), page.throttleMs || 400));
+      reload = serial(() => page.load(who));
+      await reload();
+      live(throttle(reload, page.throttleMs || 400));
     } catch (e) {
       if (e.message !== "401") document.querySelector("main").insertAdjacentHTML("afterbegin", `<p class="err">${esc(e.message)}</p>`);
     }
   }
 
-  return { api, live, esc, ago, time, pill, param, start };
+  return { api, live, esc, ago, time, pill, param, start, reload: () => reload() };
 })();
