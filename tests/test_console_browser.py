@@ -136,28 +136,30 @@ def test_console_overview_campaign_pause_and_rolled_back_device(serve, tmp_path)
         driver.get(f"{info['api']}/console/campaign.html?name=web1")
         wave0 = lambda d: d.find_element(By.CSS_SELECTOR, 'tr.wave[data-wave="0"]')  # noqa: E731
         wait.until(lambda d: wave0(d).get_attribute("data-total") == "2" and d.find_element(By.ID, "live").text == "live")
-        assert wave0(driver).get_attribute("data-finished") == "0"
+        assert wait.until(lambda d: wave0(d).get_attribute("data-finished")) == "0"  # read again if the feed re-rendered it
         api.post("/api/campaigns/web1/start").raise_for_status()
         # the page is not reloaded: the live feed moves the wave's progress
         WebDriverWait(driver, 120, poll_frequency=0.1, ignored_exceptions=live).until(lambda d: int(wave0(d).get_attribute("data-finished")) >= 1)
         wait.until(lambda d: d.find_element(By.ID, "btn-pause").is_enabled())
         wait.until(lambda d: d.find_element(By.ID, "btn-pause").click() or True)
-        wait_until(lambda: registry.campaign("web1")["status"] == "PAUSED", 10, "PAUSED in the registry")
+        wait_until(lambda: registry.campaign("web1")["status"] == "PAUSED", 30, "PAUSED in the registry")
         assert "paused by operator (operator)" in registry.campaign("web1")["note"]
         wait.until(lambda d: d.find_element(By.ID, "status").get_attribute("data-status") == "PAUSED")
         wait.until(lambda d: "Paused: paused by operator" in d.find_element(By.ID, "paused-because").text)
         wait.until(lambda d: not d.find_element(By.ID, "btn-pause").is_enabled())
         shot(driver, "campaign")
-        wait.until(lambda d: d.find_element(By.ID, "btn-resume").click() or True)  # on to the end of the canary wave: b1 rolls back
-        wait_until(lambda: registry.campaign("web1")["status"] == "RUNNING", 10, "RUNNING again")
+        # on to the end of the canary wave: b1 rolls back (a click on a disabled button would do nothing)
+        wait.until(lambda d: (b := d.find_element(By.ID, "btn-resume")).is_enabled() and (b.click() or True))
+        wait_until(lambda: registry.campaign("web1")["status"] == "RUNNING", 30, "RUNNING again")
         broken = ids["b1"]
         wait_until(lambda: any(o.status == "ROLLED_BACK" for o in registry.offers(broken)), 150, "b1 rolled back", interval=0.5)
 
         driver.get(f"{info['api']}/console/device.html?id={broken}")
         reason = wait.until(lambda d: (r := d.find_elements(By.CSS_SELECTOR, "#offers td.reason")) and r[0].text)
         assert "SELF_TEST_FAILED" in reason
-        events = wait.until(lambda d: d.find_element(By.ID, "events").text)
-        assert "rolled_back" in events and "SELF_TEST_FAILED" in events
+        # the table's header is text too: wait for the rolled_back row itself
+        events = wait.until(lambda d: "rolled_back" in (t := d.find_element(By.ID, "events").text) and t)
+        assert "SELF_TEST_FAILED" in events
         shot(driver, "device")
         audit = api.get("/api/audit", params={"action": "campaign.pause"}).json()
         assert audit[0]["who"] == "operator" and audit[0]["target"] == "web1"
