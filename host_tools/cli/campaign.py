@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = camp.add_parser("create", help="plan a campaign: who gets it in which wave, who is excluded and why")
     p.add_argument("name", help="campaign name")
     p.add_argument("--package", required=True, help="a .fota file (added to the store) or a stored package id")
+    p.add_argument("--delta", action="append", default=[], metavar="PACKAGE",
+                   help="a delta package (.fota or stored id) making the same image from a base in the fleet (repeatable):"
+                        " each device gets the one from the image it runs, else the full package")
     p.add_argument("--preset", choices=sorted(PRESETS), help="thresholds and waves to start from")
     p.add_argument("--group", action="append", default=[], help="target these groups (default: every device)")
     p.add_argument("--tag", action="append", default=[], help="target devices with this tag (repeatable)")
@@ -118,17 +121,24 @@ def cmd_create(args) -> int:
     if api is not None:
         if Path(package).exists():
             package = api.post("/api/packages", data=Path(package).read_bytes())["id"]
-        body = {k: v for k, v in _spec_fields(args, package).items() if v not in (None, [])}
+        deltas = [api.post("/api/packages", data=Path(d).read_bytes())["id"] if Path(d).exists() else d for d in args.delta]
+        body = {k: v for k, v in _spec_fields(args, package, deltas).items() if v not in (None, [])}
         plan = api.post("/api/campaigns", body | ({"preset": args.preset} if args.preset else {}))
         print(render_plan(spec_of(plan), Plan([(t["device"], t["wave"]) for t in plan["targets"]],
                                               [(e["device"], e["reason"]) for e in plan["excluded"]])))
         return 0
     registry = _registry(args)
-    if Path(package).exists():
+
+    def stored(name: str) -> str:
+        if not Path(name).exists():
+            return name
         store = PackageStore((args.data or default_data_dir(args.home)) / "packages")
-        package, parsed = store.add(Path(package).read_bytes())
-        registry.add_package(package, str(store.path(package)), parsed.manifest)
-    fields = _spec_fields(args, package)
+        pid, parsed = store.add(Path(name).read_bytes())
+        registry.add_package(pid, str(store.path(pid)), parsed.manifest)
+        return pid
+
+    package = stored(package)
+    fields = _spec_fields(args, package, [stored(d) for d in args.delta])
     base = {k: fields.pop(k) for k in ("name", "package", "groups", "tags", "versions", "boards", "hw_revs")}
     overrides = {k: v for k, v in fields.items() if v is not None}
     spec = CampaignSpec.with_preset(args.preset, **base, **overrides) if args.preset else CampaignSpec(**base, **overrides)
@@ -137,9 +147,9 @@ def cmd_create(args) -> int:
     return 0
 
 
-def _spec_fields(args, package: str) -> dict:
+def _spec_fields(args, package: str, deltas: list[str]) -> dict:
     """CampaignSpec's fields from the command line (None: not given, the preset's or the default value)."""
-    return {"name": args.name, "package": package, "groups": args.group, "tags": args.tag, "versions": args.from_version,
+    return {"name": args.name, "package": package, "deltas": deltas, "groups": args.group, "tags": args.tag, "versions": args.from_version,
             "boards": args.board, "hw_revs": args.hw_rev, "success_threshold": args.success, "error_threshold": args.error,
             "min_sample": args.min_sample, "device_timeout_s": args.timeout, "retries": args.retries,
             "max_in_flight": args.max_in_flight, "window": args.window, "policy": args.policy,

@@ -8,6 +8,11 @@ as succeeded only when it committed the new image. A wave's error threshold
 (over devices that finished, with a minimum sample) pauses the campaign; an
 operator resumes or aborts it.
 
+A campaign may carry delta packages (`deltas`) beside its full package: each device is offered
+the delta whose base is the image it reports running (Registry.running_image), else the full
+package; a delta the device refuses as not fitting (BASE_MISMATCH 39, PATCH 40) is followed by
+the full package, once (`fallbacks` in the stored spec and in the report).
+
     spec = CampaignSpec(name="r42", package="3f2a...", waves=["test", "canary", "100%"], error_threshold=0.2)
     plan = plan_campaign(registry, spec)        # .targets, .excluded
     runner = CampaignRunner(registry, offer=mqtt.offer, withdraw=mqtt.clear_offer)
@@ -22,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from host_tools.errors import FotaError
+from host_tools.firmware import errors as firmware_errors
 from host_tools.fleet.window import Window
+from host_tools.image.package import HEADER_SIZE, MANIFEST_MAX, SIGNATURE_SIZE, Manifest, parse_package
 from host_tools.server.registry import FINAL, Registry
 
 # Campaign states
@@ -30,6 +37,7 @@ CREATED, RUNNING, PAUSED, ABORTED, COMPLETED = "CREATED", "RUNNING", "PAUSED", "
 # Device states in a campaign, beyond the offer's own (registry.FINAL and the in-progress ones)
 PENDING, EXCLUDED = "PENDING", "EXCLUDED"
 FAILURES = ("ROLLED_BACK", "REFUSED", "FAILED", "TIMED_OUT")
+DELTA_REFUSALS = (firmware_errors().BASE_MISMATCH, firmware_errors().PATCH)  # a delta that does not fit: full package
 STALE_AFTER_S = 7 * 86400.0  # a report lists devices the server has not heard from for longer (freeze attack or dead)
 
 PRESETS = {
@@ -69,6 +77,8 @@ class CampaignSpec:
     chunk: int = 4096
     rollback_package: str | None = None  # offered back to updated devices on abort (optional)
     allow_rolled_back: bool = False  # offer even to devices the image rolled back on (they refuse it: ROLLED_BACK_BEFORE)
+    deltas: list[str] = field(default_factory=list)  # delta package ids making the same image from bases in the fleet
+    delta_bases: dict[str, str] = field(default_factory=dict)  # base image SHA-256 (hex) -> delta id; made by create()
 
     @classmethod
     def with_preset(cls, preset: str, **kw) -> CampaignSpec:
@@ -151,16 +161,32 @@ def plan_campaign(registry: Registry, spec: CampaignSpec) -> Plan:
     return Plan(targets, excluded)
 
 
+def stored_manifest(registry: Registry, pid: str) -> Manifest:
+    """A stored package's manifest, read from the file the registry names (header, manifest, signature only)."""
+    row = registry.package(pid)
+    if row is None:
+        raise CampaignError(f"no package {pid} in the registry", hint="fota campaign create --delta FILE adds it")
+    try:
+        with open(row["path"], "rb") as f:
+            head = f.read(HEADER_SIZE + MANIFEST_MAX + SIGNATURE_SIZE)
+        mlen = int.from_bytes(head[8:12], "little")
+        return parse_package(head[: HEADER_SIZE + mlen + SIGNATURE_SIZE]).manifest
+    except (OSError, FotaError) as exc:
+        raise CampaignError(f"package {pid}: cannot read its manifest ({exc})") from None
+
+
 class CampaignRunner:
     """Moves campaigns on; `offer(device, package, chunk=, policy=)` makes an offer and returns its id."""
 
     def __init__(self, registry: Registry, offer: Callable[..., int], withdraw: Callable[[str], None],
-                 clock: Callable[[], float] = time.time, republish: Callable[[int], None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, republish: Callable[[int], None] | None = None,
+                 manifest_of: Callable[[str], Manifest] | None = None) -> None:
         self.registry = registry
         self.offer = offer
         self.withdraw = withdraw
         self.clock = clock
         self.republish = republish  # publish an adopted offer again (its maker may have died before publishing it)
+        self.manifest_of = manifest_of or (lambda pid: stored_manifest(registry, pid))  # the server's: its package store
 
     # -- operator actions ------------------------------------------------------
     def create(self, spec: CampaignSpec) -> Plan:
@@ -168,6 +194,7 @@ class CampaignRunner:
             raise CampaignError(f"campaign {spec.name!r} exists already")
         if spec.window:
             Window.parse(spec.window)  # refuse a bad window now, not at 2 a.m.
+        spec.delta_bases = self._delta_bases(spec)
         plan = plan_campaign(self.registry, spec)
         if not plan.targets:
             why = f"; excluded: {', '.join(f'{d} ({r})' for d, r in plan.excluded[:5])}" if plan.excluded else ""
@@ -179,6 +206,52 @@ class CampaignRunner:
         for device, reason in plan.excluded:
             self.registry.add_campaign_device(spec.name, device, -1, EXCLUDED, reason)
         return plan
+
+    def _delta_bases(self, spec: CampaignSpec) -> dict[str, str]:
+        """base SHA-256 (hex) -> delta id; refused unless every delta makes exactly the full package's image."""
+        if not spec.deltas:
+            return {}
+        if self.registry.package(spec.package) is None:
+            raise CampaignError(f"no package {spec.package} in the registry", hint="fota campaign create --package FILE adds it")
+        full = self.manifest_of(spec.package)
+        if full.encoding_name == "delta":
+            raise CampaignError(f"package {spec.package} is a delta; --package takes the full package, --delta the deltas")
+        bases: dict[str, str] = {}
+        for pid in dict.fromkeys(spec.deltas):
+            m = self.manifest_of(pid)
+            if m.encoding_name != "delta" or m.base_sha256 is None:
+                raise CampaignError(f"package {pid} is not a delta package (encoding {m.encoding_name})")
+            if m.image_sha256 != full.image_sha256:
+                raise CampaignError(f"delta {pid} makes image {m.image_sha256.hex()[:16]}..., not the full package's "
+                                    f"{full.image_sha256.hex()[:16]}...", hint="sign the delta from the same new image as the full package")
+            if (m.board, m.sequence, m.version) != (full.board, full.sequence, full.version):
+                raise CampaignError(f"delta {pid} is {m.board} {m.version} sequence {m.sequence}; the full package is "
+                                    f"{full.board} {full.version} sequence {full.sequence}")
+            base = m.base_sha256.hex()
+            if base in bases:
+                raise CampaignError(f"deltas {bases[base]} and {pid} both apply to base {base[:16]}...")
+            bases[base] = pid
+        return bases
+
+    def package_for(self, name: str, spec: CampaignSpec, device: str) -> str:
+        """What the campaign offers `device`: the delta from the image it reports running, else the full package
+        (no such delta, an unknown image, or a delta it refused as not fitting: a fallback)."""
+        if spec.delta_bases and device not in self._fallbacks(name):
+            base = self.registry.running_image(device)
+            if base is not None and base in spec.delta_bases:
+                return spec.delta_bases[base]
+        return spec.package
+
+    def _fallbacks(self, name: str) -> dict[str, dict]:
+        camp = self.registry.campaign(name)
+        return (camp or {}).get("spec", {}).get("fallbacks", {})
+
+    def _note_fallback(self, name: str, device: str, offer) -> None:
+        camp = self._get(name)
+        spec = camp["spec"]
+        spec.setdefault("fallbacks", {})[device] = {"delta": offer.package, "offer": offer.id, "code": offer.code,
+                                                    "reason": offer.reason, "t": self.clock()}
+        self.registry.save_campaign(name, spec, camp["status"], camp["wave"], camp["note"] or "")
 
     def start(self, name: str) -> None:
         self._move(name, (CREATED,), RUNNING)
@@ -272,10 +345,11 @@ class CampaignRunner:
             elif row["status"] == PENDING:
                 # an open offer of this package already (the server stopped between making it and noting it here):
                 # that one is the device's offer, published again at the restart; a second would count it twice
-                orphan = self._orphan_offer(row["device"], spec.package)
+                package = self.package_for(name, spec, row["device"])
+                orphan = self._orphan_offer(row["device"], package)
                 if orphan and self.republish:
                     self.republish(orphan)
-                offer_id = orphan or self.offer(row["device"], spec.package, chunk=spec.chunk, policy=spec.policy)
+                offer_id = orphan or self.offer(row["device"], package, chunk=spec.chunk, policy=spec.policy)
                 self.registry.update_campaign_device(name, row["device"], status="OFFERED", offer=offer_id,
                                                      attempts=row["attempts"] + 1, started=self.clock())
                 busy += 1
@@ -306,6 +380,8 @@ class CampaignRunner:
     def _sync(self, name: str, spec: CampaignSpec) -> list[dict]:
         """Fold offer outcomes, timeouts and retries into the campaign's device rows."""
         now = self.clock()
+        fallbacks = self._fallbacks(name) if spec.delta_bases else {}
+        deltas = set(spec.delta_bases.values())
         for row in self.registry.campaign_devices(name):
             if row["offer"] is None or row["status"] in (EXCLUDED, "CANCELLED"):
                 continue
@@ -316,7 +392,13 @@ class CampaignRunner:
                 self.withdraw(row["device"])
                 status = "TIMED_OUT"
                 offer = self.registry.offer(row["offer"])
-            if status in ("FAILED", "TIMED_OUT") and row["attempts"] <= spec.retries:
+            if status in ("FAILED", "REFUSED") and offer.package in deltas and offer.code in DELTA_REFUSALS \
+                    and row["device"] not in fallbacks:
+                self._note_fallback(name, row["device"], offer)  # the delta does not fit this device: the full package next
+                fallbacks[row["device"]] = True
+                self.registry.update_campaign_device(name, row["device"], status=PENDING, offer=None)
+                continue
+            if status in ("FAILED", "TIMED_OUT") and row["attempts"] - (row["device"] in fallbacks) <= spec.retries:
                 self.registry.update_campaign_device(name, row["device"], status=PENDING, offer=None)
                 continue
             fields = {"status": status}
@@ -353,6 +435,13 @@ def report(registry: Registry, name: str, *, stale_after_s: float = STALE_AFTER_
             by_reason[reason] = by_reason.get(reason, 0) + 1
             hw = (devices.get(row["device"]) or {}).get("hw_rev") or "?"
             by_hw.setdefault(hw, {})[row["status"]] = by_hw.setdefault(hw, {}).get(row["status"], 0) + 1
-    return {"campaign": registry.campaign(name), "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows,
+    camp = registry.campaign(name)
+    spec = (camp or {}).get("spec") or {}
+    deltas = set((spec.get("delta_bases") or {}).values())
+    packages = {o.id: o.package for o in registry.offers()} if deltas else {}
+    offered = {"delta": sum(1 for r in rows if packages.get(r["offer"]) in deltas),
+               "full": sum(1 for r in rows if r["offer"] is not None and packages.get(r["offer"]) not in deltas)}
+    return {"campaign": camp, "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows,
+            "offered": offered if deltas else None, "fallbacks": spec.get("fallbacks") or {},
             "stale_after_s": stale_after_s,
             "unreachable": unreachable(rows, devices, stale_after_s, time.time() if now is None else now)}

@@ -15,6 +15,7 @@ from host_tools.server.registry import Registry
 def render_plan(spec: CampaignSpec, plan: Plan) -> str:
     """A new campaign's waves and exclusions (`fota campaign create`)."""
     lines = [f"campaign {spec.name}: package {spec.package}, waves {' -> '.join(spec.waves)}"]
+    lines += [f"  delta {pid} for devices running image {base[:16]}..." for base, pid in spec.delta_bases.items()]
     for index, wave in enumerate(spec.waves):
         members = [d for d, w in plan.targets if w == index]
         lines.append(f"  wave {index + 1} ({wave}): {len(members)} device(s) {', '.join(members)}")
@@ -68,6 +69,11 @@ def render_report_data(data: dict, name: str) -> str:
         lines.append("  failures and exclusions by hardware revision:")
         for hw, counts in sorted(data["by_hw_rev"].items()):
             lines.append(f"    {hw}: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    if data.get("offered"):
+        fallbacks = data.get("fallbacks") or {}
+        lines.append(f"  offered: {data['offered']['delta']} delta, {data['offered']['full']} full package;"
+                     f" {len(fallbacks)} fell back from a delta to the full package")
+        lines += [f"    {device}: delta {f['delta']} refused ({f.get('reason') or f.get('code')})" for device, f in sorted(fallbacks.items())]
     stale = data.get("unreachable") or []
     if stale:
         days = (data.get("stale_after_s") or 0) / 86400

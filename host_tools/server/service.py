@@ -114,7 +114,8 @@ class Server:
         from host_tools.fleet.campaign import CampaignRunner
 
         self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, withdraw=self.mqtt.clear_offer,
-                                        republish=self.mqtt.republish_offer)
+                                        republish=self.mqtt.republish_offer,
+                                        manifest_of=lambda pid: self.store.load(pid)[0].manifest)
         self._ticker = threading.Thread(target=self._tick_campaigns, name="campaigns", daemon=True)
         self._ticker.start()
         info = {"broker": self.broker_url, "prefix": self.config.prefix, "pid": os.getpid(), "ca": self.config.broker_ca,

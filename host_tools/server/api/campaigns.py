@@ -7,10 +7,10 @@ optional `preset` whose values the other fields override, exactly like `fota cam
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StringConstraints, field_validator
 
 from host_tools.errors import FotaError
 from host_tools.fleet.campaign import FAILURES, PRESETS, STALE_AFTER_S, CampaignSpec, report
@@ -20,6 +20,7 @@ from host_tools.server.api.common import NAME, audit_of, device_row, not_found, 
 
 router = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
 Names = list[str]
+PackageId = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
 
 
 class CampaignIn(BaseModel):
@@ -46,6 +47,7 @@ class CampaignIn(BaseModel):
     chunk: int | None = Field(default=None, ge=256, le=32768)
     rollback_package: str | None = Field(default=None, pattern=r"^[0-9a-f]{16}$")
     allow_rolled_back: bool | None = None
+    deltas: list[PackageId] = Field(default_factory=list, max_length=64)  # each device: the delta from its running image
 
     @field_validator("waves")
     @classmethod
