@@ -134,7 +134,10 @@ def test_power_cut_during_download_resumes_without_starting_over(tmp_path, broke
         run.power_on()
         offer = wait_final(server, offer_id)
     downloading = [e["body"] for e in server.registry.events(device_id(board)) if e["event"] == "downloading"]
-    assert downloading[0]["have"] == 0 and downloading[-1]["have"] >= 16
+    # the resumed attempt starts from what is in flash (>= 16 chunks), not from 0; the first attempt's own
+    # `downloading` event may be lost with the power when the cut comes before the link flushed it
+    assert downloading and downloading[-1]["have"] >= 16
+    assert all(e["have"] in (0, downloading[-1]["have"]) for e in downloading), downloading
     assert offer.status == "SUCCEEDED"
 
 
