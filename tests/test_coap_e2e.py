@@ -367,3 +367,29 @@ def test_fota_serve_and_fota_gateway_answer_coap(tmp_path):
                 p.send_signal(signal.SIGTERM)
                 assert p.wait(timeout=30) == 0, p.stdout.read()
                 p.stdout.close()
+
+
+@pytest.mark.fw
+def test_delta_update_over_coap_commits_and_a_wrong_base_is_refused_before_any_write(tmp_path, server):
+    """Issue 20 over CoAP: the delta for the running image is patched from the running slot and committed;
+    a delta naming another base is refused (BASE_MISMATCH) with no flash operation past the first boot's."""
+    from test_delta import delta_package
+
+    from host_tools.image.package import parse_package
+
+    v1, v2 = fw_image("1.0.0"), fw_image("2.0.0", pad=20_000)
+    board = coap_board(tmp_path, "delta", ids=server.identities, port=server.coap.port, window=2, image=v1)
+    other = coap_board(tmp_path, "other", ids=server.identities, port=server.coap.port, window=2,
+                       image=fw_image("1.0.0", pad=4096))
+    with BoardRun(board) as run, BoardRun(other) as run_other:
+        connected(server, board)
+        connected(server, other)
+        delta = delta_package(v1, v2)
+        assert len(delta) < len(v2) // 4  # what goes over the air
+        good, bad = server.deploy(delta, [device_id(board)])[0], server.deploy(delta, [device_id(other)])[0]
+        offer = wait_final(server, good)
+        refused = wait_final(server, bad)
+        wait_until(lambda: server.registry.device(device_id(board))["version"] == "2.0.0", 30, "v2 reported")
+    assert offer.status == "SUCCEEDED" and run.flash.faults == []
+    assert parse_package(delta).manifest.image_sha256.hex() in slot_digests(board)  # the image the package names (stamped)
+    assert refused.code == 39 and run_other.flash.ops == 2  # BASE_MISMATCH; a campaign falls back to the full package
