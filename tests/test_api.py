@@ -180,6 +180,15 @@ def test_package_upload_is_checked_like_fota_verify(stack, pkg, tmp_path):
     assert snapshot(stack) == before
 
 
+def test_key_list_push_refuses_malformed_hex_with_a_4xx(stack):
+    before = snapshot(stack)
+    for body in ({"keylist": "a" * 165, "devices": ["p3"]},  # odd length: not bytes
+                 {"keylist": "ab" * 90, "devices": ["p3"]},  # bytes, but no root-signed key list
+                 {"keylist": "ab" * 90, "devices": ["nosuch"]}):
+        assert stack.op.post("/api/keylist", json=body).status_code == 422, body
+    assert snapshot(stack) == before
+
+
 def test_deploy_offers_now_and_refuses_bad_requests(stack, pkg):
     before = snapshot(stack)
     for body in ({"package": "0123456789abcdef", "devices": ["p3"]}, {"package": pkg, "devices": ["nosuch"]},

@@ -36,7 +36,7 @@ class DeployIn(BaseModel):
 class KeyListIn(BaseModel):
     """Send a root-signed key list (docs/FORMAT.md "Key lists", hex) to some devices or a whole group."""
 
-    keylist: str = Field(pattern=r"^[0-9a-f]{164,1024}$")
+    keylist: str = Field(pattern=r"^(?:[0-9a-f]{2}){82,512}$")  # whole bytes only
     devices: list[str] = Field(default_factory=list, max_length=10000)
     group: str | None = Field(default=None, pattern=NAME)
 
@@ -120,6 +120,18 @@ def list_groups(request: Request, who: Principal = Depends(reader)) -> list[dict
     return [groups[g] for g in sorted(groups)]
 
 
+
+def _targets(reg, devices: list[str], group: str | None) -> list[str]:
+    """The known devices a deploy or key-list push names (by id or by group); 422 for unknown ids or an empty group."""
+    known = {d["id"] for d in reg.devices()}
+    chosen = _check_names(devices) or [d["id"] for d in reg.devices(group)]
+    unknown = [d for d in chosen if d not in known]
+    if unknown:
+        raise HTTPException(422, f"unknown device(s): {', '.join(unknown[:10])}")
+    if not chosen:
+        raise HTTPException(422, f"no devices in group {group!r}")
+    return chosen
+
 @router.post("/deploy", status_code=201, summary="Offer a stored package to devices now (operator)")
 def deploy(request: Request, body: DeployIn, who: Principal = Depends(operator)) -> dict:
     server = server_of(request)
@@ -129,13 +141,7 @@ def deploy(request: Request, body: DeployIn, who: Principal = Depends(operator))
         raise HTTPException(422, f"no package {body.package} in the store; upload it first (POST /api/packages)")
     if bool(body.devices) == bool(body.group):
         raise HTTPException(422, "give either devices or group")
-    known = {d["id"] for d in reg.devices()}
-    devices = _check_names(body.devices) or [d["id"] for d in reg.devices(body.group)]
-    unknown = [d for d in devices if d not in known]
-    if unknown:
-        raise HTTPException(422, f"unknown device(s): {', '.join(unknown[:10])}")
-    if not devices:
-        raise HTTPException(422, f"no devices in group {body.group!r}")
+    devices = _targets(reg, body.devices, body.group)
     skipped = [] if body.force else [{"device": d, "reason": why} for d in devices
                                      if (why := reg.rolled_back_reason(d, body.package))]
     devices = [d for d in devices if d not in {s["device"] for s in skipped}]
@@ -160,13 +166,7 @@ def push_key_list(request: Request, body: KeyListIn, who: Principal = Depends(op
         version = parse_key_list(raw).version
     except FotaError as exc:
         raise HTTPException(422, str(exc)) from None
-    known = {d["id"] for d in reg.devices()}
-    devices = _check_names(body.devices) or [d["id"] for d in reg.devices(body.group)]
-    unknown = [d for d in devices if d not in known]
-    if unknown:
-        raise HTTPException(422, f"unknown device(s): {', '.join(unknown[:10])}")
-    if not devices:
-        raise HTTPException(422, f"no devices in group {body.group!r}")
+    devices = _targets(reg, body.devices, body.group)
     server.push_key_list(raw, devices)
     audit_of(request).record(who, "keylist", str(version), {"devices": devices, "group": body.group})
     return {"version": version, "devices": devices}
