@@ -22,6 +22,7 @@ import pytest
 from host_tools.cli import build_parser
 from host_tools.errors import EXIT_NOT_FOUND, EXIT_UNAVAILABLE, EXIT_USAGE, EXIT_VERIFY_FAILED
 from host_tools.server.registry import Registry
+from mqttkit import wait_until
 from simkit import fw_image, fw_package
 
 pytestmark = [pytest.mark.host, pytest.mark.timeout(240)]
@@ -199,16 +200,6 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=30)
 
 
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
     """A fota serve on a home of its own (broker port remembered in the data dir) and one known device."""
@@ -217,7 +208,7 @@ def served(tmp_path_factory):
     proc, log = _start_serve(home, "--port", str(port))
     data = home / "server"
     try:
-        _wait(lambda: (data / "serve.json").exists(), 60, "serve.json")
+        wait_until(lambda: (data / "serve.json").exists(), 60, "serve.json")
         Registry(data / "registry.sqlite").record_state("d1", {"board": "sim", "hw_rev": "A", "version": "1.0.0", "seq": 1,
                                                               "errors": [[10, "offer refused", 1]]})
         yield home, proc, port
@@ -291,7 +282,7 @@ def test_the_embedded_broker_keeps_its_port_across_restarts(tmp_path):
     for _ in range(2):
         proc, _log = _start_serve(tmp_path)
         try:
-            info = _wait(lambda: (tmp_path / "server" / "serve.json").exists()
+            info = wait_until(lambda: (tmp_path / "server" / "serve.json").exists()
                          and json.loads((tmp_path / "server" / "serve.json").read_text()), 60, "serve.json")
             assert info["broker"].endswith(f":{port}")
         finally:

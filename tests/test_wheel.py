@@ -15,25 +15,16 @@ import signal
 import subprocess
 import sys
 import sysconfig
-import time
 import venv
 from pathlib import Path
 
 import pytest
 
+from mqttkit import wait_until
+
 ROOT = Path(__file__).resolve().parent.parent
 INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "host_tools", "firmware", "boards")
 pytestmark = [pytest.mark.fw, pytest.mark.timeout(240)]
-
-
-def _wait(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +84,7 @@ def test_installed_fota_builds_flashes_and_updates_a_virtual_board(installed, tm
         procs.append(subprocess.Popen([str(installed / "fota"), "serve", "--port", "0", "--api-port", "0", "--no-coap"],
                                       stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path))
         log.close()  # the child has its own copy
-        info = _wait(lambda: (home / "server" / "serve.json").exists() and json.loads((home / "server" / "serve.json").read_text()),
+        info = wait_until(lambda: (home / "server" / "serve.json").exists() and json.loads((home / "server" / "serve.json").read_text()),
                      60, "serve.json")
         fs = home / "sim" / "w1" / "fs"
         fs.mkdir(parents=True, exist_ok=True)
@@ -106,7 +97,7 @@ def test_installed_fota_builds_flashes_and_updates_a_virtual_board(installed, tm
         procs.append(subprocess.Popen([str(installed / "fota"), "sim", "run", "w1"], stdout=board_log, stderr=subprocess.STDOUT,
                                       env=env, cwd=tmp_path))
         board_log.close()
-        rows = _wait(lambda: [d for d in json.loads(fota("devices", "--json").stdout) if d["version"] == "1.0.0"], 60, "the board reports in")
+        rows = wait_until(lambda: [d for d in json.loads(fota("devices", "--json").stdout) if d["version"] == "1.0.0"], 60, "the board reports in")
         out = fota("deploy", "v2.fota", "--device", rows[0]["id"], "--follow", "--timeout", "90", timeout=120)
         assert "SUCCEEDED" in out.stdout
         assert json.loads(fota("devices", "--json").stdout)[0]["version"] == "1.1.0"
