@@ -73,7 +73,8 @@ def test_zlib_update_fits_a_64k_heap(tmp_path, server):
     with BoardRun(board, heapsize="64k") as run:
         connected(server, board)
         offer = wait_final(server, server.deploy(pkg(pad=20_000, encoding="zlib"), [device_id(board)])[0], 60)
-    assert offer.status == "SUCCEEDED" and "MemoryError" not in run.transcript()
+    assert offer.status == "SUCCEEDED", f"{offer.status} {offer.code} {offer.reason}; board:\n{run.transcript()[-3000:]}"
+    assert "MemoryError" not in run.transcript()
 
 
 @pytest.mark.fw

@@ -10,7 +10,12 @@ from a zlib stream our packager writes, block headers included), so it never run
 mid-symbol. A BytesIO cannot shrink: when a chunk would not fit, the undecoded tail
 (< MARGIN bytes) moves to the front through `carry` and the bytes after it are stale,
 so every read is checked against the end of what arrived (a stream that reads past it
-is an INFLATE error, as a stream that ends inside a block is). Output fills a 4 KiB buffer
+is an INFLATE error, as a stream that ends inside a block is). The decoder allocates its
+state and its window (1 << wbits) itself, at its first read (extmod/moddeflate.c
+`deflateio_init_read`), and that read comes with the first chunk, when the heap may be too
+fragmented for a 1 KiB block although much is free (seen: 55 KB free, 496 bytes the largest
+piece). So their room is reserved here, when the offer is taken (an OUT_OF_MEMORY then refuses
+the offer before anything is erased), and handed over just before that read. Output fills a 4 KiB buffer
 in 256-byte steps through views made once, and goes to `out(offset, mv)` (the slot writer's
 write_at, or a step before it) a sector at a time. Nothing is allocated per chunk.
 Chunks must come in order; a duplicate is ignored, one from ahead is refused
@@ -26,6 +31,7 @@ it arrives; the image itself is hashed from flash at the end.
 # pyright: reportAttributeAccessIssue=false
 # (micropython-esp32-stubs' io.BytesIO lists none of the stream methods it has: read, readinto, write, seek, tell)
 
+import gc
 import hashlib
 
 from ..compat import bytes_io, const
@@ -34,6 +40,7 @@ from ..errors import CHUNK_RANGE, INFLATE, OtaError
 
 MARGIN = const(1024)
 _STEP = const(256)
+_STATE = const(1024)  # >= sizeof(mp_obj_deflateio_read_t): uzlib's state with its two trees (~850 B at 64 bits)
 
 
 class Inflater:
@@ -53,6 +60,7 @@ class Inflater:
         self._end = 0  # where the bytes that arrived end in self._in; stale bytes may follow
         self._tail = memoryview(carry)[:MARGIN]
         self._dec = deflate.DeflateIO(self._in, deflate.ZLIB, m.zlib_wbits)
+        self._room = bytearray(_STATE + (1 << m.zlib_wbits))  # the decoder's, until its first read
         self._out = memoryview(buf)
         self._steps = [self._out[i : i + _STEP] for i in range(0, len(buf), _STEP)]
         self._fill = 0
@@ -102,6 +110,9 @@ class Inflater:
                 view = self._out[fill : min(fill + _STEP, len(self._out))]
             else:
                 view = self._steps[fill // _STEP]
+            if self._room is not None:  # free the reserved block for the decoder's own allocations
+                self._room = None
+                gc.collect()
             try:
                 n = self._dec.readinto(view)
             except (OSError, ValueError, EOFError):  # EOFError: a stream that ends inside a block
