@@ -57,7 +57,7 @@ class Fleet:
             self.reg.set_groups(dev, (groups or {}).get(dev, ["field"]))
         self.runner = CampaignRunner(self.reg, offer=self.offer, withdraw=self.withdrawn.append, clock=lambda: self.now)
 
-    def offer(self, device, package, *, chunk, policy):
+    def offer(self, device, package, *, chunk, policy, record=None):
         self.offers.append((device, package, policy))
         return self.reg.create_offer(device, package, chunk=chunk, policy=0)
 

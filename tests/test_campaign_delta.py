@@ -50,7 +50,7 @@ class Fleet:
         self.reg.add_package(pid, str(self.store.path(pid)), parsed.manifest)
         return pid
 
-    def offer(self, device, package, *, chunk, policy):
+    def offer(self, device, package, *, chunk, policy, record=None):
         self.offers.append((device, package))
         return self.reg.create_offer(device, package, chunk=chunk, policy=0)
 

@@ -75,3 +75,60 @@ def test_a_worker_refuses_to_start_without_postgresql_and_a_broker(tmp_path):
 
     with pytest.raises(FotaError, match="PostgreSQL registry and an external broker"):
         Server(ServerConfig(tmp_path, worker="w1", broker_url="mqtt://127.0.0.1:1883"))  # SQLite: one process only
+
+
+def test_a_campaign_offer_that_was_never_published_is_published_by_the_next_tick_and_never_made_twice(regs, tmp_path, mosquitto):
+    """The offer and the campaign row that names it commit together; the publish comes after. A worker that
+    cannot publish (here the broker is down; in test_workers.py it is killed) leaves the offer named and marked
+    unpublished, and the next tick, in any worker, publishes that offer: no second offer, whatever the device did."""
+    import paho.mqtt.client as mqtt
+
+    from host_tools.fleet.campaign import CampaignRunner, CampaignSpec
+    from host_tools.server.mqtt_service import MqttService
+    from mqttkit import wait_until
+
+    a, b = regs
+    store_a = SharedPackageStore(tmp_path / "w1", a.db)
+    pid, parsed = store_a.add(fw_package(app_image("2.0.0"), version="2.0.0", sequence=2))
+    a.add_package(pid, str(store_a.path(pid)), parsed.manifest)
+    a.record_state("d1", {"board": "sim", "hw_rev": "A", "version": "1.0.0", "seq": 1})
+    a.set_groups("d1", ["field"])
+
+    def worker(reg, store, name):
+        svc = MqttService(reg, store, mosquitto.url, client_id=name, serve=False)
+        svc.start()
+        return svc, CampaignRunner(reg, offer=svc.offer, withdraw=svc.clear_offer, republish=svc.republish_offer)
+
+    svc_a, runner_a = worker(a, store_a, "wa")
+    runner_a.create(CampaignSpec(name="c", package=pid, waves=["100%"]))
+    runner_a.start("c")
+    mosquitto.stop()
+    wait_until(lambda: not svc_a._client.is_connected(), 10, "worker a to see the broker gone")
+    runner_a.tick()
+    [offer] = a.offers("d1")
+    row = a.campaign_devices("c")[0]
+    assert (row["status"], row["offer"], row["attempts"]) == ("OFFERED", offer.id, 1)
+    assert [o.id for o in b.unpublished_offers()] == [offer.id]
+
+    mosquitto.start()
+    seen: list[bytes] = []
+    dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
+    dev.on_message = lambda c, u, m: seen.append(bytes(m.payload))
+    dev.connect(mosquitto.host, mosquitto.port)
+    dev.subscribe("fota/d1/offer", 1)
+    dev.loop_start()
+    svc_b, runner_b = worker(b, SharedPackageStore(tmp_path / "w2", b.db), "wb")
+    try:
+        runner_b.tick()
+        got = wait_until(lambda: seen and protocol.decode_offer(seen[-1]), 10, "the retained offer")
+        assert got.offer_id == offer.id and b.unpublished_offers() == []
+        b.set_offer_status(offer.id, "SUCCEEDED")  # the device installs it at once, before any other tick
+        runner_b.tick()
+        runner_a.tick()
+        assert [o.id for o in b.offers("d1")] == [offer.id]
+        assert b.campaign_devices("c")[0]["status"] == "SUCCEEDED" and b.campaign("c")["status"] == "COMPLETED"
+    finally:
+        dev.loop_stop()
+        dev.disconnect()
+        for svc in (svc_a, svc_b):
+            svc.stop()

@@ -176,7 +176,9 @@ def stored_manifest(registry: Registry, pid: str) -> Manifest:
 
 
 class CampaignRunner:
-    """Moves campaigns on; `offer(device, package, chunk=, policy=)` makes an offer and returns its id."""
+    """Moves campaigns on; `offer(device, package, chunk=, policy=, record=)` makes an offer and returns its id,
+    calling `record(offer_id)` in the transaction that records it (MqttService.offer) or not at all (the
+    runner then names the offer itself, after)."""
 
     def __init__(self, registry: Registry, offer: Callable[..., int], withdraw: Callable[[str], None],
                  clock: Callable[[], float] = time.time, republish: Callable[[int], None] | None = None,
@@ -296,6 +298,9 @@ class CampaignRunner:
 
     # -- the loop --------------------------------------------------------------
     def tick(self) -> None:
+        if self.republish is not None:  # offers a worker recorded, then died before publishing
+            for o in self.registry.unpublished_offers():
+                self.republish(o.id)
         for camp in self.registry.campaigns():
             if camp["status"] == RUNNING:
                 self._tick(camp)
@@ -343,19 +348,32 @@ class CampaignRunner:
                     and (why := self.registry.rolled_back_reason(row["device"], spec.package)):
                 self.registry.update_campaign_device(name, row["device"], status=EXCLUDED, wave=-1, reason=why)
             elif row["status"] == PENDING:
-                # an open offer of this package already (the server stopped between making it and noting it here):
-                # that one is the device's offer, published again at the restart; a second would count it twice
-                package = self.package_for(name, spec, row["device"])
-                orphan = self._orphan_offer(row["device"], package)
-                if orphan and self.republish:
-                    self.republish(orphan)
-                offer_id = orphan or self.offer(row["device"], package, chunk=spec.chunk, policy=spec.policy)
-                self.registry.update_campaign_device(name, row["device"], status="OFFERED", offer=offer_id,
-                                                     attempts=row["attempts"] + 1, started=self.clock())
+                self._offer_row(name, spec, row)
                 busy += 1
 
+    def _offer_row(self, name: str, spec: CampaignSpec, row: dict) -> None:
+        """Offer the device its package and name the offer in its row: in one transaction with the offer when
+        the offer function calls `record` (MqttService.offer), else right after."""
+        device, named = row["device"], []
+
+        def record(offer_id: int) -> None:
+            self.registry.update_campaign_device(name, device, status="OFFERED", offer=offer_id,
+                                                 attempts=row["attempts"] + 1, started=self.clock())
+            named.append(offer_id)
+
+        package = self.package_for(name, spec, device)
+        # an open offer of this package already (made by an offer function without `record` just before the
+        # server stopped): that one is the device's offer, published again; a second would count it twice
+        orphan = self._orphan_offer(device, package)
+        if orphan and self.republish:
+            self.republish(orphan)
+        offer_id = orphan or self.offer(device, package, chunk=spec.chunk, policy=spec.policy, record=record)
+        if not named:
+            record(offer_id)
+
     def _orphan_offer(self, device: str, package: str) -> int | None:
-        """An open offer of `package` to `device` that no campaign row names (made just before the server stopped)."""
+        """An open offer of `package` to `device` that no campaign row names: made by an offer function that
+        does not call `record`, just before the server stopped (MqttService.offer names it in the same transaction)."""
         open_ = [o.id for o in self.registry.offers(device) if o.package == package and o.status not in FINAL]
         if not open_:
             return None

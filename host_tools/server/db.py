@@ -12,7 +12,7 @@ portable subset: `ON CONFLICT ... DO UPDATE/NOTHING`, `RETURNING id`, `?` params
 Several `fota serve` workers share one PostgreSQL database (docs/DEPLOY.md); what they must not do
 at once is decided by PostgreSQL's own locks, never by a protocol of ours:
 
-    with db.transaction():                                   # all or nothing (PostgreSQL; SQLite: one process)
+    with db.transaction():                                   # all or nothing, on both
         db.query("SELECT counter FROM identities WHERE id = ?" + db.for_update, ("a1b2",))   # row lock
     with db.try_lock("fota:campaigns") as mine:              # an advisory lock: False if another worker holds it
         if mine: ...
@@ -46,7 +46,8 @@ def _named_lock(path: str, key: str) -> threading.Lock:
 
 
 class SqliteDatabase:
-    """One process owns the file: its threads take turns (statements commit one by one)."""
+    """One process owns the file: its threads take turns; a statement commits on its own, or with the
+    others of the transaction() it runs in."""
 
     kind = "sqlite"
     for_update = ""  # no row locks in SQLite; the process-wide lock serialises a transaction() instead
@@ -56,19 +57,26 @@ class SqliteDatabase:
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
+        self._depth = 0  # transaction() blocks open on the thread holding the lock
         self._path = str(path.resolve())
 
     def script(self, sql: str) -> None:
         with self._lock, self._db:
             self._db.executescript(sql)
 
+    def _run(self, sql: str, args: tuple) -> sqlite3.Cursor:
+        with self._lock:
+            if self._depth:
+                return self._db.execute(sql, args)  # committed (or rolled back) with its transaction
+            with self._db:
+                return self._db.execute(sql, args)
+
     def execute(self, sql: str, args: tuple = ()) -> int:
         """Run one statement; the number of rows it changed."""
-        with self._lock, self._db:
-            return self._db.execute(sql, args).rowcount
+        return self._run(sql, args).rowcount
 
     def insert_id(self, sql: str, args: tuple = ()) -> int:
-        with self._lock, self._db:
+        with self.transaction():  # RETURNING's row is read before the commit
             return int(self._db.execute(sql, args).fetchone()[0])
 
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
@@ -77,9 +85,29 @@ class SqliteDatabase:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """The statements inside run while no other thread of this process touches the database."""
+        """The statements inside commit together, or not at all if the block raises (or the process dies);
+        no other thread of this process touches the database meanwhile. An inner block is a savepoint,
+        as in PostgreSQL (psycopg): if it raises, only its own statements are undone."""
         with self._lock:
-            yield
+            depth = self._depth
+            self._db.execute(f"SAVEPOINT t{depth}" if depth else "BEGIN")
+            self._depth += 1
+            try:
+                yield
+            except BaseException:
+                if depth:
+                    self._db.execute(f"ROLLBACK TO t{depth}")
+                    self._db.execute(f"RELEASE t{depth}")
+                else:
+                    self._db.rollback()
+                raise
+            else:
+                if depth:
+                    self._db.execute(f"RELEASE t{depth}")
+                else:
+                    self._db.commit()
+            finally:
+                self._depth = depth
 
     @contextmanager
     def try_lock(self, key: str) -> Iterator[bool]:

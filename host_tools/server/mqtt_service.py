@@ -21,6 +21,7 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 from host_tools import protocol
 from host_tools.server import inbound
@@ -86,12 +87,13 @@ class MqttService:
         return len(newest)
 
     def republish_offer(self, offer_id: int) -> None:
-        """Publish an open offer again (retained), as made: a worker died between recording and publishing it."""
+        """Publish an open offer again (retained), as made, if it is still the device's newest open offer
+        (an older one would replace the newer on the broker): its maker died before publishing it."""
         o = self.registry.offer(offer_id)
-        if o is not None and o.status not in protocol.FINAL:
-            self._client.publish(protocol.topic(self.prefix, o.device, "offer"),
-                                 protocol.encode_offer(o.id, o.chunk, o.policy, self.store.offer_blob(o.package)),
-                                 qos=1, retain=True).wait_for_publish(10)
+        open_ = [x.id for x in self.registry.offers(o.device) if x.status not in protocol.FINAL] if o else []
+        if o is not None and open_ and open_[-1] == offer_id and not self._publish_offer(o.device, o.id, o.chunk, o.policy, o.package):
+            return
+        self.registry.mark_published(offer_id)
 
     def stop(self) -> None:
         self._stopped = True
@@ -177,15 +179,32 @@ class MqttService:
             self.chunks_served += 1
 
     # -- offers ---------------------------------------------------------------
-    def offer(self, device: str, package_id: str, *, chunk: int = 4096, policy: str = "auto") -> int:
-        """Record an offer and publish it retained, so an offline device gets it later."""
+    def offer(self, device: str, package_id: str, *, chunk: int = 4096, policy: str = "auto",
+              record: Callable[[int], None] | None = None) -> int:
+        """Record an offer and publish it retained, so an offline device gets it later.
+
+        `record(offer_id)` runs in the transaction that records the offer (a campaign names it there):
+        a worker that dies before the commit leaves neither, one that dies after it leaves an offer
+        marked unpublished, which the next campaign tick publishes (republish_offer)."""
         code = protocol.policy_code(policy)
-        offer_id = self.registry.create_offer(device, package_id, chunk=chunk, policy=code)
-        blob = self.store.offer_blob(package_id)
-        info = self._client.publish(protocol.topic(self.prefix, device, "offer"), protocol.encode_offer(offer_id, chunk, code, blob),
-                                    qos=1, retain=True)
-        info.wait_for_publish(10)
+        with self.registry.db.transaction():
+            offer_id = self.registry.create_offer(device, package_id, chunk=chunk, policy=code, published=False)
+            if record is not None:
+                record(offer_id)
+        if self._publish_offer(device, offer_id, chunk, code, package_id):
+            self.registry.mark_published(offer_id)
         return offer_id
+
+    def _publish_offer(self, device: str, offer_id: int, chunk: int, policy: int, package_id: str) -> bool:
+        """Publish an offer retained; True once the broker acknowledged it (False: not connected, or no
+        PUBACK within 10 s; the offer stays unpublished in the registry and a campaign tick tries again)."""
+        payload = protocol.encode_offer(offer_id, chunk, policy, self.store.offer_blob(package_id))
+        info = self._client.publish(protocol.topic(self.prefix, device, "offer"), payload, qos=1, retain=True)
+        try:
+            info.wait_for_publish(10)
+        except (RuntimeError, ValueError):  # paho: not connected, or its queue is full
+            return False
+        return info.is_published()
 
     def push_key_list(self, device: str, raw: bytes, version: int) -> None:
         """A root-signed key list on the device's `keys` topic, retained (docs/PROTOCOL.md "Key lists"):

@@ -37,7 +37,7 @@ CREATE TABLE IF NOT EXISTS packages (
 );
 CREATE TABLE IF NOT EXISTS offers (
     id {serial}, device TEXT, package TEXT, chunk INTEGER, policy INTEGER,
-    status TEXT, code INTEGER, reason TEXT, created {real}, updated {real}
+    status TEXT, code INTEGER, reason TEXT, created {real}, updated {real}, published INTEGER DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS campaigns (
     name TEXT PRIMARY KEY, spec TEXT, status TEXT, wave INTEGER, created {real}, updated {real}, note TEXT
@@ -84,6 +84,14 @@ class Registry:
         self._db = open_database(target)
         self.foreign_events = 0  # events that named an offer of another device (changed nothing)
         self._db.script(SCHEMA_TEMPLATE.format(**SCHEMA_TYPES[self._db.kind]))
+        self._add_column("offers", "published", "INTEGER DEFAULT 1")  # registries made before it: all published
+
+    def _add_column(self, table: str, column: str, decl: str) -> None:
+        """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS leaves it as it was)."""
+        if self._db.kind == "postgresql":  # IF NOT EXISTS: workers starting at once do not race
+            self._exec(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
+        elif column not in {r["name"] for r in self._all(f"PRAGMA table_info({table})")}:
+            self._exec(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
     def close(self) -> None:
         self._db.close()
@@ -168,14 +176,26 @@ class Registry:
         return [dict(r) for r in self._all("SELECT * FROM packages ORDER BY added")]
 
     # -- offers -------------------------------------------------------------
-    def create_offer(self, device: str, package: str, *, chunk: int, policy: int) -> int:
+    def create_offer(self, device: str, package: str, *, chunk: int, policy: int, published: bool = True) -> int:
+        """Record an offer; `published=False` when the caller publishes it next and then calls mark_published
+        (an offer left unpublished was made by a worker that died in between: unpublished_offers)."""
         now = time.time()
         offer_id = self._db.insert_id(
-            "INSERT INTO offers (device, package, chunk, policy, status, created, updated) VALUES (?,?,?,?,?,?,?) RETURNING id",
-            (device, package, chunk, policy, "OFFERED", now, now),
+            "INSERT INTO offers (device, package, chunk, policy, status, created, updated, published)"
+            " VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+            (device, package, chunk, policy, "OFFERED", now, now, int(published)),
         )
         self.note_sent(device, f"offer {offer_id}")
         return offer_id
+
+    def mark_published(self, offer_id: int) -> None:
+        self._exec("UPDATE offers SET published = 1 WHERE id = ? AND published = 0", (offer_id,))
+
+    def unpublished_offers(self) -> list[Offer]:
+        """Open offers recorded but never published (their maker died in between), oldest first."""
+        rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason FROM offers"
+                         " WHERE published = 0 ORDER BY id")
+        return [Offer(**r) for r in rows if r["status"] not in FINAL]
 
     def offer(self, offer_id: int) -> Offer | None:
         rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason FROM offers WHERE id = ?", (offer_id,))
