@@ -132,3 +132,35 @@ def test_a_campaign_offer_that_was_never_published_is_published_by_the_next_tick
         dev.disconnect()
         for svc in (svc_a, svc_b):
             svc.stop()
+
+
+def _start_at_once(url: str, n: int, root) -> list[str]:
+    """`n` threads open a registry and a shared package store on `url` at the same moment; their errors."""
+    start, errors, opened = threading.Barrier(n), [], []
+
+    def worker(i: int) -> None:
+        start.wait()
+        try:
+            reg = Registry(url)
+            opened.append(reg)
+            SharedPackageStore(root / str(i), reg.db)
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for reg in opened:
+        reg.close()
+    return errors
+
+
+def test_workers_that_start_at_once_on_a_fresh_postgresql_database_all_start(postgres_server, tmp_path):
+    """Each worker creates the tables it needs (CREATE TABLE IF NOT EXISTS); at once, two of them raced in
+    PostgreSQL's catalog (UniqueViolation on pg_type) and one worker died at start (seen in test_workers.py)."""
+    from pgcluster import fresh_database
+
+    for attempt in range(4):
+        assert _start_at_once(fresh_database(postgres_server), 6, tmp_path / str(attempt)) == []

@@ -35,6 +35,7 @@ class DatabaseError(FotaError):
     """The registry's database cannot be opened."""
 
 
+SCHEMA_LOCK = "fota:schema"  # PostgreSQL: one worker at a time creates or alters tables
 _NAMED: dict[tuple[str, str], threading.Lock] = {}
 _NAMED_GUARD = threading.Lock()
 
@@ -156,7 +157,11 @@ class PostgresDatabase:
         return sql.replace("?", "%s")
 
     def script(self, sql: str) -> None:
-        with self._lock:
+        """Schema statements, in one transaction under an advisory lock: workers that start at once on a
+        fresh database otherwise race in the catalog (CREATE TABLE IF NOT EXISTS is not safe concurrently:
+        UniqueViolation on pg_type, and that worker dies at start)."""
+        with self._lock, self._db.transaction():
+            self._db.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (SCHEMA_LOCK,))
             for statement in filter(str.strip, sql.split(";")):
                 self._db.execute(statement)
 

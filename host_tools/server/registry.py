@@ -88,8 +88,8 @@ class Registry:
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
         """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS leaves it as it was)."""
-        if self._db.kind == "postgresql":  # IF NOT EXISTS: workers starting at once do not race
-            self._exec(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
+        if self._db.kind == "postgresql":  # under the schema lock, with IF NOT EXISTS: workers starting at once do not race
+            self._db.script(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
         elif column not in {r["name"] for r in self._all(f"PRAGMA table_info({table})")}:
             self._exec(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
 
