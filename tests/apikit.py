@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import httpx
 from host_tools.fleet.protodevice import DeviceSpec, enroll
 from host_tools.fleet.protofleet import ProtoFleet
 from host_tools.server.service import Server, ServerConfig
+from mqttkit import wait_until  # noqa: F401 - re-exported: the tests import it from here
 from simkit import session_signer
 
 
@@ -72,13 +72,3 @@ def device_specs(behaviours: dict[str, tuple[str, str]]) -> list[DeviceSpec]:
     key = session_signer().public_key
     return [DeviceSpec(i, keys=(key,), behaviour=b, hw_rev=hw, seq=1, reboot_delay=0.3, chunk_timeout=1.0)
             for i, (b, hw) in behaviours.items()]
-
-
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -81,9 +81,8 @@ class MqttService:
             if o.status not in protocol.FINAL:
                 newest[o.device] = o
         for o in newest.values():
-            blob = self.store.offer_blob(o.package)
-            self._client.publish(protocol.topic(self.prefix, o.device, "offer"), protocol.encode_offer(o.id, o.chunk, o.policy, blob),
-                                 qos=1, retain=True).wait_for_publish(10)
+            if self._publish_offer(o.device, o.id, o.chunk, o.policy, o.package):
+                self.registry.mark_published(o.id)
         return len(newest)
 
     def republish_offer(self, offer_id: int) -> None:
