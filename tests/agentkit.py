@@ -19,7 +19,8 @@ from fota.errors import OtaError
 from fota.link.source import FileSource, pump
 import trusted_keys
 
-cfg = json.loads(open("scenario.json").read())
+with open("scenario.json") as f:
+    cfg = json.loads(f.read())
 
 def rep(event, info):
     print("EVENT", event, json.dumps(info))
@@ -32,7 +33,8 @@ def exists(name):
         return False
 
 def migrate(old, new):
-    c = json.loads(open("config.json").read())
+    with open("config.json") as f:
+        c = json.loads(f.read())
     c["schema"] = 2
     c["migrated_by"] = new
     with open("config.json", "w") as f:
@@ -114,7 +116,7 @@ def wait_done(run: BoardRun, timeout: float = 60) -> None:
     count = 1
     while True:
         run.wait_for_count("DONE", count, timeout)
-        if not (run.board.fs_path / "update.fota").exists() or "PUMPED" in run.transcript().rsplit("BOOT", 1)[-1]:
+        if run.board.read_file("update.fota") is None or "PUMPED" in run.transcript().rsplit("BOOT", 1)[-1]:
             return
         count += 1
 

@@ -33,7 +33,7 @@ def test_v1_to_v2_commits_after_the_self_test(tmp_path, encoding):
     assert board.status().active == 1
     assert [e["version"] for e in events(run, "committed")] == ["2.0.0"]
     # the new image migrated the config and kept it
-    assert json.loads((board.fs_path / "config.json").read_text())["migrated_by"] == "2.0.0"
+    assert json.loads(board.read_file("config.json").decode())["migrated_by"] == "2.0.0"
     assert run.flash.faults == []
 
 
@@ -45,8 +45,8 @@ def test_failed_self_test_rolls_back_and_restores_config(tmp_path):
     rolled = events(run, "rolled_back")
     assert rolled == [{"version": "2.0.0", "code": 22, "name": "SELF_TEST_FAILED", "detail": "app"}]
     assert otadata_states(board) == [espidf.STATE_VALID, espidf.STATE_ABORTED]
-    assert json.loads((board.fs_path / "config.json").read_text()) == CONFIG
-    assert not (board.fs_path / "config.json.bak").exists()
+    assert json.loads(board.read_file("config.json").decode()) == CONFIG
+    assert board.read_file("config.json.bak") is None
 
 
 def test_hanging_self_test_is_reset_by_the_watchdog_and_rolled_back(tmp_path):
@@ -56,7 +56,7 @@ def test_hanging_self_test_is_reset_by_the_watchdog_and_rolled_back(tmp_path):
     rolled = events(run, "rolled_back")
     assert rolled[0]["code"] == 23 and rolled[0]["name"] == "SELF_TEST_TIMEOUT"
     assert status(run)["version"] == "1.0.0"
-    assert json.loads((board.fs_path / "config.json").read_text()) == CONFIG
+    assert json.loads(board.read_file("config.json").decode()) == CONFIG
 
 
 def test_second_update_while_pending_verify_is_refused(tmp_path):
@@ -100,7 +100,8 @@ def test_bad_signature_is_refused_before_any_flash_write(tmp_path):
     board = make_board(tmp_path, "sig", bytes(pkg))
     run = run_until_done(board)
     assert "REFUSED 5" in run.transcript()
-    assert run.flash.ops == 2  # only the first boot's otadata write (erase + write)
+    # outside the filesystem, only the first boot's otadata write (erase + write)
+    assert run.flash.ops - run.flash.ops_in(0x310000, 0x400000) == 2
 
 
 def test_tampered_chunk_fails_the_digest_and_never_sets_boot(tmp_path):
@@ -111,12 +112,12 @@ def test_tampered_chunk_fails_the_digest_and_never_sets_boot(tmp_path):
     assert "REFUSED 16" in run.transcript()  # DIGEST_MISMATCH
     assert otadata_states(board)[1] == 0xFFFFFFFF  # set_boot never ran
     assert [e.kind for e in run.events].count("boot") == 1
-    assert not (board.fs_path / "fota_journal.json").exists()
+    assert board.read_file("fota_journal.json") is None
 
 
-def test_whole_update_runs_in_a_64k_heap(tmp_path):
+def test_whole_update_runs_in_an_80k_heap(tmp_path):
     board = make_board(tmp_path, "heap", v2_package(encoding="zlib"))
-    run = run_until_done(board, heapsize="64k")
+    run = run_until_done(board, heapsize="80k")  # module objects count, as on a chip (docs/BOARD.md)
     assert status(run)["version"] == "2.0.0", run.transcript()
     assert "MemoryError" not in run.transcript()
 

@@ -31,7 +31,7 @@ def check_outcome(board, run, n):
     entry = sim.entries[sim.active]
     active_slot = sim.slots[(entry.seq - 1) % len(sim.slots)]
     assert active_slot.valid, f"cut {n}: the active slot holds no valid image"
-    config = json.loads((board.fs_path / "config.json").read_text())
+    config = json.loads(board.read_file("config.json").decode())
     assert run.flash.faults == [], f"cut {n}: {run.flash.faults}"
     assert "Guru" not in run.transcript() and "Traceback" not in run.transcript(), run.transcript()
     if st["version"] == "2.0.0":

@@ -17,7 +17,11 @@ def test_sim_create_flash_run_status(tmp_path, capsys):
     assert main([*home, "sim", "create", "dev1", "--hw-rev", "B"]) == 0
     assert main([*home, "sim", "create", "dev1"]) == 1  # exists already
     assert main([*home, "sim", "flash", "dev1", str(image)]) == 0
-    (tmp_path / "sim" / "dev1" / "fs" / "main.py").write_text("import app\nprint('hello', app.VERSION)\n")
+    main_py = tmp_path / "main.py"
+    main_py.write_text("import app\nprint('hello', app.VERSION)\n")
+    assert main([*home, "sim", "fs", "put", "dev1", str(main_py)]) == 0
+    assert main([*home, "sim", "fs", "ls", "dev1"]) == 0
+    assert capsys.readouterr().out.splitlines()[-2:] == ["boot.py", "main.py"]
     assert main([*home, "sim", "run", "dev1", "--until", "idle", "--timeout", "30"]) == 0
     assert "hello 1.0.0" in capsys.readouterr().out
     assert main([*home, "sim", "status", "dev1"]) == 0

@@ -266,7 +266,7 @@ def gateway(tmp_path, server):
 def test_device_behind_a_gateway_updates_from_an_mqtt_server(tmp_path, server, gateway):
     board = coap_board(tmp_path, "gw", ids=server.identities, port=0)
     gw = gateway([device_id(board), "other"])
-    board.write_file("net.json", json.dumps({**json.loads((board.fs_path / "net.json").read_text()), "port": gw.coap.port}))
+    board.write_file("net.json", json.dumps({**json.loads(board.read_file("net.json").decode()), "port": gw.coap.port}))
     data = pkg(pad=20_000)
     with BoardRun(board) as run:
         connected(server, board)  # its state reached the MQTT server through the gateway
@@ -290,7 +290,7 @@ def test_a_gateway_that_alters_a_cached_byte_gets_the_package_refused(tmp_path, 
         path.write_bytes(bytes(data))
 
     gw.tamper_hook = flip
-    board.write_file("net.json", json.dumps({**json.loads((board.fs_path / "net.json").read_text()), "port": gw.coap.port}))
+    board.write_file("net.json", json.dumps({**json.loads(board.read_file("net.json").decode()), "port": gw.coap.port}))
     with BoardRun(board) as run:
         connected(server, board)
         offer = wait_final(server, server.deploy(pkg(), [device_id(board)])[0], 60)

@@ -34,7 +34,7 @@ def test_mpremote_execs_runs_and_copies_through_the_pty(tmp_path):
         local = tmp_path / "cfg.json"
         local.write_text('{"k": 1}')
         assert mpremote(board.repl_link, "fs", "cp", str(local), ":cfg.json").returncode == 0
-        assert (board.fs_path / "cfg.json").read_text() == '{"k": 1}'
+        assert board.read_file("cfg.json").decode() == '{"k": 1}'
         assert mpremote(board.repl_link, "soft-reset").returncode == 0
         assert mpremote(board.repl_link, "resume", "exec", "print(open('cfg.json').read())").stdout.strip() == '{"k": 1}'
     # a soft reset reruns no bootloader: only the power-on boot

@@ -54,6 +54,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sim.add_parser("list", help="list virtual boards")
     p.set_defaults(handler=cmd_list)
 
+    fs = sim.add_parser("fs", help="the board's flash filesystem while it is off (LittleFS on the vfs partition)")
+    fs_sub = fs.add_subparsers(dest="fs_command", metavar="FSCOMMAND")
+    fs_sub.required = True
+    p = fs_sub.add_parser("put", help="copy a local file onto the board")
+    p.add_argument("name")
+    p.add_argument("local", type=Path)
+    p.add_argument("remote", nargs="?", help="path on the board (default: the local file's name)")
+    p.set_defaults(handler=cmd_fs_put)
+    p = fs_sub.add_parser("get", help="copy a file off the board (to stdout without LOCAL)")
+    p.add_argument("name")
+    p.add_argument("remote")
+    p.add_argument("local", type=Path, nargs="?")
+    p.set_defaults(handler=cmd_fs_get)
+    p = fs_sub.add_parser("ls", help="list a directory of the board")
+    p.add_argument("name")
+    p.add_argument("path", nargs="?", default="/")
+    p.set_defaults(handler=cmd_fs_ls)
+
 
 def cmd_create(args) -> int:
     board = SimDevice.create(args.name, args.home, board=args.board, hw_rev=args.hw_rev)
@@ -127,6 +145,42 @@ def cmd_list(args) -> int:
     for path in sorted(home.glob("*/config.json")):
         board = SimDevice(path.parent)
         print(f"{board.name:<16} {board.config['board']:<8} hw {board.config['hw_rev']:<4} {board.path}")
+    return 0
+
+
+def _board_off(args) -> SimDevice:
+    board = SimDevice.open(args.name, args.home)
+    pidfile = board.path / "run.pid"
+    if pidfile.exists() and _alive(int(pidfile.read_text())):
+        raise SimError(f"virtual board {board.name} is running", hint=f"use mpremote connect $(fota sim repl {board.name}) fs ...")
+    return board
+
+
+def cmd_fs_put(args) -> int:
+    board = _board_off(args)
+    if not args.local.is_file():
+        raise FotaError(f"no such file: {args.local}")
+    remote = args.remote or args.local.name
+    board.write_file(remote, args.local.read_bytes())
+    print(f"{args.local} -> {board.name}:/{remote.lstrip('/')}")
+    return 0
+
+
+def cmd_fs_get(args) -> int:
+    with _board_off(args).fs() as fs:
+        data = fs.read(args.remote)
+    if args.local is None:
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+    else:
+        args.local.write_bytes(data)
+    return 0
+
+
+def cmd_fs_ls(args) -> int:
+    with _board_off(args).fs() as fs:
+        for name in fs.listdir(args.path):
+            print(name)
     return 0
 
 

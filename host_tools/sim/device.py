@@ -3,10 +3,10 @@
 A board is a directory under the sim home (`$FOTA_HOME/sim/NAME`, default
 `~/.fota/sim/NAME`):
 
-    flash.bin     the whole SPI flash (4 MiB for `boards/sim`)
+    flash.bin     the whole SPI flash (4 MiB for `boards/sim`); its `vfs` partition holds
+                  the LittleFS filesystem the board mounts as `/` (boot.py, main.py, ...)
     config.json   board name, chip id and revision, hardware revision, unique id
-    fs/           the filesystem the board sees as `/` (boot.py, main.py, ...)
-    run/          what a running board leaves: extracted frozen modules, the REPL pty link
+    tty           while it runs: a link to the REPL's pty; run.lock: the running supervisor
 
     board = SimDevice.create(home, "dev1", hw_rev="A")
     board.flash_app(image)         # writes ota_0 and erases otadata
@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import tempfile
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,8 @@ from host_tools.esp.app_image import ImageError, Segment, build_app_image, parse
 from host_tools.esp.partition_table import Partition, PartitionTable
 from host_tools.sim import bootloader
 from host_tools.sim.flash import Flash
+from host_tools.sim.frozen import frozen_dir
+from host_tools.sim.littlefs import BoardFs
 
 BOOTLOADER_NOTE = b"fota sim: second-stage bootloader region (the bootloader is emulated by host_tools.sim)"
 
@@ -92,7 +93,6 @@ class SimDevice:
 
     name = property(lambda self: self.path.name)
     flash_path = property(lambda self: self.path / "flash.bin")
-    fs_path = property(lambda self: self.path / "fs")
     repl_link = property(lambda self: self.path / "tty")
 
     @classmethod
@@ -107,7 +107,6 @@ class SimDevice:
         if path.exists():
             raise SimError(f"virtual board {name!r} exists already at {path}")
         path.mkdir(parents=True)
-        (path / "fs").mkdir()
         config = {
             "board": definition.name,
             "chip_id": definition.chip_id,
@@ -147,34 +146,32 @@ class SimDevice:
         finally:
             flash.close()
 
+    def fs(self) -> BoardFs:
+        """The board's flash filesystem from the host (the board must be off): `with board.fs() as fs: ...`."""
+        with open(self.flash_path, "rb") as f:
+            f.seek(self.config["partition_table_offset"])
+            table = PartitionTable.from_binary(f.read(0x1000))
+        return BoardFs.open(self.flash_path, table)
+
     def write_file(self, name: str, content: str | bytes) -> None:
-        """Put a file on the board's filesystem (what `mpremote fs cp` does)."""
-        target = self.fs_path / name
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(content.encode() if isinstance(content, str) else content)
+        """Put a file on the board's filesystem (what `mpremote fs cp` does on a running board)."""
+        with self.fs() as fs:
+            fs.write(name, content.encode() if isinstance(content, str) else content)
+
+    def read_file(self, name: str) -> bytes | None:
+        """A file of the board's filesystem, None when it is not there."""
+        with self.fs() as fs:
+            return fs.read(name) if fs.exists(name) else None
 
     def extract_frozen(self, flash: Flash, slot: Partition, unpack) -> Path:
-        """Unpack the slot's frozen modules (cached by image digest, shared by the boards of one home)."""
+        """The slot's frozen modules plus the board's own, unpacked once per image (shared by the boards of one home)."""
         head = flash.read(slot.offset, slot.size)
 
         def readinto(offset, buf):
             buf[:] = head[offset : offset + len(buf)]
 
         length = espidf.verify_image(readinto, slot.size, self.config["chip_id"], self.config["chip_rev"])
-        image = head[:length]
-        target = self.path.parent / ".frozen" / hashlib.sha256(image).hexdigest()[:16]
-        if not target.exists():
-            tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            for name, data in unpack(image).items():
-                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-                (tmp / name).write_bytes(data)
-            tmp.mkdir(parents=True, exist_ok=True)
-            try:
-                tmp.rename(target)
-            except OSError:  # another board of this home unpacked it first
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        return frozen_dir(self.path.parent, head[:length], unpack)
 
     def status(self) -> BoardStatus:
         """Partition table, otadata entries, which slot boots next, each slot's image."""

@@ -80,6 +80,7 @@ class Flash:
     plan: PowerPlan = field(default_factory=PowerPlan)
     ops: int = 0
     faults: list[FlashFault] = field(default_factory=list)
+    log: list[tuple[str, int, int]] = field(default_factory=list)  # (kind, addr, length) of each completed op
     timing: FlashTiming | None = None  # None: as fast as the host allows
 
     def __post_init__(self) -> None:
@@ -136,6 +137,11 @@ class Flash:
             raise PowerLoss(op)
         self._pwrite(addr, new)
         self.ops = op
+        self.log.append((kind, addr, len(new)))
+
+    def ops_in(self, start: int, end: int) -> int:
+        """Completed operations that touched [start, end): e.g. the filesystem's share of an update."""
+        return sum(1 for _, addr, n in self.log if addr < end and addr + n > start)
 
     def _pwrite(self, addr: int, data: bytes) -> None:
         os.pwrite(self._fd, data, addr)

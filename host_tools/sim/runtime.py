@@ -31,7 +31,6 @@ import termios
 import threading
 import time
 import tty
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
@@ -41,11 +40,12 @@ from host_tools.esp import espidf
 from host_tools.image.sim_image import frozen_modules
 from host_tools.sim import bootloader
 from host_tools.sim.chipclock import ChipClock
+from host_tools.sim.console import IDENTITY, Uart
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
+from host_tools.sim.frozen import BOARD_DIR, heap_cost
 from host_tools.sim.interpreter import check_micropython, find_micropython
 
-BOARD_MODULES = Path(__file__).with_name("board")
-ESP_RULES = Path(espidf.__file__)  # host_tools/esp/espidf.py: portable, the board gets a copy on its MICROPYPATH
+BOARD_MODULES = BOARD_DIR  # the board's module sources (tests run some of them directly)
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
 OP_RTC_SET = 10  # the board set its RTC (host_tools/sim/chipclock.py)
@@ -79,6 +79,8 @@ class BoardRun:
                  heapsize: str | None = None, timing: FlashTiming | None = None, micropython: str | None = None) -> None:
         self.board = board
         self.micropython = micropython  # None: the lookup in host_tools.sim.interpreter, checked at start()
+        self._lock_fd = -1
+        self._lock()
         self.flash = Flash(board.flash_path, strict=board.strict, plan=plan or PowerPlan(), timing=timing)
         self.echo = echo
         self.heapsize = heapsize or board.config.get("heap", "128k")
@@ -104,6 +106,7 @@ class BoardRun:
         self._stop = False
         self._thread: threading.Thread | None = None
         self._repl_master = self._repl_slave = -1
+        self._uart = Uart()
         if repl_pty:
             self._open_repl_pty()
 
@@ -136,6 +139,23 @@ class BoardRun:
                 os.close(fd)
         self._repl_master = self._repl_slave = self._wake_r = self._wake_w = -1
         self.board.repl_link.unlink(missing_ok=True)
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+
+    def _lock(self) -> None:
+        # One supervisor per board: two would share one flash file and one REPL link.
+        fd = os.open(self.board.path / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise BoardRunError(f"virtual board {self.board.name} is running already (supervisor pid {holder})",
+                                hint="stop that `fota sim run` first, or use its REPL: fota sim repl " + self.board.name) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        self._lock_fd = fd
 
     def power_on(self) -> None:
         self._command("power_on", PWRON_RESET)
@@ -307,10 +327,10 @@ class BoardRun:
         parent, child = socket.socketpair()
         master, slave = os.openpty()
         _configure_child_tty(slave)
-        env = dict(os.environ)
-        env.pop("MICROPYPATH", None)
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("MICROPY", "FOTA_SIM_"))}
         env.update(
-            MICROPYPATH=board_path(self.board.path.parent),
+            IDENTITY.env(),
+            MICROPYPATH=str(frozen),
             FOTA_SIM_BUS=str(child.fileno()),
             FOTA_SIM_RUNNING=str(self._slot.offset),
             FOTA_SIM_RESET_CAUSE=str(cause),
@@ -318,17 +338,17 @@ class BoardRun:
             FOTA_SIM_CHIP_ID=str(self.board.config["chip_id"]),
             FOTA_SIM_CHIP_REV=str(self.board.config["chip_rev"]),
             FOTA_SIM_TABLE_OFFSET=str(self.board.config["partition_table_offset"]),
-            FOTA_SIM_FS=str(self.board.fs_path),
             FOTA_SIM_FROZEN=str(frozen),
         )
         env.update(self.clock.env())
         if raw:
             env["FOTA_SIM_RAW"] = "1"
-        heap = parse_size(self.heapsize) + frozen_heap_cost(frozen, env["MICROPYPATH"], self.micropython)
-        cmd = [self.micropython, "-X", f"heapsize={heap}", "-i", str(BOARD_MODULES / "_simboot.py")]
+        heap = parse_size(self.heapsize) + heap_cost(frozen, self.micropython)
+        cmd = [self.micropython, "-X", f"heapsize={heap}", "-i", "-c", "import _simboot"]
+        self._uart = Uart()
         self._child = subprocess.Popen(
             cmd, stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=[child.fileno()],
-            cwd=str(self.board.fs_path), preexec_fn=_become_tty_leader, close_fds=True,
+            cwd=str(frozen), preexec_fn=_become_tty_leader, close_fds=True,
         )
         os.close(slave)
         child.close()
@@ -364,7 +384,7 @@ class BoardRun:
                 return
             if not data:
                 return
-            self._console(data)
+            self._console(self._uart.cook(data))
 
     def _power_lost(self, loss: PowerLoss) -> None:
         self._kill_child()
@@ -384,7 +404,7 @@ class BoardRun:
         except OSError:
             data = b""
         if data:
-            self._console(data)
+            self._console(self._uart.cook(data))
             return
         self._child_exited()
 
@@ -417,7 +437,22 @@ class BoardRun:
             elif byte == 0x02:
                 self._raw_mode = False
         if self._child_fd >= 0 and data:
+            if b"\x03" in data and not self._interruptible():
+                data = data.replace(b"\x03", b"")  # start-up, _boot, kbd_intr(-1): a chip ignores Ctrl-C
             os.write(self._child_fd, data)
+
+    def _interruptible(self) -> bool:
+        # The Unix port turns Ctrl-C into a signal while it runs code (ISIG on) and reads it as a byte at its
+        # prompt (ISIG off). While ISIG is on and SIGINT is not caught (process start-up, the gap between two
+        # commands, kbd_intr(-1)) the signal would kill the process: drop the byte instead.
+        if not termios.tcgetattr(self._child_fd)[3] & termios.ISIG:
+            return True
+        try:
+            status = Path(f"/proc/{self._child.pid}/status").read_text()
+        except OSError:
+            return False
+        caught = next((int(line.split()[1], 16) for line in status.splitlines() if line.startswith("SigCgt:")), 0)
+        return bool(caught & (1 << (signal.SIGINT - 1)))
 
     def _open_repl_pty(self) -> None:
         self._repl_master, self._repl_slave = os.openpty()
@@ -530,68 +565,6 @@ def parse_size(text: str | int) -> int:
         return text
     units = {"k": 1024, "m": 1024 * 1024}
     return int(text[:-1]) * units[text[-1].lower()] if text[-1].lower() in units else int(text)
-
-
-HEAP_PROBE = """
-import gc, sys
-sys.path[:] = [sys.argv[1]] + sys.argv[2].split(":")
-gc.collect()
-base = gc.mem_alloc()
-for name in sys.argv[3:]:
-    try:
-        __import__(name)
-    except Exception:
-        pass
-gc.collect()
-print(gc.mem_alloc() - base)
-"""
-
-
-def board_path(home: Path) -> str:
-    """MICROPYPATH of a board: its own modules (sim/board/), then the ESP-IDF rules (esp/espidf.py).
-
-    The rules are product code (host_tools/esp/), shared with the host's image checks; the board
-    gets a copy of that one file in `home/.board-lib/` (refreshed whenever it differs), so nothing
-    else of host_tools/esp/ is importable on the board.
-    """
-    lib = home / ".board-lib"
-    target = lib / ESP_RULES.name
-    source = ESP_RULES.read_bytes()
-    if not target.exists() or target.read_bytes() != source:
-        lib.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_bytes(source)
-        tmp.replace(target)
-    return f"{BOARD_MODULES}:{lib}"
-
-
-def frozen_heap_cost(frozen: Path, path: str | None = None, micropython: str | None = None) -> int:
-    """Heap the slot's frozen modules and the board's own modules take on the Unix port.
-
-    On a chip frozen bytecode stays in flash and esp32/machine/network are C; the
-    Unix port loads each .mpy, and compiles the board modules, into the heap. The
-    board adds this much to the heap it gives the interpreter, so the application
-    sees the heap a chip would leave it. Measured once per image and interpreter
-    (a 32-bit build's objects are half the size).
-    """
-    micropython = micropython or micropython_binary()
-    cache = frozen / f".heapcost-{zlib.crc32(micropython.encode()):08x}"
-    if cache.exists():
-        return int(cache.read_text())
-    names = sorted(
-        ".".join(p.relative_to(frozen).with_suffix("").parts).removesuffix(".__init__")
-        for p in frozen.rglob("*.mpy")
-    )
-    board = ["_simbus", "espidf", "esp32", "machine", "network", "_simclock", "time", "ntptime"]
-    out = subprocess.run(
-        [micropython, "-X", "heapsize=4M", "-c", HEAP_PROBE, str(frozen), path or board_path(frozen.parent.parent), *board, *names],
-        capture_output=True, text=True, timeout=60, cwd=str(frozen),
-    )
-    cost = int(out.stdout.strip() or 0) if out.returncode == 0 else 0
-    tmp = cache.with_name(f".heapcost.{os.getpid()}.{threading.get_ident()}")
-    tmp.write_text(str(cost))
-    tmp.replace(cache)
-    return cost
 
 
 def _configure_child_tty(fd: int) -> None:

@@ -1,52 +1,76 @@
-"""What the frozen `_boot.py` and `main.c` of the ESP32 port do at each boot.
+"""What `main.c` of the ESP32 port does at each boot, for the virtual board.
 
-Run by the supervisor as `micropython -i _simboot.py`: the board's modules are
-imported first (they are built in on a chip), the board's filesystem directory
-becomes `/`, the slot's frozen modules become `/.frozen` (on sys.path where a
-real board has `.frozen`), then `boot.py` and, unless the host asked for the raw
-REPL, `main.py` run from the filesystem. An exception in `main.py` is printed
-and the board stays at its REPL; `sys.exit()` there is a soft reset.
+Run by the supervisor as `micropython -i -c "import _simboot"`, with the slot's
+frozen modules and the board's own (compiled, as frozen modules are) in one
+directory. The interpreter's host filesystem is unmounted; that directory
+becomes `/.frozen` (on sys.path where a chip has `.frozen`); the chip's
+identity is installed (`_identity`); `_boot` mounts the flash filesystem as `/`
+with Ctrl-C ignored; then `boot.py` and, unless the host asked for the raw REPL
+or boot.py failed, `main.py` run with pyexec's rules: an exception is printed
+(as from "main.py", no frame of this module) and the board stays at its REPL;
+`SystemExit` is a soft reset.
 """
 
+import micropython
 import os
 import sys
+import vfs
 
+import _identity
 import _simbus
-import esp32  # noqa: F401  built into the firmware of a real board
-import espidf  # noqa: F401
-import machine
-import network  # noqa: F401
-import ntptime  # noqa: F401  frozen on the ESP32 port; the board's modules leave sys.path below
+
+micropython.kbd_intr(-1)  # _boot is not interruptible; the supervisor drops Ctrl-C meanwhile
 
 
-def _mount():
-    fs = os.getenv("FOTA_SIM_FS")
+def _mount_frozen():
     frozen = os.getenv("FOTA_SIM_FROZEN")
-    os.umount("/")
-    os.mount(os.VfsPosix(fs), "/")
-    os.mount(os.VfsPosix(frozen), "/.frozen")
-    os.chdir("/")
+    vfs.umount("/")
+    vfs.mount(vfs.VfsPosix(frozen), "/.frozen")
     sys.path[:] = ["", ".frozen", "/.frozen", "/lib"]  # the port's own frozen modules (ssl, ...), then the image's
 
 
+def _print_exception(exc):
+    # pyexec prints from the script's frame down; drop the frames of this runner
+    buf = _identity._io.StringIO()
+    sys.print_exception(exc, buf)
+    lines = buf.getvalue().split("\n")
+    keep, skip = [], False
+    for line in lines:
+        if skip and line.startswith("    "):
+            continue
+        skip = line.startswith('  File "_simboot.py"')
+        if not skip:
+            keep.append(line)
+    print("\n".join(keep), end="")
+
+
 def _run(name):
+    # pyexec_file_if_exists(): a missing file is success
     try:
         os.stat(name)
     except OSError:
-        return
+        return True
     try:
         with open(name) as f:
-            code = f.read()
-        exec(code, globals())
+            code = compile(f.read(), name, "exec")
+        exec(code, _main)
+        return True
     except SystemExit:
+        import machine
+
         machine.soft_reset()
     except BaseException as exc:  # noqa: BLE001  pyexec prints every uncaught exception
-        sys.print_exception(exc)
+        _print_exception(exc)
+    return False
 
 
-_mount()
-_run("boot.py")
-if not os.getenv("FOTA_SIM_RAW"):
+_main = {"__name__": "__main__"}
+_mount_frozen()
+_identity.install()
+import _boot  # noqa: E402,F401  mounts / (first boot: makes the filesystem and boot.py)
+
+os.chdir("/")
+micropython.kbd_intr(3)
+if _run("boot.py") and not os.getenv("FOTA_SIM_RAW"):
     _run("main.py")
 _simbus.bus().call(_simbus.OP_IDLE)
-del _mount, _run
