@@ -1,4 +1,9 @@
-"""Power-cut sweep, as the MCUboot simulator does it: cut before EVERY flash operation."""
+"""Power-cut sweep, as the MCUboot simulator does it: cut before EVERY flash operation.
+
+The flash operations include the filesystem's (LittleFS on the vfs partition): the agent's state
+file, the config migration and backup, removing the package. After every cut the board must boot a
+valid image and its filesystem must mount with a readable config.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,10 @@ def check_outcome(board, run, n):
     assert run.flash.faults == [], f"cut {n}: {run.flash.faults}"
     assert "Guru" not in run.transcript() and "Traceback" not in run.transcript(), run.transcript()
     if st["version"] == "2.0.0":
-        assert st["seq"] == 2 and st["result"] == 1 and active_slot.version == "2.0.0"
+        assert st["seq"] == 2 and active_slot.version == "2.0.0", f"cut {n}: {st}"
+        # the cut may land after the commit but before main.py removed update.fota: the next boot offers the
+        # same package again and the agent refuses it as not newer (ROLLBACK, 11), leaving v2 committed
+        assert st["result"] == 1 or (st["result"] == 8 and st["code"] == 11), f"cut {n}: {st}\n{run.transcript()}"
         assert config["migrated_by"] == "2.0.0"
         return "updated"
     assert active_slot.version == "1.0.0" and st["seq"] == 0
@@ -51,7 +59,10 @@ def test_power_cut_before_every_flash_operation(tmp_path, tear, capsys):
     with BoardRun(counter) as run:
         wait_done(run)
     total = run.flash.ops
+    vfs = counter.fs_partition()
+    fs_ops = run.flash.ops_in(vfs.offset, vfs.offset + vfs.size)
     assert status(run)["version"] == "2.0.0"
+    assert fs_ops > 0, "the update wrote no file"
     started = time.monotonic()
     outcomes = {}
     for n in range(1, total + 1):
@@ -62,5 +73,5 @@ def test_power_cut_before_every_flash_operation(tmp_path, tear, capsys):
     assert "updated" in outcomes.values()
     with capsys.disabled():
         summary = {k: list(outcomes.values()).count(k) for k in set(outcomes.values())}
-        print(f"\n[power-cut sweep, {'torn' if tear else 'clean'}] {total} flash operations per update; "
-              f"{total} cuts in {elapsed:.1f} s; outcomes {summary}")
+        print(f"\n[power-cut sweep, {'torn' if tear else 'clean'}] {total} flash operations per update "
+              f"({fs_ops} of them filesystem writes/erases); {total} cuts in {elapsed:.1f} s; outcomes {summary}")

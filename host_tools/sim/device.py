@@ -148,10 +148,16 @@ class SimDevice:
 
     def fs(self) -> BoardFs:
         """The board's flash filesystem from the host (the board must be off): `with board.fs() as fs: ...`."""
+        return BoardFs.open(self.flash_path, self._file_table())
+
+    def fs_partition(self) -> Partition:
+        """The data partition the board mounts as `/`."""
+        return next(p for p in self._file_table().partitions if p.name == "vfs")
+
+    def _file_table(self) -> PartitionTable:
         with open(self.flash_path, "rb") as f:
             f.seek(self.config["partition_table_offset"])
-            table = PartitionTable.from_binary(f.read(0x1000))
-        return BoardFs.open(self.flash_path, table)
+            return PartitionTable.from_binary(f.read(0xC00))
 
     def write_file(self, name: str, content: str | bytes) -> None:
         """Put a file on the board's filesystem (what `mpremote fs cp` does on a running board)."""

@@ -49,6 +49,7 @@ BOARD_MODULES = BOARD_DIR  # the board's module sources (tests run some of them 
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
 OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
 OP_RTC_SET = 10  # the board set its RTC (host_tools/sim/chipclock.py)
+OP_READY = 11  # _boot is done: Ctrl-C may reach the interpreter from now on
 REQ = struct.Struct("<BII")
 RSP = struct.Struct("<iI")
 MAX_QUICK_PANICS = 5
@@ -107,6 +108,7 @@ class BoardRun:
         self._thread: threading.Thread | None = None
         self._repl_master = self._repl_slave = -1
         self._uart = Uart()
+        self._ready = False
         if repl_pty:
             self._open_repl_pty()
 
@@ -346,6 +348,7 @@ class BoardRun:
         heap = parse_size(self.heapsize) + heap_cost(frozen, self.micropython)
         cmd = [self.micropython, "-X", f"heapsize={heap}", "-i", "-c", "import _simboot"]
         self._uart = Uart()
+        self._ready = False
         self._child = subprocess.Popen(
             cmd, stdin=slave, stdout=slave, stderr=slave, env=env, pass_fds=[child.fileno()],
             cwd=str(frozen), preexec_fn=_become_tty_leader, close_fds=True,
@@ -444,7 +447,10 @@ class BoardRun:
     def _interruptible(self) -> bool:
         # The Unix port turns Ctrl-C into a signal while it runs code (ISIG on) and reads it as a byte at its
         # prompt (ISIG off). While ISIG is on and SIGINT is not caught (process start-up, the gap between two
-        # commands, kbd_intr(-1)) the signal would kill the process: drop the byte instead.
+        # commands, kbd_intr(-1)) the signal would kill the process: drop the byte instead. Until _boot is done
+        # (the interpreter's own start-up included), always.
+        if not self._ready:
+            return False
         if not termios.tcgetattr(self._child_fd)[3] & termios.ISIG:
             return True
         try:
@@ -525,6 +531,9 @@ class BoardRun:
             return self._verify_image(a, b)
         if op == OP_RTC_SET:
             self.clock.set(a, b)
+            return 0, b""
+        if op == OP_READY:
+            self._ready = True
             return 0, b""
         return -0x102, b""
 

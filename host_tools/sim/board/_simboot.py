@@ -71,6 +71,7 @@ import _boot  # noqa: E402,F401  mounts / (first boot: makes the filesystem and 
 
 os.chdir("/")
 micropython.kbd_intr(3)
+_simbus.bus().call(_simbus.OP_READY)
 if _run("boot.py") and not os.getenv("FOTA_SIM_RAW"):
     _run("main.py")
 _simbus.bus().call(_simbus.OP_IDLE)
