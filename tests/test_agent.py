@@ -115,9 +115,9 @@ def test_tampered_chunk_fails_the_digest_and_never_sets_boot(tmp_path):
     assert board.read_file("fota_journal.json") is None
 
 
-def test_whole_update_runs_in_an_80k_heap(tmp_path):
+def test_whole_update_runs_in_a_64k_heap(tmp_path):
     board = make_board(tmp_path, "heap", v2_package(encoding="zlib"))
-    run = run_until_done(board, heapsize="80k")  # module objects count, as on a chip (docs/BOARD.md)
+    run = run_until_done(board, heapsize="64k")
     assert status(run)["version"] == "2.0.0", run.transcript()
     assert "MemoryError" not in run.transcript()
 

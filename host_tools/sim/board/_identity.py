@@ -81,6 +81,26 @@ def _ilistdir(path=""):
             yield entry
 
 
+_open = open
+_open_files = []
+
+
+def _open_kept(*args, **kwargs):
+    # This Unix build has no finaliser: an unclosed file that the GC frees stays linked in LittleFS's
+    # list of open files and the next commit crashes the interpreter. A chip's GC closes such a file;
+    # the board keeps it open instead (closed files are dropped from the list at the next open).
+    i = 0
+    while i < len(_open_files):
+        try:
+            _open_files[i].tell()
+            i += 1
+        except (OSError, ValueError):
+            _open_files.pop(i)
+    f = _open(*args, **kwargs)
+    _open_files.append(f)
+    return f
+
+
 def install():
     release = _env("FOTA_SIM_VERSION", "1.28.0")
     machine = _env("FOTA_SIM_MACHINE", "Generic ESP32 module with ESP32")
@@ -99,3 +119,6 @@ def install():
     _sys.modules["sys"] = _Module(_sys, platform="esp32", implementation=impl, version="3.4.0; MicroPython " + version)
     _sys.modules["os"] = _Module(_os, uname=lambda: uname, listdir=_listdir, ilistdir=_ilistdir)
     _sys.modules["io"] = _Module(_io, BufferedWriter=BufferedWriter)
+    import builtins
+
+    builtins.open = _open_kept
