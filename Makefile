@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
 
-.PHONY: setup test demo lint mpy-check system-deps clean firmware fuzz micropython32 micropython64 mip
+.PHONY: setup test demo lint mpy-check system-deps clean firmware fuzz micropython32 micropython64 mip upstream-tests
 BOARD ?= esp32_generic
 
 setup: $(STAMP)
@@ -66,6 +66,10 @@ micropython64:
 # and build/mip/ (precompiled .mpy): `mpremote mip install --target /lib build/mip/package.json` (README).
 mip: setup
 	$(BIN)/python scripts/make_mip.py
+
+# MicroPython's own tests/run-tests.py -t port:PTY against a virtual board (MICROPY_DIR: a v1.28.0 checkout)
+upstream-tests: setup
+	MICROPY_DIR=$(MICROPY_DIR) BIN=$(BIN) bash scripts/upstream_tests.sh
 
 mpy-check: setup
 	@for f in $(FIRMWARE_PY) host_tools/sim/board/*.py host_tools/esp/espidf.py; do \
