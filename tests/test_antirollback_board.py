@@ -30,8 +30,10 @@ def test_floor_from_the_image_after_every_state_file_is_lost(tmp_path):
     board = make_board(tmp_path, "floor", fw_package(fw_image("2.0.0"), version="2.0.0", sequence=5))
     run = run_until_done(board)
     assert status(run)["version"] == "2.0.0" and status(run)["seq"] == 5
-    for name in STATE_FILES:
-        (board.fs_path / name).unlink(missing_ok=True)
+    with board.fs() as fs:
+        for name in STATE_FILES:
+            if fs.exists(name):
+                fs.remove(name)
     run = again(board, fw_package(fw_image("2.1.0"), version="2.1.0", sequence=5))
     assert refused(run) == [11] and status(run)["seq"] == 5  # ROLLBACK: floor 5 from secure_version
 

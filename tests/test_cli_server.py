@@ -33,7 +33,7 @@ def test_serve_deploy_devices(tmp_path):
         # The broker takes logins only (docs/SECURITY.md): the operator enrols the board, as fota provision does.
         enrolled = fota("device", "enroll", device_id(board), "--data", str(data))
         assert enrolled.returncode == 0, enrolled.stderr
-        config = json.loads((board.fs_path / "config.json").read_text()) | json.loads(enrolled.stdout)
+        config = json.loads(board.read_file("config.json").decode()) | json.loads(enrolled.stdout)
         board.write_file("config.json", json.dumps(config))
         package = tmp_path / "v2.fota"
         package.write_bytes(fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2))

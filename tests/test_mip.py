@@ -74,7 +74,7 @@ def test_mpremote_mip_installs_the_agent_on_a_stock_virtual_board(tmp_path):
         got = mpremote(board.repl_link, "exec", "import fota.errors, fota.agent; print(fota.agent.__file__, fota.errors.name(fota.errors.FAULT))")
     assert got.split()[0] == "/lib/fota/agent.py"
     for name in sources(FIRMWARE):
-        assert (board.fs_path / "lib" / name).read_bytes() == (FIRMWARE / name).read_bytes(), name
+        assert board.read_file(f"lib/{name}") == (FIRMWARE / name).read_bytes(), name
 
 
 class Cli:

@@ -24,14 +24,17 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import zlib
 from pathlib import Path
 
 from host_tools.esp import espidf
 from host_tools.image.freeze import compile_source
 
 BOARD_DIR = Path(__file__).with_name("board")
-BOARD_MODULES = ("_simbus", "_identity", "espidf", "esp32", "machine", "network", "flashbdev", "inisetup", "_boot", "_simboot")
-_FROZEN_ON_CHIP = ("_boot", "_simboot", "inisetup", "flashbdev")
+BOARD_MODULES = ("_simbus", "_identity", "espidf", "_md5", "esp32", "_simclock", "time", "machine", "network", "ntptime",
+                 "flashbdev", "inisetup", "_boot", "_simboot")
+_FROZEN_ON_CHIP = ("_boot", "_simboot", "inisetup", "flashbdev", "ntptime")  # Python in the ESP32 port's firmware too
+_ON_DEMAND = ("_md5",)  # imported by esp32 only when hashlib has no md5 (a build without a TLS library)
 _ESPIDF = Path(espidf.__file__)  # host_tools/esp/espidf.py: product code; the board gets a compiled copy
 # bytecode opcodes (py/bc0.h) and .mpy object kinds (py/persistentcode.h), MicroPython v1.28
 _BC_LOAD_CONST_NONE, _BC_RETURN_VALUE = 0x51, 0x63
@@ -149,7 +152,7 @@ def stub_module(mpy: bytes) -> bytes:
 
 def heap_cost(frozen: Path, micropython: str) -> int:
     """Heap bytes the Unix port spends on `frozen` that a chip keeps in flash (cached per directory)."""
-    cache = frozen / ".heapcost"
+    cache = frozen / f".heapcost-{zlib.crc32(micropython.encode()):08x}"  # a 32-bit build's objects are half the size
     if cache.exists():
         return int(cache.read_text())
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +166,8 @@ def heap_cost(frozen: Path, micropython: str) -> int:
             # modules are frozen on a chip too (and touch the flash at import): only their loading is
             board = rel.stem in BOARD_MODULES and len(rel.parts) == 1 and rel.stem not in _FROZEN_ON_CHIP
             (probe / rel).write_bytes(path.read_bytes() if board else stub_module(path.read_bytes()))
-            names.append(name)
+            if rel.stem not in _ON_DEMAND:
+                names.append(name)
         env = {k: v for k, v in os.environ.items() if k != "MICROPYPATH"}
         env["MICROPYPATH"] = str(probe)
         out = subprocess.run([micropython, "-X", "heapsize=8M", "-c", HEAP_PROBE, *names], capture_output=True, text=True,
