@@ -32,6 +32,8 @@ _bus = None
 
 
 class _Bus:
+    # A chip's flash driver allocates nothing: neither does a request here that reads into a buffer
+    # (LittleFS reads blocks through this on every file lookup, e.g. each `import json` searching "" and /lib).
     def __init__(self, fd):
         self._f = open(fd, "r+b")
         self._req = bytearray(9)
@@ -42,23 +44,29 @@ class _Bus:
         self._f.write(self._req)
         if payload is not None:
             self._f.write(payload)
-        self._read_exact(memoryview(self._rsp))
-        status, length = struct.unpack("<iI", self._rsp)
-        if status < 0:
+        self._read_exact(self._rsp, 8)
+        r = self._rsp
+        length = r[4] | r[5] << 8 | r[6] << 16 | r[7] << 24
+        if r[3] & 0x80:  # negative: an esp_err_t; no value here reaches 2^30 (31-bit small ints)
+            status = -(((r[0] ^ 0xFF) | (r[1] ^ 0xFF) << 8 | (r[2] ^ 0xFF) << 16 | (r[3] ^ 0xFF) << 24) + 1)
             raise OSError(status)
+        status = r[0] | r[1] << 8 | r[2] << 16 | r[3] << 24
         if into is not None:
-            self._read_exact(memoryview(into)[:length])
+            self._read_exact(into, length)
             return status
         if length:
             data = bytearray(length)
-            self._read_exact(memoryview(data))
+            self._read_exact(data, length)
             return data
         return status
 
-    def _read_exact(self, mv):
-        got = 0
-        while got < len(mv):
-            n = self._f.readinto(mv[got:])
+    def _read_exact(self, buf, length):
+        got = self._f.readinto(buf) if length == len(buf) else 0  # the usual case: one read, no memoryview
+        if got == length:
+            return
+        mv = memoryview(buf)
+        while got < length:
+            n = self._f.readinto(mv[got:length])
             if not n:
                 raise OSError(5)  # EIO: supervisor gone
             got += n
