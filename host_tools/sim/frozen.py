@@ -39,11 +39,20 @@ _ESPIDF = Path(espidf.__file__)  # host_tools/esp/espidf.py: product code; the b
 # bytecode opcodes (py/bc0.h) and .mpy object kinds (py/persistentcode.h), MicroPython v1.28
 _BC_LOAD_CONST_NONE, _BC_RETURN_VALUE = 0x51, 0x63
 _OBJ_ELLIPSIS, _OBJ_STR, _OBJ_BYTES, _OBJ_TUPLE = 4, 5, 6, 10
+# ROMFS (extmod/vfs_rom.c): header, then records kind + length + payload, lengths as big-endian base-128
+_ROMFS_HEADER, _ROMFS_DATA, _ROMFS_DIR, _ROMFS_FILE = b"\xd2\xcd\x31", 2, 4, 5
+QSTRS = "_qstrs"  # a module whose only content is every name the frozen modules use (see qstr_module)
+ROMFS = "frozen.romfs"  # every .mpy of the directory as one ROMFS image: what _simboot mounts at /.frozen
 HEAP_PROBE = """
-import gc, sys
+import gc, os, sys, vfs
 gc.collect()
 base = gc.mem_alloc()
-for name in sys.argv[1:]:
+rom = bytearray(os.stat(sys.argv[1])[6])
+with open(sys.argv[1], "rb") as f:
+    f.readinto(rom)
+vfs.mount(vfs.VfsRom(rom), "/.frozen")
+sys.path[:] = ["/.frozen"]
+for name in sys.argv[2:]:
     __import__(name)
 gc.collect()
 print(gc.mem_alloc() - base)
@@ -57,7 +66,7 @@ def _board_sources() -> dict[str, bytes]:
 
 
 def board_digest() -> str:
-    h = hashlib.sha256()
+    h = hashlib.sha256(ROMFS.encode())  # the layout of the directory, then the board's code
     for name, src in sorted(_board_sources().items()):
         h.update(name.encode() + b"\0" + src)
     return h.hexdigest()[:12]
@@ -76,11 +85,47 @@ def frozen_dir(home: Path, image: bytes, unpack) -> Path:
         (tmp / name).write_bytes(data)
     for name, src in _board_sources().items():
         (tmp / f"{name}.mpy").write_bytes(compile_source(src, f"{name}.py"))
+    (tmp / f"{QSTRS}.mpy").write_bytes(qstr_module([p.read_bytes() for p in sorted(tmp.rglob("*.mpy"))]))
+    (tmp / ROMFS).write_bytes(romfs_image(tmp))
     try:
         tmp.rename(target)
     except OSError:  # another board of this home made it first
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _romfs_uint(value: int) -> bytes:
+    out = [value & 0x7F]
+    value >>= 7
+    while value:
+        out.insert(0, 0x80 | (value & 0x7F))
+        value >>= 7
+    return bytes(out)
+
+
+def _romfs_record(kind: int, payload: bytes) -> bytes:
+    return _romfs_uint(kind) + _romfs_uint(len(payload)) + payload
+
+
+def _romfs_dir(directory: Path) -> bytes:
+    out = bytearray()
+    for path in sorted(directory.iterdir()):
+        name = path.name.encode("ascii")
+        if path.is_dir():
+            out += _romfs_record(_ROMFS_DIR, _romfs_uint(len(name)) + name + _romfs_dir(path))
+        elif path.suffix == ".mpy":
+            data = _romfs_record(_ROMFS_DATA, path.read_bytes())
+            out += _romfs_record(_ROMFS_FILE, _romfs_uint(len(name)) + name + data)
+    return bytes(out)
+
+
+def romfs_image(directory: Path) -> bytes:
+    """The .mpy files under `directory` as a ROMFS image (extmod/vfs_rom.c; mpremote's romfs writer writes the same)."""
+    body = _romfs_dir(directory)
+    size = _romfs_uint(len(body))
+    if (3 + len(size) + len(body)) % 2:
+        size = b"\x80" + size  # the image's length is even
+    return _ROMFS_HEADER + size + body
 
 
 def _read_uint(data: bytes, pos: int) -> tuple[int, int]:
@@ -113,6 +158,44 @@ def _skip_obj(data: bytes, pos: int) -> int:
             pos = _skip_obj(data, pos)
         return pos
     return pos + n + (1 if kind in (_OBJ_STR, _OBJ_BYTES) else 0)
+
+
+def _qstr_section(mpy: bytes) -> tuple[list[bytes], int, int]:
+    """The non-static qstrs of a bytecode .mpy v6, where its qstr count starts and where its qstr table ends."""
+    if mpy[:2] != b"M\x06" or mpy[2] >> 2 & 0x2F:
+        raise ValueError("not a bytecode-only .mpy of version 6")
+    n_qstr, pos = _read_uint(mpy, 4)
+    n_obj, pos = _read_uint(mpy, pos)
+    names = []
+    for _ in range(n_qstr):
+        n, pos = _read_uint(mpy, pos)
+        if not n & 1:  # odd: an index into the port's static qstrs, already in ROM
+            names.append(mpy[pos : pos + (n >> 1)])
+            pos += (n >> 1) + 1
+    return names, 4, pos
+
+
+def qstr_module(mpys: list[bytes]) -> bytes:
+    """An empty module whose qstr table holds every name of `mpys`: importing it interns them all.
+
+    On a chip the names of frozen modules are in flash (the frozen qstr pool); the Unix port interns a
+    module's names into pools on the heap when it loads the module, and each new pool is twice the last,
+    allocated wherever the heap has room at that moment. `_simboot` imports this module (and drops it)
+    before the application runs, so those pools sit at the bottom of the heap with the board's own objects
+    instead of between the application's.
+    """
+    base = stub_module(compile_source(b"", f"{QSTRS}.py"))
+    have, start, end = _qstr_section(base)
+    n_qstr, pos = _read_uint(base, start)
+    n_obj, pos = _read_uint(base, pos)
+    extra = []
+    seen = set(have)
+    for mpy in mpys:
+        for name in _qstr_section(mpy)[0]:
+            if name not in seen:
+                seen.add(name)
+                extra.append(_encode_uint(len(name) << 1) + name + b"\0")
+    return base[:start] + _encode_uint(n_qstr + len(extra)) + _encode_uint(n_obj) + base[pos:end] + b"".join(extra) + base[end:]
 
 
 def stub_module(mpy: bytes) -> bytes:
@@ -168,13 +251,16 @@ def heap_cost(frozen: Path, micropython: str) -> int:
             (probe / rel).write_bytes(path.read_bytes() if board else stub_module(path.read_bytes()))
             if rel.stem not in _ON_DEMAND:
                 names.append(name)
+        stub_rom = probe / ROMFS
+        stub_rom.write_bytes(romfs_image(probe))
+        extra = (frozen / ROMFS).stat().st_size - stub_rom.stat().st_size  # the real bodies' bytes in the image
         env = {k: v for k, v in os.environ.items() if k != "MICROPYPATH"}
         env["MICROPYPATH"] = str(probe)
-        out = subprocess.run([micropython, "-X", "heapsize=8M", "-c", HEAP_PROBE, *names], capture_output=True, text=True,
-                             timeout=60, cwd=tmp, env=env)
+        out = subprocess.run([micropython, "-X", "heapsize=8M", "-c", HEAP_PROBE, str(stub_rom), *names],
+                             capture_output=True, text=True, timeout=60, cwd=tmp, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"heap probe failed: {out.stdout}{out.stderr}")
-    cost = int(out.stdout.strip())
+    cost = int(out.stdout.strip()) + extra
     tmpfile = cache.with_name(f".heapcost.{os.getpid()}.{threading.get_ident()}")
     tmpfile.write_text(str(cost))
     tmpfile.replace(cache)

@@ -11,22 +11,52 @@ or boot.py failed, `main.py` run with pyexec's rules: an exception is printed
 `SystemExit` is a soft reset.
 """
 
+import gc
 import micropython
 import os
 import sys
 import vfs
 
-import _identity
-import _simbus
-
 micropython.kbd_intr(-1)  # _boot is not interruptible; the supervisor drops Ctrl-C meanwhile
 
 
 def _mount_frozen():
-    frozen = os.getenv("FOTA_SIM_FROZEN")
+    # A chip runs frozen bytecode in place from flash. Here the slot's and the board's modules are one ROMFS
+    # image (host_tools/sim/frozen.py), read into one buffer before anything else (so it sits at the bottom of
+    # the heap) and imported in place through VfsRom: no module's bytecode is copied into the heap between
+    # the application's objects, which would leave the free heap in small pieces.
+    path = os.getenv("FOTA_SIM_FROZEN") + "/frozen.romfs"
+    rom = bytearray(os.stat(path)[6])
+    with open(path, "rb") as f:
+        f.readinto(rom)
     vfs.umount("/")
-    vfs.mount(vfs.VfsPosix(frozen), "/.frozen")
+    vfs.mount(vfs.VfsRom(rom), "/.frozen")
     sys.path[:] = ["", ".frozen", "/.frozen", "/lib"]  # the port's own frozen modules (ssl, ...), then the image's
+    return rom
+
+
+_rom = _mount_frozen()  # kept referenced for as long as the board runs
+
+# What a chip has before main.py, loaded before the application's first object: the names of the frozen
+# modules (in flash on a chip), then the board's own modules (C on a chip). A collection after each step
+# frees its garbage before the next long-lived object is made, so these pack at the bottom of the heap
+# instead of leaving holes between them that the application finds too small later.
+import _qstrs  # noqa: E402,F401
+
+del sys.modules["_qstrs"], _qstrs
+gc.collect()
+import _identity  # noqa: E402
+import _simbus  # noqa: E402
+
+gc.collect()
+import esp32  # noqa: E402,F401
+
+gc.collect()
+import machine  # noqa: E402
+import network  # noqa: E402,F401
+import time  # noqa: E402,F401  the chip's clock (_simclock)
+
+gc.collect()
 
 
 def _print_exception(exc):
@@ -56,7 +86,6 @@ def _run(name):
         exec(code, _main)
         return True
     except SystemExit:
-        import machine
 
         machine.soft_reset()
     except BaseException as exc:  # noqa: BLE001  pyexec prints every uncaught exception
@@ -65,11 +94,12 @@ def _run(name):
 
 
 _main = {"__name__": "__main__"}
-_mount_frozen()
 _identity.install()
+gc.collect()
 import _boot  # noqa: E402,F401  mounts / (first boot: makes the filesystem and boot.py)
 
 os.chdir("/")
+gc.collect()  # what start-up left behind is garbage: the application's objects pack from the bottom of the heap
 micropython.kbd_intr(3)
 _simbus.bus().call(_simbus.OP_READY)
 if _run("boot.py") and not os.getenv("FOTA_SIM_RAW"):
