@@ -81,9 +81,7 @@ def _run(name):
     except OSError:
         return True
     try:
-        with open(name) as f:
-            code = compile(f.read(), name, "exec")
-        exec(code, _main)
+        execfile(name, _main)  # noqa: F821  the Unix port's builtin: the lexer reads the file as pyexec_file does, no copy of the source
         return True
     except SystemExit:
 
