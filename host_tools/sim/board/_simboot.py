@@ -41,22 +41,15 @@ _rom = _mount_frozen()  # kept referenced for as long as the board runs
 # modules (in flash on a chip), then the board's own modules (C on a chip). A collection after each step
 # frees its garbage before the next long-lived object is made, so these pack at the bottom of the heap
 # instead of leaving holes between them that the application finds too small later.
-import _qstrs  # noqa: E402,F401
-
-del sys.modules["_qstrs"], _qstrs
-gc.collect()
 import _identity  # noqa: E402
 import _simbus  # noqa: E402
-
-gc.collect()
 import esp32  # noqa: E402,F401
-
-gc.collect()
 import machine  # noqa: E402
 import network  # noqa: E402,F401
 import time  # noqa: E402,F401  the chip's clock (_simclock)
+import _qstrs  # noqa: E402,F401
 
-gc.collect()
+del sys.modules["_qstrs"], _qstrs
 
 
 def _print_exception(exc):
@@ -80,15 +73,20 @@ def _run(name):
         os.stat(name)
     except OSError:
         return True
+    # pyexec: Ctrl-C interrupts the script only, not what runs before or after it (the bus calls here)
+    micropython.kbd_intr(3)
     try:
         execfile(name, _main)  # noqa: F821  the Unix port's builtin: the lexer reads the file as pyexec_file does, no copy of the source
-        return True
+        ok = True
     except SystemExit:
-
+        micropython.kbd_intr(-1)
         machine.soft_reset()
     except BaseException as exc:  # noqa: BLE001  pyexec prints every uncaught exception
+        micropython.kbd_intr(-1)
         _print_exception(exc)
-    return False
+        return False
+    micropython.kbd_intr(-1)
+    return ok
 
 
 _main = {"__name__": "__main__"}
@@ -98,7 +96,6 @@ import _boot  # noqa: E402,F401  mounts / (first boot: makes the filesystem and 
 
 os.chdir("/")
 gc.collect()  # what start-up left behind is garbage: the application's objects pack from the bottom of the heap
-micropython.kbd_intr(3)
 _simbus.bus().call(_simbus.OP_READY)
 if _run("boot.py") and not os.getenv("FOTA_SIM_RAW"):
     _run("main.py")
