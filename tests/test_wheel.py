@@ -86,13 +86,13 @@ def test_installed_fota_builds_flashes_and_updates_a_virtual_board(installed, tm
         log.close()  # the child has its own copy
         info = wait_until(lambda: (home / "server" / "serve.json").exists() and json.loads((home / "server" / "serve.json").read_text()),
                      60, "serve.json")
-        fs = home / "sim" / "w1" / "fs"
-        fs.mkdir(parents=True, exist_ok=True)
-        (fs / "main.py").write_text("import app\nfrom fota import device\ndevice.run(app)\n")
+        (tmp_path / "main.py").write_text("import app\nfrom fota import device\ndevice.run(app)\n")
         uid = json.loads((home / "sim" / "w1" / "config.json").read_text())["uid"]
         cred = json.loads(fota("device", "enroll", uid).stdout)  # the board's broker login and report key
-        (fs / "config.json").write_text(json.dumps({"board": "sim", "chip_id": 0, "hw_rev": "A", "server": info["broker"],
-                                                    "self_test_ms": 5000, "chunk_timeout_ms": 1000, **cred}))
+        (tmp_path / "config.json").write_text(json.dumps({"board": "sim", "chip_id": 0, "hw_rev": "A", "server": info["broker"],
+                                                          "self_test_ms": 5000, "chunk_timeout_ms": 1000, **cred}))
+        for name in ("main.py", "config.json"):  # onto the board's flash filesystem (LittleFS in its vfs partition)
+            fota("sim", "fs", "put", "w1", name)
         board_log = open(tmp_path / "board.log", "w")
         procs.append(subprocess.Popen([str(installed / "fota"), "sim", "run", "w1"], stdout=board_log, stderr=subprocess.STDOUT,
                                       env=env, cwd=tmp_path))
