@@ -23,7 +23,7 @@ import json
 from . import errors
 from .boot import confirm
 from .boot.state import BootState
-from .check import manifest
+from .check import ed25519, manifest
 from .compat import bytes_io, const, ticks_diff, ticks_ms
 from .errors import OtaError
 from .slot.writer import SECTOR, SlotWriter
@@ -92,6 +92,9 @@ class Agent:
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
         self._carry = bytearray(_MARGIN)  # the inflater moves its undecoded tail through it (zlib packages)
         self._zin = bytes_io(SECTOR + _MARGIN)  # the inflater's input stream, made while the heap is whole
+        self._room = None
+        self._reserve()  # the decoder's state and window (zlib and delta packages), while the heap is whole
+        ed25519.reserve()  # and the verifier's fixed tables
         self._writer = None
         self._inflater = None
         self._patcher = None  # delta packages: the decoded patch applied from the running slot
@@ -152,8 +155,24 @@ class Agent:
         self.boot_state.failed(code, detail, self.manifest.version if self.manifest else None, self.now())
         self.state = IDLE
         self._writer = self._inflater = self._patcher = None
+        self._reserve()
         if report:
             self.report("failed", code=code, name=errors.name(code), detail=detail)
+
+    # The inflater's room (slot/inflate.py reserve): held from the start, handed over with the only
+    # reference (the inflater frees it for the decoder), made again when an attempt ends without a reset.
+    def _reserve(self):
+        if self._room is None:
+            from .slot.inflate import reserve
+
+            try:
+                self._room = reserve()
+            except MemoryError:  # the next zlib offer reserves its own, or is refused before any erase
+                pass
+
+    def _take_room(self):
+        room, self._room = self._room, None
+        return room
 
     # -- offers a link has seen through -------------------------------------
     def is_done(self, offer_id):
@@ -241,11 +260,12 @@ class Agent:
             from .slot import patch
 
             body = memoryview(blob)[manifest.HEADER_SIZE : end]
-            self._inflater, self._patcher = patch.begin(m, body, self._inflated, self._carry, self._buf, self._zin)
+            self._inflater, self._patcher = patch.begin(m, body, self._inflated, self._carry, self._buf, self._zin,
+                                                        self._take_room())
         elif m.encoding == 1:
             from .slot.inflate import Inflater
 
-            self._inflater = Inflater(self._inflated, m, self._carry, self._buf, self._zin)
+            self._inflater = Inflater(self._inflated, m, self._carry, self._buf, self._zin, self._take_room())
         else:
             j = bs.journal(m.image_sha256.hex(), target.info()[4])
             if j:

@@ -51,6 +51,17 @@ _SQRTM1 = 0x2B8324804FC1DF0B2B4D00993DFBD7A72F431806AD2FE478C4EE1B274A0EA0B0
 _BY = 0x6666666666666666666666666666666666666666666666666666666666666658
 
 _fixed = None  # (table of B, table of 2^128 B) once built
+_room = None  # their bytes, when reserve() was called before the first verify
+
+
+# Allocate the fixed-base tables' bytes now (one block each; filled at the first verify): a heap
+# that a long-running link has left in pieces may have no 1.5 KiB block left by the time of the
+# first offer (seen on the CoAP stack in a 64 KiB heap: 27 KB free, 3 KB the largest piece).
+def reserve():
+    global _room
+    if _fixed is None and _room is None:
+        n = 1 << (_W_B - 2)
+        _room = (bytearray(n * _ENTRY), bytearray(n * _ENTRY))
 
 
 # x^(2^n) mod p.
@@ -164,9 +175,10 @@ def _odd_multiples(pt, n):
 # bytearray: one heap block instead of 3n big ints, so a small heap stays
 # unfragmented. Eight points share one inversion (Montgomery's trick),
 # which bounds the transient heap; n is a multiple of 8.
-def _fixed_table(pt, n):
+def _fixed_table(pt, n, out=None):
     p = _P
-    out = bytearray(n * _ENTRY)
+    if out is None:
+        out = bytearray(n * _ENTRY)
     two = _cached(_add(pt, _cached(pt)))
     for i in range(0, n, 8):
         pts = [pt]
@@ -204,14 +216,16 @@ def _entry(tab, o, size):
 
 # The tables of B and 2^128 B, built on the first call only.
 def _fixed_tables():
-    global _fixed
+    global _fixed, _room
     if _fixed is None:
         b = _decode(_BY.to_bytes(32, "little"))
         n = 1 << (_W_B - 2)
-        tb = _fixed_table(b, n)
+        room = _room or (None, None)
+        tb = _fixed_table(b, n, room[0])
         for _ in range(_HALF):
             b = _add(b, _cached(b))
-        _fixed = (tb, _fixed_table(b, n))
+        _fixed = (tb, _fixed_table(b, n, room[1]))
+        _room = None
     return _fixed
 
 

@@ -14,8 +14,10 @@ is an INFLATE error, as a stream that ends inside a block is). The decoder alloc
 state and its window (1 << wbits) itself, at its first read (extmod/moddeflate.c
 `deflateio_init_read`), and that read comes with the first chunk, when the heap may be too
 fragmented for a 1 KiB block although much is free (seen: 55 KB free, 496 bytes the largest
-piece). So their room is reserved here, when the offer is taken (an OUT_OF_MEMORY then refuses
-the offer before anything is erased), and handed over just before that read. Output fills a 4 KiB buffer
+piece). So their room is reserved before that (`reserve()`: by the agent when it is made, while the
+heap is still whole, since a long-running link leaves it in pieces too small for even 2 KiB; or here,
+when the offer is taken, for a larger window: an OUT_OF_MEMORY then refuses the offer before anything
+is erased), and handed over just before that read. Output fills a 4 KiB buffer
 in 256-byte steps through views made once, and goes to `out(offset, mv)` (the slot writer's
 write_at, or a step before it) a sector at a time. Nothing is allocated per chunk.
 Chunks must come in order; a duplicate is ignored, one from ahead is refused
@@ -23,7 +25,8 @@ Chunks must come in order; a duplicate is ignored, one from ahead is refused
 it arrives; the image itself is hashed from flash at the end.
 
     inf = Inflater(writer.write_at, manifest, carry=bytearray(MARGIN), buf=bytearray(4096),
-                   stream=bytes_io(4096 + MARGIN))   # optional: made once, kept across updates
+                   stream=bytes_io(4096 + MARGIN),  # optional: made once, kept across updates
+                   room=reserve())                  # optional: made early; the caller drops its reference
     inf.feed(offset, memoryview(chunk))   # chunks up to len(buf) bytes
     inf.finished()                        # all of encoded_size consumed, stream ended at its last byte
 """
@@ -41,10 +44,16 @@ from ..errors import CHUNK_RANGE, INFLATE, OtaError
 MARGIN = const(1024)
 _STEP = const(256)
 _STATE = const(1024)  # >= sizeof(mp_obj_deflateio_read_t): uzlib's state with its two trees (~850 B at 64 bits)
+_ROOM_WBITS = const(11)  # the window reserve() holds: zlib packages use 10, delta ones 11 (host_tools/image)
+
+
+def reserve(wbits=_ROOM_WBITS):
+    """Room for a decoder's state and a window of 1 << wbits, to be handed to an Inflater."""
+    return bytearray(_STATE + (1 << wbits))
 
 
 class Inflater:
-    def __init__(self, out, m, carry, buf, stream=None):
+    def __init__(self, out, m, carry, buf, stream=None, room=None):
         import deflate  # MicroPython only; not needed to import this module
 
         if len(carry) < MARGIN or len(buf) % _STEP:
@@ -60,7 +69,8 @@ class Inflater:
         self._end = 0  # where the bytes that arrived end in self._in; stale bytes may follow
         self._tail = memoryview(carry)[:MARGIN]
         self._dec = deflate.DeflateIO(self._in, deflate.ZLIB, m.zlib_wbits)
-        self._room = bytearray(_STATE + (1 << m.zlib_wbits))  # the decoder's, until its first read
+        need = _STATE + (1 << m.zlib_wbits)  # the decoder's, until its first read (its only reference then)
+        self._room = room if room is not None and len(room) >= need else bytearray(need)
         self._out = memoryview(buf)
         self._steps = [self._out[i : i + _STEP] for i in range(0, len(buf), _STEP)]
         self._fill = 0

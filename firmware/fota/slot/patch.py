@@ -178,11 +178,11 @@ class Patcher:
 # For a delta manifest (`body`: its signed TLV bytes): check the base against the running image
 # (before anything is erased), then the Inflater whose decoded patch feeds a Patcher writing to
 # `emit`. Returns both.
-def begin(m, body, emit, carry, buf, stream=None):
+def begin(m, body, emit, carry, buf, stream=None, room=None):
     from .inflate import Inflater
 
     base_size, sha, patch_size = base_fields(body)
     part = running_partition()
     check_base(part, base_size, sha, buf)
     p = Patcher(part, base_size, m.image_size, emit, bytearray(_SECTOR))
-    return Inflater(p.feed, Stream(m, patch_size), carry, buf, stream), p
+    return Inflater(p.feed, Stream(m, patch_size), carry, buf, stream, room), p
