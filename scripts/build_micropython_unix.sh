@@ -10,8 +10,8 @@
 # FOTA_MICROPYTHON32=<that path> (tests/test_ed25519_32bit.py).
 #
 # Works on a checkout without submodules (a `git archive`), because it leaves out what needs them:
-#   MICROPY_PY_SSL=0    ssl/tls needs lib/mbedtls; without it hashlib keeps sha256 (in-tree
-#                       lib/crypto-algorithms) but loses sha1 and md5, which firmware does not use
+#   MICROPY_PY_SSL=0    unless lib/mbedtls and lib/micropython-lib are checked out (then ssl/tls are built and
+#                       ssl.py frozen); without them hashlib keeps sha256 (lib/crypto-algorithms), loses sha1/md5
 #   MICROPY_PY_BTREE=0  btree needs lib/berkeley-db-1.xx; firmware does not use it
 #   MICROPY_PY_FFI=0    ffi needs libffi for the target (32-bit libffi-dev or lib/libffi)
 #   FROZEN_MANIFEST     the variant's manifest freezes micropython-lib (lib/micropython-lib: mip, ssl,
@@ -40,9 +40,19 @@ rm -rf "$OUT/obj" && mkdir -p "$OUT"   # flags are not tracked by make: build af
 echo 'include("$(MPY_DIR)/extmod/asyncio")' >"$OUT/manifest.py"
 # The freezing rule insists on a micropython-lib checkout (a README.md) even when nothing uses it.
 mkdir -p "$OUT/no-micropython-lib" && echo "not used: manifest.py needs nothing from micropython-lib" >"$OUT/no-micropython-lib/README.md"
-flags=(MICROPY_PY_SSL=0 MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 FROZEN_MANIFEST="$OUT/manifest.py"
+flags=(MICROPY_PY_BTREE=0 MICROPY_PY_FFI=0 FROZEN_MANIFEST="$OUT/manifest.py"
   MPY_LIB_DIR="$OUT/no-micropython-lib" BUILD="$OUT/obj")
 [ "$BITS" = 32 ] && flags+=(MICROPY_FORCE_32BIT=1)
+# ssl when the checkout has lib/mbedtls (`git submodule update --init lib/mbedtls`): TLS costs heap on the
+# Unix port (mbedTLS allocates from MicroPython's heap there), so heap figures with TLS need it.
+# With it, micropython-lib's ssl.py (lib/micropython-lib) is frozen as the ESP32 port freezes it; firmware imports ssl.
+if [ -f "$MICROPY_DIR/lib/mbedtls/library/ssl_tls.c" ]; then
+  SSL_PY="$MICROPY_DIR/lib/micropython-lib/python-stdlib/ssl"
+  [ -f "$SSL_PY/ssl.py" ] || die "lib/mbedtls is there but not lib/micropython-lib: git submodule update --init lib/micropython-lib"
+  echo "module(\"ssl.py\", base_path=\"$SSL_PY\", opt=3)" >>"$OUT/manifest.py"
+else
+  flags+=(MICROPY_PY_SSL=0)
+fi
 # A `make micropython32` above us must not leak its variables into MicroPython's make.
 port_make() { env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make "$@"; }
 [ -x "$MICROPY_DIR/mpy-cross/build/mpy-cross" ] || port_make -C "$MICROPY_DIR/mpy-cross" -j"$(nproc 2>/dev/null || echo 2)"
