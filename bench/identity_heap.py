@@ -5,7 +5,9 @@ provisioned entry point (fota.device: config.json with mqtts://, the CA, user, p
 against mosquitto with TLS, a password file and ACLs; the server offers v2 (zlib). Prints the
 lowest free heap seen (sampled at every chunk and every report) and whether the update committed.
 
-    .venv/bin/python bench/identity_heap.py [--heap 64k]
+    .venv/bin/python bench/identity_heap.py [--heap 64k] [--no-tls]
+    FOTA_MICROPYTHON=build/micropython32/micropython .venv/bin/python bench/identity_heap.py   # a 32-bit build
+                                                     # with ssl: make micropython32 on a checkout with lib/mbedtls
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from brokers import issue_server_cert, make_test_ca, start_mosquitto  # noqa: E402
 from host_tools.server.service import Server, ServerConfig  # noqa: E402
+from host_tools.sim.frozen import interpreter_heap  # noqa: E402
+from host_tools.sim.interpreter import check_micropython, find_micropython  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
 from mqttkit import device_id, mqtt_board, wait_final, wait_until  # noqa: E402
 from simkit import fw_image, fw_package  # noqa: E402
@@ -92,13 +96,14 @@ def main() -> int:
         low = min(lows)
         what = "login + MACed reports" if args.no_tls else "TLS + login + MACed reports"
         print(f"identity on ({what}), heap {args.heap}: offer {offer.status}, "
-              f"lowest free {low} B, peak used {heap - low} B of {heap} B; reports rejected {server.identities.rejected}")
+              f"lowest free {low} B (gc.mem_free at every chunk and report); reports rejected {server.identities.rejected}")
+        interp = check_micropython(find_micropython())
+        print(f"interpreter: {interp.label()}; the board's {args.heap} is a chip's heap: "
+              f"{interpreter_heap(heap, interp.small_int_bits)} B for this interpreter (host_tools/sim/frozen.py)")
         if not args.no_tls:
             print("note: on the virtual board (Unix port) mbedTLS allocates its session (record buffers, the parsed CA,\n"
-                  "the handshake) from the MicroPython heap, so this figure includes it; on an ESP32 mbedTLS allocates\n"
-                  "from the ESP-IDF heap, outside MicroPython's. The agent's own share is the --no-tls figure; the\n"
-                  "difference between the two is mbedTLS. Both run on a 64-bit port (8-byte words) where objects\n"
-                  "are larger than on the chip's 32-bit one (docs/BOARD.md).")
+                  "the handshake) from the MicroPython heap (m_tracked_calloc), so this figure includes it; on an\n"
+                  "ESP32 mbedTLS allocates from the ESP-IDF heap, outside MicroPython's, so a chip needs less.")
         return 0 if offer.status == "SUCCEEDED" and "MemoryError" not in run.transcript() else 1
     finally:
         server.stop()

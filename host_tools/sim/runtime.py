@@ -42,7 +42,7 @@ from host_tools.sim import bootloader
 from host_tools.sim.chipclock import ChipClock
 from host_tools.sim.console import IDENTITY, Uart
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
-from host_tools.sim.frozen import BOARD_DIR, heap_cost
+from host_tools.sim.frozen import BOARD_DIR, heap_cost, interpreter_heap
 from host_tools.sim.interpreter import check_micropython, find_micropython
 
 BOARD_MODULES = BOARD_DIR  # the board's module sources (tests run some of them directly)
@@ -109,6 +109,7 @@ class BoardRun:
         self._repl_master = self._repl_slave = -1
         self._uart = Uart()
         self._ready = False
+        self._small_int_bits = 31  # the interpreter's, known at start()
         if repl_pty:
             self._open_repl_pty()
 
@@ -122,7 +123,8 @@ class BoardRun:
 
     def start(self) -> None:
         # A wrong or missing interpreter is a clear error here, not a crash loop on the console.
-        self.micropython = check_micropython(find_micropython(self.micropython)).path
+        interpreter = check_micropython(find_micropython(self.micropython))
+        self.micropython, self._small_int_bits = interpreter.path, interpreter.small_int_bits
         os.set_blocking(self._wake_r, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
         self._command("power_on", PWRON_RESET)
@@ -345,7 +347,7 @@ class BoardRun:
         env.update(self.clock.env())
         if raw:
             env["FOTA_SIM_RAW"] = "1"
-        heap = parse_size(self.heapsize) + heap_cost(frozen, self.micropython)
+        heap = interpreter_heap(parse_size(self.heapsize), self._small_int_bits) + heap_cost(frozen, self.micropython)
         cmd = [self.micropython, "-X", f"heapsize={heap}", "-i", "-c", "import _simboot"]
         self._uart = Uart()
         self._ready = False
