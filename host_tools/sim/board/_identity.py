@@ -101,6 +101,15 @@ def _open_kept(*args, **kwargs):
     return f
 
 
+emergency_buf = 0  # micropython.alloc_emergency_exception_buf(size): esp32's errors use it with the heap locked
+
+
+def _alloc_emergency_exception_buf(size):
+    # on the ESP32 port (MICROPY_ENABLE_EMERGENCY_EXCEPTION_BUF, size 0: allocated at run time), not on Unix
+    global emergency_buf
+    emergency_buf = max(0, int(size))
+
+
 def install():
     release = _env("FOTA_SIM_VERSION", "1.28.0")
     machine = _env("FOTA_SIM_MACHINE", "Generic ESP32 module with ESP32")
@@ -119,6 +128,9 @@ def install():
     _sys.modules["sys"] = _Module(_sys, platform="esp32", implementation=impl, version="3.4.0; MicroPython " + version)
     _sys.modules["os"] = _Module(_os, uname=lambda: uname, listdir=_listdir, ilistdir=_ilistdir)
     _sys.modules["io"] = _Module(_io, BufferedWriter=BufferedWriter)
+    import micropython
+
+    _sys.modules["micropython"] = _Module(micropython, alloc_emergency_exception_buf=_alloc_emergency_exception_buf)
     import builtins
 
     builtins.open = _open_kept

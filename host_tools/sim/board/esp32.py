@@ -5,9 +5,12 @@ Mirrors `ports/esp32/esp32_partition.c` over ESP-IDF's `esp_partition_*` and
 Errors are raised as `OSError(-esp_err_t)`, exactly as `check_esp_err()` does.
 """
 
+import binascii
+import gc
 import hashlib
 import struct
 
+import _identity
 import _simbus
 import espidf
 
@@ -33,6 +36,12 @@ _ESP_ERR_INVALID_ARG = const(0x102)
 _ESP_ERR_INVALID_SIZE = const(0x104)
 _ESP_ERR_NOT_FOUND = const(0x105)
 _ESP_ERR_OTA_VALIDATE_FAILED = const(0x1503)
+# nvs.h
+_ESP_ERR_NVS_NOT_FOUND = const(0x1102)
+_ESP_ERR_NVS_NOT_ENOUGH_SPACE = const(0x1105)
+_ESP_ERR_NVS_KEY_TOO_LONG = const(0x1109)
+_ESP_ERR_NVS_INVALID_LENGTH = const(0x110C)
+_NVS_KEY_MAX = const(15)  # NVS_KEY_NAME_MAX_SIZE 16 with the NUL (Item::MAX_KEY_LENGTH)
 _SUBTYPE_ANY = const(0xFF)
 _SUBTYPE_FACTORY = const(0x00)
 _SUBTYPE_OTA_MIN = const(0x10)
@@ -43,10 +52,37 @@ _TABLE_MAX = const(0xC00)
 _table = None
 
 
+# esp_err_to_name() for the codes this module returns
+_ERR_NAMES = {
+    -1: "ESP_FAIL",
+    0x101: "ESP_ERR_NO_MEM",
+    0x102: "ESP_ERR_INVALID_ARG",
+    0x104: "ESP_ERR_INVALID_SIZE",
+    0x105: "ESP_ERR_NOT_FOUND",
+    0x1102: "ESP_ERR_NVS_NOT_FOUND",
+    0x1105: "ESP_ERR_NVS_NOT_ENOUGH_SPACE",
+    0x1109: "ESP_ERR_NVS_KEY_TOO_LONG",
+    0x110C: "ESP_ERR_NVS_INVALID_LENGTH",
+    0x1503: "ESP_ERR_OTA_VALIDATE_FAILED",
+}
+# ESP_ERR_NO_MEM, ESP_ERR_TIMEOUT, ESP_ERR_NOT_SUPPORTED map to POSIX codes
+_ERR_POSIX = {0x101: 12, 0x107: 110, 0x106: 95}
+
+
 def _check(err):
-    # check_esp_err(): ESP_OK passes, anything else is OSError(-err)
-    if err:
-        raise OSError(-err)
+    # mphalport.c check_esp_err_(): ESP_OK passes, anything else is OSError(pcode, esp_err_to_name(err)).
+    # With the heap locked the name's str object cannot be made: OSError(pcode), whose args only fit
+    # when micropython.alloc_emergency_exception_buf() gave an emergency buffer, else OSError().
+    if not err:
+        return
+    pcode = _ERR_POSIX.get(err, -err)
+    try:
+        bytearray(1)
+    except MemoryError:
+        if _identity.emergency_buf:
+            raise OSError(pcode)
+        raise OSError()
+    raise OSError(pcode, _ERR_NAMES.get(err, "UNKNOWN ERROR"))
 
 
 class _Part:
@@ -329,3 +365,215 @@ class Partition:
             p.label,
             p.encrypted,
         )
+
+
+# idf_heap_info(): heap_caps.h capabilities
+HEAP_EXEC = const(1)  # MALLOC_CAP_EXEC
+HEAP_DATA = const(4)  # MALLOC_CAP_8BIT
+_CAP_32BIT = const(2)
+# An ESP32's heap regions after start-up (size, capabilities): DRAM, D/IRAM (data and code), IRAM. The
+# sizes are an ESP32_GENERIC build's; what the board knows is MicroPython's own heap, which the port takes
+# from the largest region at boot: that region's use is the GC heap (gc.mem_free() + gc.mem_alloc()).
+_REGIONS = (
+    (7288, HEAP_DATA | _CAP_32BIT),
+    (16648, HEAP_DATA | _CAP_32BIT),
+    (94904, HEAP_DATA | _CAP_32BIT),
+    (180224, HEAP_DATA | _CAP_32BIT | HEAP_EXEC),
+    (15072, HEAP_DATA | _CAP_32BIT | HEAP_EXEC),
+    (113200, HEAP_DATA | _CAP_32BIT | HEAP_EXEC),
+    (65536, _CAP_32BIT | HEAP_EXEC),
+)
+_min_free = {}
+
+
+def idf_heap_info(capabilities):
+    """[(size, free, largest free block, minimum free), ...] of the regions with all of `capabilities`."""
+    cap = int(capabilities)
+    gc_heap = gc.mem_free() + gc.mem_alloc()
+    biggest = max(r[0] for r in _REGIONS)
+    out = []
+    for i, (size, caps) in enumerate(_REGIONS):
+        if caps & cap != cap:
+            continue
+        free = size - min(size, gc_heap) if size == biggest else size
+        low = min(_min_free.get(i, free), free)
+        _min_free[i] = low
+        out.append((size, free, free, low))
+    return out
+
+
+# NVS: key-value pairs in the board's "nvs" partition. The layout is this board's, not ESP-IDF's NVS
+# pages: an append-only log of records, each `<BBBBHI` (magic, type, namespace length, key length, value
+# length, CRC32 of what follows) then namespace, key and value; a commit record ends each commit and only
+# records followed by a valid commit record count, so a commit cut by a power loss is not applied.
+# Erased flash (0xFF) ends the log; when a commit does not fit, the partition is erased and the live
+# values rewritten (one commit).
+_REC_MAGIC = const(0xA5)
+_T_ERASE = const(0)
+_T_I32 = const(1)
+_T_BLOB = const(2)
+_T_COMMIT = const(3)
+_HDR = "<BBBBHI"
+_HDR_SIZE = const(10)
+
+_nvs_part = None
+_nvs_end = 0
+_committed = None  # {(namespace, key): (type, value)}
+_pending = {}  # namespace -> {key: (type, value) or None for erased}
+
+
+def _nvs_load():
+    global _nvs_part, _nvs_end, _committed
+    if _committed is not None:
+        return
+    part = _first(1, _SUBTYPE_ANY, "nvs")
+    if part is None:
+        _check(0x110F)  # ESP_ERR_NVS_PART_NOT_FOUND (nvs_flash_init failed at boot on a chip)
+    state, batch, pos, end = {}, [], 0, 0
+    hdr = bytearray(_HDR_SIZE)
+    while pos + _HDR_SIZE <= part.size:
+        _read(part, pos, hdr)
+        magic, typ, nlen, klen, vlen, crc = struct.unpack(_HDR, hdr)
+        if magic != _REC_MAGIC or pos + _HDR_SIZE + nlen + klen + vlen > part.size:
+            break
+        body = bytearray(nlen + klen + vlen)
+        _read(part, pos + _HDR_SIZE, body)
+        if binascii.crc32(hdr[:6] + body) != crc:
+            break
+        pos += _HDR_SIZE + len(body)
+        if typ == _T_COMMIT:
+            for rec in batch:
+                _apply(state, *rec)
+            batch, end = [], pos
+        else:
+            batch.append((str(body[:nlen], "utf-8"), str(body[nlen : nlen + klen], "utf-8"), typ, bytes(body[nlen + klen :])))
+    _nvs_part, _nvs_end, _committed = part, end, state
+
+
+def _apply(state, ns, key, typ, value):
+    for t in (_T_I32, _T_BLOB):
+        if typ == _T_ERASE or t == typ:
+            state.pop((ns, key, t), None)
+    if typ != _T_ERASE:
+        state[(ns, key, typ)] = value
+
+
+def _record(ns, key, typ, value):
+    n, k = ns.encode(), key.encode()
+    hdr = struct.pack("<BBBBH", _REC_MAGIC, typ, len(n), len(k), len(value))
+    body = n + k + value
+    return hdr + struct.pack("<I", binascii.crc32(hdr + body)) + body
+
+
+def _nvs_commit(ns):
+    global _nvs_end
+    changes = _pending.pop(ns, None)
+    if not changes:
+        return
+    log = b"".join(_record(*c) for c in changes) + _record("", "", _T_COMMIT, b"")
+    state = dict(_committed)
+    for c in changes:
+        _apply(state, *c)
+    part = _nvs_part
+    if _nvs_end + len(log) > part.size:
+        log = b"".join(_record(ns_, k, t, v) for (ns_, k, t), v in state.items()) + _record("", "", _T_COMMIT, b"")
+        if len(log) > part.size:
+            _pending[ns] = changes
+            _check(_ESP_ERR_NVS_NOT_ENOUGH_SPACE)
+        _erase(part, 0, part.size)
+        _nvs_end = 0
+    _write(part, _nvs_end, log)
+    _nvs_end += len(log)
+    _committed.clear()
+    _committed.update(state)
+
+
+def _str(obj):
+    # mp_obj_str_get_str()
+    if isinstance(obj, str):
+        return obj
+    if isinstance(obj, bytes):
+        return str(obj, "utf-8")
+    raise TypeError("can't convert '%s' object to str implicitly" % type(obj).__name__)
+
+
+class NVS:
+    """esp32.NVS(namespace): esp32_nvs.c over nvs_open/nvs_set_*/nvs_get_*/nvs_erase_key/nvs_commit."""
+
+    def __init__(self, *args, **kwargs):
+        if kwargs:
+            raise TypeError("function doesn't take keyword arguments")
+        if len(args) != 1:
+            raise TypeError("function takes 1 positional arguments but %d were given" % len(args))
+        ns = _str(args[0])
+        _nvs_load()
+        if len(ns) > _NVS_KEY_MAX:  # the namespace is itself an entry: Page::writeItem refuses the name
+            _check(_ESP_ERR_NVS_KEY_TOO_LONG)
+        self._ns = ns
+
+    def _get(self, key, typ):
+        key = _str(key)
+        changes = _pending.get(self._ns, ())
+        for ns, k, t, value in reversed(changes):
+            if k == key and (t == typ or t == _T_ERASE):
+                if t == _T_ERASE:
+                    _check(_ESP_ERR_NVS_NOT_FOUND)
+                return value
+        value = _committed.get((self._ns, key, typ))
+        if value is None:
+            _check(_ESP_ERR_NVS_NOT_FOUND)
+        return value
+
+    def _has(self, key):
+        for typ in (_T_I32, _T_BLOB):
+            try:
+                self._get(key, typ)
+                return True
+            except OSError:
+                pass
+        return False
+
+    def _set(self, key, typ, value):
+        if len(key) > _NVS_KEY_MAX:
+            _check(_ESP_ERR_NVS_KEY_TOO_LONG)
+        _pending.setdefault(self._ns, []).append((self._ns, key, typ, bytes(value)))
+
+    def set_i32(self, key, value):
+        key = _str(key)
+        if not isinstance(value, int):
+            raise TypeError("can't convert %s to int" % type(value).__name__)
+        if not -0x80000000 <= value <= 0x7FFFFFFF:
+            raise OverflowError("overflow converting long int to machine word")
+        self._set(key, _T_I32, struct.pack("<i", value))
+
+    def get_i32(self, key):
+        return struct.unpack("<i", self._get(key, _T_I32))[0]
+
+    def set_blob(self, key, value):
+        key = _str(key)
+        if isinstance(value, str):
+            value = value.encode()
+        self._set(key, _T_BLOB, memoryview(value))
+
+    def get_blob(self, key, buf):
+        key = _str(key)
+        if isinstance(buf, (bytes, str)):
+            raise TypeError("object with buffer protocol required")
+        out = memoryview(buf)
+        value = self._get(key, _T_BLOB)
+        if len(value) > len(out):
+            _check(_ESP_ERR_NVS_INVALID_LENGTH)
+        out[: len(value)] = value
+        return len(value)
+
+    def erase_key(self, key):
+        key = _str(key)
+        if not self._has(key):
+            _check(_ESP_ERR_NVS_NOT_FOUND)
+        _pending.setdefault(self._ns, []).append((self._ns, key, _T_ERASE, b""))
+
+    def commit(self):
+        _nvs_commit(self._ns)
+
+    def __repr__(self):
+        return "<NVS namespace>"
