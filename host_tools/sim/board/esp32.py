@@ -446,7 +446,9 @@ def _nvs_load():
                 _apply(state, *rec)
             batch, end = [], pos
         else:
-            batch.append((str(body[:nlen], "utf-8"), str(body[nlen : nlen + klen], "utf-8"), typ, bytes(body[nlen + klen :])))
+            batch.append(
+                (str(body[:nlen], "utf-8"), str(body[nlen : nlen + klen], "utf-8"), typ, bytes(body[nlen + klen :]))
+            )
     _nvs_part, _nvs_end, _committed = part, end, state
 
 
@@ -514,7 +516,7 @@ class NVS:
     def _get(self, key, typ):
         key = _str(key)
         changes = _pending.get(self._ns, ())
-        for ns, k, t, value in reversed(changes):
+        for _ns, k, t, value in reversed(changes):
             if k == key and (t == typ or t == _T_ERASE):
                 if t == _T_ERASE:
                     _check(_ESP_ERR_NVS_NOT_FOUND)
