@@ -12,7 +12,7 @@ export FOTA_HOME=$HOME_DIR
 cleanup() { [ -n "${RUN_PID:-}" ] && kill "$RUN_PID" 2>/dev/null; wait 2>/dev/null; rm -rf "$HOME_DIR"; }
 trap cleanup EXIT
 mkdir -p "$HOME_DIR/app" && echo "VERSION = 'upstream-tests'" > "$HOME_DIR/app/app.py"
-"$BIN/fota" build --board sim --app "$HOME_DIR/app" --version 1.0.0 -o "$HOME_DIR/app.bin" >/dev/null
+"$BIN/fota" build --board sim --app "$HOME_DIR/app" --version 1.0.0 --no-trust -o "$HOME_DIR/app.bin" >/dev/null
 "$BIN/fota" sim create up >/dev/null
 "$BIN/fota" flash "$HOME_DIR/app.bin" --port sim:up --board sim >/dev/null
 "$BIN/fota" sim run up > "$HOME_DIR/board.log" 2>&1 &

@@ -547,7 +547,8 @@ class BoardRun:
         try:
             espidf.verify_image(readinto, size, cfg["chip_id"], cfg["chip_rev"])
         except espidf.ImageInvalid as exc:
-            self._console(f"E (esp_image) {exc}\r\n".encode())
+            if not self._raw_mode:  # MicroPython's main.c turns ESP-IDF's log off while the raw REPL runs
+                self._console(f"E (esp_image) {exc}\r\n".encode())
             return -0x1503, b""
         return 0, b""
 
