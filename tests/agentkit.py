@@ -61,6 +61,7 @@ if cfg.get("offer_first_on") == app.VERSION and exists("second.fota"):
         pump(agent, FileSource("second.fota"))
     except OtaError as e:
         print("REFUSED", e.code)
+print("FLOOR", agent.boot_state.store.floor())  # what the state files alone hold (anchors, fota_state.json)
 result = agent.boot()
 print("BOOT", app.VERSION, result)
 if result is not None and exists("update.fota"):
@@ -78,6 +79,7 @@ if exists("update.fota"):
     except OtaError as e:
         print("REFUSED", e.code)
         os.remove("update.fota")
+print("FLOOR", agent.boot_state.store.floor())
 print("STATUS", json.dumps(agent.status()))
 print("DONE")
 """

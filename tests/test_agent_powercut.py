@@ -1,22 +1,27 @@
 """Power-cut sweep, as the MCUboot simulator does it: cut before EVERY flash operation.
 
 The flash operations include the filesystem's (LittleFS on the vfs partition): the agent's state
-file, the config migration and backup, removing the package. After every cut the board must boot a
-valid image and its filesystem must mount with a readable config.
+file and anchor records, the config migration and backup, removing the package. After every cut the
+board must boot a valid image and its filesystem must mount with a readable config, and the
+anti-rollback floor must never go down: the board has already taken an update with sequence 1, and the
+floor its state files alone hold (before the running image's secure_version is looked at) stays >= 1
+at every boot after every cut, and is 2 once v2 is committed.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 
 import pytest
 
-from agentkit import CONFIG, make_board, status, v2_package, wait_done
+from agentkit import make_board, status, v2_package, wait_done
 from host_tools.sim.device import SimDevice
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.runtime import BoardRun
+from simkit import fw_image, fw_package
 
 pytestmark = pytest.mark.fw
 
@@ -30,7 +35,9 @@ def run_with_cut(board, n, tear):
     return run
 
 
-def check_outcome(board, run, n):
+def check_outcome(board, run, n, base_config):
+    floors = [int(f) for f in re.findall(r"^FLOOR (\d+)", run.transcript(), re.M)]
+    assert floors and min(floors) >= 1, f"cut {n}: the state files' floor went down: {floors}\n{run.transcript()}"
     st = status(run)
     sim = board.status()
     entry = sim.entries[sim.active]
@@ -44,17 +51,22 @@ def check_outcome(board, run, n):
         # the cut may land after the commit but before main.py removed update.fota: the next boot offers the
         # same package again and the agent refuses it as not newer (ROLLBACK, 11), leaving v2 committed
         assert st["result"] == 1 or (st["result"] == 8 and st["code"] == 11), f"cut {n}: {st}\n{run.transcript()}"
-        assert config["migrated_by"] == "2.0.0"
+        assert config["migrated_by"] == "2.0.0" and floors[-1] == 2, f"cut {n}: {floors}"
         return "updated"
-    assert active_slot.version == "1.0.0" and st["seq"] == 0
+    assert active_slot.version == "1.5.0" and st["seq"] == 1
     assert st["result"] not in (0, 1), f"cut {n}: the failure was not reported"
-    assert config == CONFIG
+    assert config == base_config
     return "failed cleanly"
 
 
 @pytest.mark.parametrize("tear", [False, True], ids=["clean-cut", "torn-op"])
 def test_power_cut_before_every_flash_operation(tmp_path, tear, capsys):
-    template = make_board(tmp_path / "t", "tpl", v2_package())
+    template = make_board(tmp_path / "t", "tpl", fw_package(fw_image("1.5.0"), version="1.5.0", sequence=1))
+    with BoardRun(template) as run:  # a floor of 1 first, so that a lost or torn record would show
+        wait_done(run)
+    assert status(run)["version"] == "1.5.0" and status(run)["seq"] == 1
+    base_config = json.loads(template.read_file("config.json").decode())
+    template.write_file("update.fota", v2_package())
     counter = SimDevice(shutil.copytree(template.path, tmp_path / "t" / "count"))
     with BoardRun(counter) as run:
         wait_done(run)
@@ -68,7 +80,7 @@ def test_power_cut_before_every_flash_operation(tmp_path, tear, capsys):
     for n in range(1, total + 1):
         board = SimDevice(shutil.copytree(template.path, tmp_path / "t" / f"cut{n}"))
         run = run_with_cut(board, n, tear)
-        outcomes[n] = check_outcome(board, run, n)
+        outcomes[n] = check_outcome(board, run, n, base_config)
     elapsed = time.monotonic() - started
     assert "updated" in outcomes.values()
     with capsys.disabled():
