@@ -298,12 +298,13 @@ class RomLoader:
     def _begin(self, data: bytes, inflater: zlib._Decompress | None) -> tuple[int, bytes]:
         _need(len(data) in ((16, 20) if self.stub else (16,)))  # the ESP32 ROM has no 5th (encrypt) word
         size, _blocks, _block_size, offset = struct.unpack_from("<IIII", data)
-        self._download = dl = _Download(offset, size, inflater=inflater)
+        self._download = None
         if not self.stub:
             self._erase_area(offset, size)  # size: what to erase (deflate: rounded up to 1 KiB)
+            self._download = _Download(offset, size, inflater=inflater)
             return 0, b""
         start, end = offset // SECTOR * SECTOR, -(-(offset + size) // SECTOR) * SECTOR
-        dl.erase_addr, dl.erase_left = start, end - start
+        self._download = _Download(offset, size, start, end - start, inflater)
         self._dirty_seen = False
         self._erase_next()
         return 0, b""
@@ -490,7 +491,8 @@ class RomLoader:
 
     def _flash_write(self, addr: int, data: bytes) -> None:
         self._check_range(addr, len(data))
-        self.flash.write(addr, data)
+        if data:
+            self.flash.write(addr, data)
 
     def _flash_erase(self, addr: int, length: int) -> None:
         self._check_range(addr, length)
