@@ -21,6 +21,7 @@ import pytest
 import serial
 
 from host_tools.sim.flash import Flash, PowerPlan
+from host_tools.sim.rfc2217port import EN_SETTLE, ResetCircuit, Rfc2217Server
 from host_tools.sim.romloader import (
     CHANGE_BAUDRATE,
     DOWNLOAD_BOOT_TEXT,
@@ -419,6 +420,58 @@ def test_garbage_on_the_pty_never_kills_the_runner(board):
             answer += port.read(256)
         assert replies(answer) == [(SYNC, 0x20120707, bytes(4))] * 8
     assert "Detecting chip type... ESP32" in board.esptool("chip-id").output
+
+
+# --- RFC 2217: esptool's reset lines reach the board ---------------------------------------------
+
+
+@pytest.mark.timeout(120)
+def test_esptool_over_rfc2217_resets_into_download_mode_and_hard_resets_into_the_app(tmp_path):
+    """The product's own detection command (host_tools.device.flashing): default-reset, hard-reset, 460800 baud.
+    RFC 2217 through pyserial costs ~0.2 s a command (it renegotiates the port settings whenever esptool
+    changes its read timeout), so this is one short command."""
+    flash = Flash.create(tmp_path / "flash.bin", FLASH_SIZE)
+    resets: list[bool] = []
+    with Rfc2217Server(RomLoader(flash, MAC), on_reset=resets.append) as server:
+        assert not server.download  # the app runs
+        cmd = [str(ESPTOOL), "--port", server.url, "--baud", "460800", "--before", "default-reset", "--after", "hard-reset", "chip-id"]
+        result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=100)
+        _wait_until(lambda: resets and resets[-1] is False)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "Detecting chip type... ESP32" in result.stdout and "MAC:                24:0a:c4:12:34:56" in result.stdout
+        assert "Hard resetting via RTS pin..." in result.stdout and "NOT reset" not in result.stdout + result.stderr
+        assert resets[0] is True and resets[-1] is False and not server.download
+    flash.close()
+
+
+@pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")  # pyserial 3.5 rfc2217 client
+def test_opening_the_port_resets_nothing_and_app_bytes_pass_both_ways(tmp_path):
+    flash = Flash.create(tmp_path / "flash.bin", 64 * 1024)
+    got, resets = [], []
+    with Rfc2217Server(RomLoader(flash, MAC), on_reset=resets.append, app_input=got.append) as server:
+        with serial.serial_for_url(server.url, baudrate=115200, timeout=2) as port:  # pyserial asserts DTR, then RTS
+            port.write(b"print(1)\r\n")
+            _wait_until(lambda: b"".join(got) == b"print(1)\r\n")
+            server.send(b"1\r\n>>> \xff")
+            assert port.read(8) == b"1\r\n>>> \xff"
+        assert resets == [] and not server.download
+    flash.close()
+
+
+def test_reset_circuit_boots_on_en_settled_high_sampling_io0():
+    circuit = ResetCircuit()
+    assert circuit.set_lines(True, True, 0.0) is None and circuit.deadline() is None  # both asserted: neither pin moves
+    assert circuit.set_lines(False, True, 1.0) is None and circuit.in_reset  # EN low
+    circuit.set_lines(True, False, 1.1)  # IO0 low and EN released together (the atomic step)
+    assert circuit.boot(1.1 + EN_SETTLE / 2) is None
+    assert circuit.boot(1.1 + EN_SETTLE) is True and not circuit.in_reset
+    circuit.set_lines(False, True, 2.0)
+    circuit.set_lines(False, False, 2.1)  # hard reset: EN released with IO0 high
+    assert circuit.set_lines(False, False, 2.2) is False  # a later change reports the boot that happened first
+    circuit.set_lines(False, True, 3.0)
+    circuit.set_lines(True, True, 3.1)  # EN high for less than EN_SETTLE...
+    circuit.set_lines(False, True, 3.1 + EN_SETTLE / 2)  # ...is not a boot
+    assert circuit.boot(4.0) is None and circuit.in_reset
 
 
 # --- SLIP and the boot text -------------------------------------------------------------------
