@@ -454,7 +454,12 @@ def test_opening_the_port_resets_nothing_and_app_bytes_pass_both_ways(tmp_path):
             _wait_until(lambda: b"".join(got) == b"print(1)\r\n")
             server.send(b"1\r\n>>> \xff")
             assert port.read(8) == b"1\r\n>>> \xff"
-        assert resets == [] and not server.download
+            server.reset(download=True)  # the supervisor powers the board on with IO0 held low
+            assert port.read(len(DOWNLOAD_BOOT_TEXT)) == DOWNLOAD_BOOT_TEXT
+            port.write(command(SYNC, SYNC_DATA))
+            answer = port.read(8 * 14)
+            assert replies(answer) == [(SYNC, 0x20120707, bytes(4))] * 8
+        assert resets == [] and server.download
     flash.close()
 
 

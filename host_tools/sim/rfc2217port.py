@@ -151,7 +151,8 @@ class Rfc2217Server:
 
     `download`: whether the ROM loader runs when the server starts (else the app does).
     `on_reset(download)` is called (from the server's thread) each time the chip leaves reset;
-    `on_stop(loader)` once the loader stops answering (`loader.exit` or `loader.power_loss`);
+    `on_stop(loader)` once the loader stops answering (`loader.exit`: the ROM ran the app or rebooted;
+    `loader.power_loss`: the board is off), after which the supervisor calls `reset()`;
     `app_input(data)` gets what the client sends while the app runs."""
 
     def __init__(self, loader: RomLoader, *, host: str = "127.0.0.1", port: int = 0, download: bool = False,
@@ -190,6 +191,11 @@ class Rfc2217Server:
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
         self._wake_r = self._wake_w = -1
+
+    def reset(self, download: bool) -> None:
+        """The supervisor reset the chip itself (power on, watchdog, `machine.reset()`, or after `on_stop` when the ROM
+        ran the app): it now runs the ROM loader (`download`) or the app. `on_reset` is not called (thread-safe)."""
+        self._call(lambda: self._boot(download, notify=False))
 
     def send(self, data: bytes) -> None:
         """Bytes the board sends on UART0 (the app's console output), to the client if one is connected (thread-safe)."""
@@ -256,13 +262,13 @@ class Rfc2217Server:
             if self.on_stop is not None:
                 self.on_stop(self.loader)
 
-    def _boot(self, download: bool) -> None:
+    def _boot(self, download: bool, notify: bool = True) -> None:
         self.download = download
         if download:
             self.loader.reset()
             self._stop_reported = False
             self._to_client(DOWNLOAD_BOOT_TEXT)
-        if self.on_reset is not None:
+        if notify and self.on_reset is not None:
             self.on_reset(download)
 
     def _to_client(self, data: bytes) -> None:
