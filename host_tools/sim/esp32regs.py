@@ -129,7 +129,7 @@ class Esp32Registers:
     def _flash_reply(self, command: int, addr: int, nbytes: int) -> bytes:
         # What the flash chip shifts out on MISO; commands without a reply (66/99 reset, write enable, ...) do nothing here.
         if command == FLASH_RDID:
-            data = self.jedec_id.to_bytes(3, "little")
+            data = (self.jedec_id & 0xFFFFFF).to_bytes(3, "little")
         elif command == FLASH_RDSFDP:
             data = self._sfdp[addr : addr + nbytes]
         elif command in FLASH_READ_STATUS:

@@ -52,9 +52,9 @@ class PtyRunner:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def start(self, *, download_boot: bool = True) -> None:
-        """Start serving; with `download_boot` the ROM's download-mode text goes out first."""
-        if download_boot:
+    def start(self, *, boot_text: bool = True) -> None:
+        """Start serving; with `boot_text` the ROM's download-mode text goes out first."""
+        if boot_text:
             self._out += DOWNLOAD_BOOT_TEXT
         self._thread.start()
 
