@@ -28,7 +28,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import termios
 import threading
@@ -39,9 +38,9 @@ from pathlib import Path
 from typing import TextIO
 
 from host_tools.errors import FotaError
-from host_tools.esp import espidf
 from host_tools.image.sim_image import frozen_modules
 from host_tools.sim import bootloader
+from host_tools.sim.busserve import BusRequests
 from host_tools.sim.chipclock import ChipClock
 from host_tools.sim.console import IDENTITY, Uart
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
@@ -52,11 +51,6 @@ from host_tools.sim.serialfront import SerialFront
 
 BOARD_MODULES = BOARD_DIR  # the board's module sources (tests run some of them directly)
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
-OP_RTC_SET = 10  # the board set its RTC (host_tools/sim/chipclock.py)
-OP_READY = 11  # _boot is done: Ctrl-C may reach the interpreter from now on
-REQ = struct.Struct("<BII")
-RSP = struct.Struct("<iI")
 MAX_QUICK_PANICS = 5
 
 
@@ -78,7 +72,7 @@ def micropython_binary(explicit: str | None = None) -> str:
     return find_micropython(explicit)
 
 
-class BoardRun:
+class BoardRun(BusRequests):
     """Power the board on and supervise it until `stop()`."""
 
     def __init__(self, board, *, plan: PowerPlan | None = None, echo: TextIO | None = None, repl_pty: bool = True,
@@ -589,86 +583,7 @@ class BoardRun:
         link.unlink(missing_ok=True)
         link.symlink_to(os.ttyname(self._repl_slave))
 
-    # -- bus ------------------------------------------------------------------
-    def _on_bus(self) -> None:
-        data = self._bus.recv(65536 + REQ.size)
-        if not data:  # the process is exiting; its console EOF handles the rest
-            self._sel.unregister(self._bus)
-            return
-        self._bus_buf += data
-        while len(self._bus_buf) >= REQ.size:
-            op, a, b = REQ.unpack_from(self._bus_buf)
-            need = REQ.size + (b if op == OP_WRITE else 0)
-            if len(self._bus_buf) < need:
-                return
-            payload = bytes(self._bus_buf[REQ.size : need])
-            del self._bus_buf[:need]
-            if not self._serve(op, a, b, payload):
-                return
-
-    def _serve(self, op: int, a: int, b: int, payload: bytes) -> bool:
-        """Answer one request; False when the process was ended by it."""
-        try:
-            reply = self._dispatch(op, a, b, payload)
-        except PowerLoss as loss:
-            self._power_lost(loss)
-            return False
-        if reply is None:
-            return False
-        status, body = reply
-        self._bus.sendall(RSP.pack(status, len(body)) + body)
-        return True
-
-    def _dispatch(self, op, a, b, payload):
-        if op == OP_READ:
-            return 0, self.flash.read(a, b)
-        if op == OP_WRITE:
-            faults = len(self.flash.faults)
-            self.flash.write(a, payload)
-            if len(self.flash.faults) > faults:
-                self._console(f"\r\n[sim] FLASH FAULT: {self.flash.faults[-1].message}\r\n".encode())
-                self._event("flash_fault", self.flash.faults[-1].message)
-            return 0, b""
-        if op == OP_ERASE:
-            self.flash.erase(a, b)
-            return 0, b""
-        if op == OP_RESET:
-            return self._reset_request(a, b)
-        if op == OP_WDT_ARM:
-            self._wdt_timeout = a / 1000
-            self._wdt_deadline = time.monotonic() + self._wdt_timeout
-            return 0, b""
-        if op == OP_WDT_FEED:
-            if self._wdt_deadline is not None:
-                self._wdt_deadline = time.monotonic() + self._wdt_timeout
-            return 0, b""
-        if op == OP_LINK:
-            return (1 if self.link_up else 0), b""
-        if op == OP_IDLE:
-            self._event("idle")
-            return 0, b""
-        if op == OP_VERIFY:
-            return self._verify_image(a, b)
-        if op == OP_RTC_SET:
-            self.clock.set(a, b)
-            return 0, b""
-        if op == OP_READY:
-            self._ready = True
-            return 0, b""
-        return -0x102, b""
-
-    def _verify_image(self, addr: int, size: int):
-        def readinto(offset, buf):
-            buf[:] = self.flash.read(addr + offset, len(buf))
-
-        cfg = self.board.config
-        try:
-            espidf.verify_image(readinto, size, cfg["chip_id"], cfg["chip_rev"])
-        except espidf.ImageInvalid as exc:
-            self._console(f"E (esp_image) {exc}\r\n".encode())
-            return -0x1503, b""
-        return 0, b""
-
+    # -- bus (host_tools.sim.busserve answers the rest) ---------------------------
     def _reset_request(self, cause: int, arg: int):
         if cause == SOFT_RESET:
             self._kill_child()
