@@ -14,7 +14,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -49,19 +49,8 @@ APP_AT = 0x10000
 SYNC_DATA = b"\x07\x07\x12\x20" + b"\x55" * 32
 
 
-@dataclass
 class RecordingFlash(Flash):
-    """The board's flash, noting each erase and write that completed: (kind, address, length)."""
-
-    log: list[tuple[str, int, int]] = field(default_factory=list)
-
-    def erase(self, addr: int, length: int) -> None:
-        super().erase(addr, length)
-        self.log.append(("erase", addr, length))
-
-    def write(self, addr: int, data: bytes) -> None:
-        super().write(addr, data)
-        self.log.append(("write", addr, len(data)))
+    """The board's flash; `Flash.log` notes each erase and write that completed: (kind, address, length)."""
 
     def kinds(self, kind: str) -> list[tuple[int, int]]:
         return [(addr, n) for k, addr, n in self.log if k == kind]
