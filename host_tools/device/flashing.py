@@ -30,7 +30,9 @@ class FlashError(FotaError):
 
 
 def esptool_cmd() -> list[str]:
-    return [str(Path(sys.executable).with_name("esptool"))]
+    """esptool's script beside this interpreter (a venv), else its module run by this interpreter."""
+    script = Path(sys.executable).with_name("esptool")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "esptool"]
 
 
 def detected_chip(esptool_output: str) -> str | None:
