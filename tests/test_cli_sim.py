@@ -50,3 +50,12 @@ def test_sim_run_with_a_power_cut(tmp_path, capsys):
     assert "power lost before flash operation 2" in out
     main([*home, "sim", "status", "pc"])
     assert "[0] seq=blank" in capsys.readouterr().out  # the erase landed, the write did not
+
+
+def test_sim_run_download_waits_in_the_rom_loader(tmp_path, capsys):
+    home = ["--home", str(tmp_path)]
+    main([*home, "sim", "create", "dl"])
+    assert main([*home, "sim", "run", "dl", "--download", "--timeout", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "waiting for download" in out and "esptool --port rfc2217://127.0.0.1:" in out
+    assert "Type \"help()\"" not in out and "I boot:" not in out  # no bootloader, no app

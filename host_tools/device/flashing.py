@@ -3,8 +3,8 @@
 A real board goes through esptool (5.x, dashed commands): detect the chip, check
 that it is the board's chip, write the app image to ota_0 and erase otadata, so
 the bootloader boots ota_0 and writes {seq 1, VALID}. A virtual board (`sim:NAME`)
-is flashed the same way by host_tools.sim.ports, which uses `read_image` and
-`check_fits` from here.
+goes through this function too: host_tools.sim.ports hands it the board's pty (in
+download mode) or its RFC 2217 URL (`port` may be a pyserial URL).
 
     flash_image("/dev/ttyUSB0", Path("app.bin"), board="esp32_generic")
 """
@@ -30,7 +30,9 @@ class FlashError(FotaError):
 
 
 def esptool_cmd() -> list[str]:
-    return [str(Path(sys.executable).with_name("esptool"))]
+    """esptool's script beside this interpreter (a venv), else its module run by this interpreter."""
+    script = Path(sys.executable).with_name("esptool")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "esptool"]
 
 
 def detected_chip(esptool_output: str) -> str | None:
@@ -62,7 +64,7 @@ def flash_image(port: str, image_path: Path, *, board: str, baud: int = 460800, 
         raise FlashError(f"{port} is a virtual board", hint="flash it with: fota flash --port {port} (host_tools.sim.ports.flash)")
     definition = boards.load(board)
     check_fits(image, definition)
-    if not Path(port).exists():
+    if "://" not in port and not Path(port).exists():  # a URL (rfc2217://) is esptool's to open
         raise FlashError(f"no serial port {port}", hint="is the board plugged in? (ls /dev/ttyUSB* /dev/ttyACM*); or use --port sim:NAME")
     chip = _detect(port, baud)
     if chip != definition.chip:

@@ -7,6 +7,7 @@ A board is a directory under the sim home (`$FOTA_HOME/sim/NAME`, default
                   the LittleFS filesystem the board mounts as `/` (boot.py, main.py, ...)
     config.json   board name, chip id and revision, hardware revision, unique id
     tty           while it runs: a link to the REPL's pty; run.lock: the running supervisor
+    rfc2217       while it runs: the URL of its RFC 2217 port (esptool --port rfc2217://127.0.0.1:N)
 
     board = SimDevice.create(home, "dev1", hw_rev="A")
     board.flash_app(image)         # writes ota_0 and erases otadata
@@ -15,6 +16,7 @@ A board is a directory under the sim home (`$FOTA_HOME/sim/NAME`, default
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -94,6 +96,7 @@ class SimDevice:
     name = property(lambda self: self.path.name)
     flash_path = property(lambda self: self.path / "flash.bin")
     repl_link = property(lambda self: self.path / "tty")
+    rfc2217_file = property(lambda self: self.path / "rfc2217")
 
     @classmethod
     def open(cls, name: str, home=None) -> SimDevice:
@@ -145,6 +148,25 @@ class SimDevice:
                 flash.erase(otadata.offset, otadata.size)
         finally:
             flash.close()
+
+    def rfc2217_url(self) -> str | None:
+        """The RFC 2217 URL of the board's running supervisor; None when the board is not running."""
+        try:
+            url = self.rfc2217_file.read_text().strip()
+        except FileNotFoundError:
+            return None
+        return url if self._supervised() else None
+
+    def _supervised(self) -> bool:
+        # A supervisor holds an exclusive flock on run.lock (host_tools.sim.runtime) while it runs.
+        fd = os.open(self.path / "run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
 
     def fs(self) -> BoardFs:
         """The board's flash filesystem from the host (the board must be off): `with board.fs() as fs: ...`."""

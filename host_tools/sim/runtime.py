@@ -10,7 +10,10 @@ mpremote can open, and follows resets:
 - soft reset (Ctrl-D at the REPL, `sys.exit()`): same slot, no bootloader;
 - deep sleep: the same slot after the sleep, without the rollback step;
 - power cut (a `PowerPlan`): the process dies where the flash operation was, the
-  board stays off until `power_on()`.
+  board stays off until `power_on()`;
+- download mode (`BoardRun(board, download=True)`, `reset(download=True)`, or esptool's DTR/RTS on
+  the board's RFC 2217 port): no process runs; the ROM loader (host_tools.sim.serialfront) answers
+  on the REPL pty and the RFC 2217 port until it runs the app or the chip is reset.
 
     with BoardRun(board) as run:
         run.wait_idle()            # main.py ended, the REPL is waiting
@@ -25,7 +28,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import termios
 import threading
@@ -36,28 +38,25 @@ from pathlib import Path
 from typing import TextIO
 
 from host_tools.errors import FotaError
-from host_tools.esp import espidf
 from host_tools.image.sim_image import frozen_modules
 from host_tools.sim import bootloader
+from host_tools.sim.busserve import BusRequests
 from host_tools.sim.chipclock import ChipClock
 from host_tools.sim.console import IDENTITY, Uart
 from host_tools.sim.flash import Flash, FlashTiming, PowerLoss, PowerPlan
 from host_tools.sim.frozen import BOARD_DIR, heap_cost, interpreter_heap
 from host_tools.sim.interpreter import check_micropython, find_micropython
+from host_tools.sim.romloader import DOWNLOAD_BOOT_TEXT
+from host_tools.sim.serialfront import SerialFront
 
 BOARD_MODULES = BOARD_DIR  # the board's module sources (tests run some of them directly)
 PWRON_RESET, HARD_RESET, WDT_RESET, DEEPSLEEP_RESET, SOFT_RESET = 1, 2, 3, 4, 5
-OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
-OP_RTC_SET = 10  # the board set its RTC (host_tools/sim/chipclock.py)
-OP_READY = 11  # _boot is done: Ctrl-C may reach the interpreter from now on
-REQ = struct.Struct("<BII")
-RSP = struct.Struct("<iI")
 MAX_QUICK_PANICS = 5
 
 
 @dataclass
 class Event:
-    """Something the board did: boot, reset, wdt, panic, power_loss, halt, idle, soft_reset."""
+    """Something the board did: boot, reset, wdt, panic, power_loss, halt, idle, soft_reset, download, loader_exit."""
 
     kind: str
     detail: str
@@ -73,11 +72,12 @@ def micropython_binary(explicit: str | None = None) -> str:
     return find_micropython(explicit)
 
 
-class BoardRun:
+class BoardRun(BusRequests):
     """Power the board on and supervise it until `stop()`."""
 
     def __init__(self, board, *, plan: PowerPlan | None = None, echo: TextIO | None = None, repl_pty: bool = True,
-                 heapsize: str | None = None, timing: FlashTiming | None = None, micropython: str | None = None) -> None:
+                 heapsize: str | None = None, timing: FlashTiming | None = None, micropython: str | None = None,
+                 download: bool = False) -> None:
         self.board = board
         self.micropython = micropython  # None: the lookup in host_tools.sim.interpreter, checked at start()
         self._lock_fd = -1
@@ -87,7 +87,8 @@ class BoardRun:
         self.heapsize = heapsize or board.config.get("heap", "128k")
         self.link_up = True
         self.clock = ChipClock.of(board.config)  # the RTC: epoch 2000, unset at power-on, kept across resets
-        self.state = "off"  # off | running | halted
+        self.state = "off"  # off | running | halted | download (the ROM loader runs)
+        self.download = download  # power on into download mode (IO0 held low)
         self.events: list[Event] = []
         self._transcript = bytearray()
         self._cond = threading.Condition()
@@ -110,6 +111,10 @@ class BoardRun:
         self._uart = Uart()
         self._ready = False
         self._small_int_bits = 31  # the interpreter's, known at start()
+        self._interpreter_checked = False
+        self._pty_out = bytearray()  # the loader's replies to the pty, as the pty takes them
+        self.front = SerialFront(board, self.flash, on_reset=self._line_reset, on_stop=lambda: self._command("loader_stop"),
+                                 app_input=lambda data: self._command("uart_in", data))
         if repl_pty:
             self._open_repl_pty()
 
@@ -122,19 +127,26 @@ class BoardRun:
         self.stop()
 
     def start(self) -> None:
-        # A wrong or missing interpreter is a clear error here, not a crash loop on the console.
-        interpreter = check_micropython(find_micropython(self.micropython))
-        self.micropython, self._small_int_bits = interpreter.path, interpreter.small_int_bits
+        # A wrong or missing interpreter is a clear error here, not a crash loop on the console; download
+        # mode needs none until the app runs (a flash through esptool).
+        if not self.download:
+            self._check_interpreter()
         os.set_blocking(self._wake_r, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        self._command("power_on", PWRON_RESET)
+        self.front.start()
+        self._command("power_on", PWRON_RESET, self.download)
         self._thread = threading.Thread(target=self._loop, name=f"sim-{self.board.name}", daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
+        self.front.close()
         self._command("stop")
         if self._thread:
             self._thread.join(10)
+        for cmd in self._commands:  # an RFC 2217 reset that came too late: let the port's thread go on
+            if cmd[0] == "line_reset":
+                cmd[2].set()
+        self.front.stop()
         self._kill_child()
         self.flash.close()
         self.board.save_run_record(self)
@@ -161,8 +173,12 @@ class BoardRun:
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
 
-    def power_on(self) -> None:
-        self._command("power_on", PWRON_RESET)
+    def power_on(self, download: bool = False) -> None:
+        self._command("power_on", PWRON_RESET, download)
+
+    def reset(self, download: bool = False) -> None:
+        """Reset the chip (EN) into the app or, with IO0 held low, into download mode."""
+        self._command("reset", download)
 
     def power_off(self) -> None:
         self._command("power_off")
@@ -179,6 +195,11 @@ class BoardRun:
         """The process id of the interpreter running now (a new one after every reset); benches read its CPU time."""
         child = self._child
         return child.pid if child is not None and child.returncode is None else None
+
+    @property
+    def rfc2217_url(self) -> str:
+        """rfc2217://127.0.0.1:PORT: the board's UART with DTR/RTS, for esptool (also in the board's `rfc2217` file)."""
+        return self.front.url
 
     @property
     def repl_path(self) -> str | None:
@@ -240,7 +261,9 @@ class BoardRun:
             self.events.append(Event(kind, detail, time.monotonic()))
             self._cond.notify_all()
 
-    def _console(self, data: bytes) -> None:
+    def _console(self, data: bytes, port: bool = True) -> None:
+        if port:
+            self.front.send(data)
         with self._cond:
             self._transcript += data
             self._cond.notify_all()
@@ -291,9 +314,20 @@ class BoardRun:
                 self._stop = True
                 self._kill_child()
             elif cmd[0] == "power_on":
-                self._hard_boot(cmd[1])
+                self._power_on(cmd[1], cmd[2])
+            elif cmd[0] == "reset":
+                self._event("reset", "download" if cmd[1] else "EN")
+                self._power_on(HARD_RESET, cmd[1])
+            elif cmd[0] == "line_reset":
+                self._reset_from_port(cmd[1])
+                cmd[2].set()
+            elif cmd[0] == "loader_stop":
+                self._loader_check()
+            elif cmd[0] == "uart_in":
+                self._uart_in(cmd[1])
             elif cmd[0] == "power_off":
                 self._kill_child()
+                self.front.power_lost()
                 self._set_state("off", "power_off")
 
     def _set_state(self, state: str, kind: str, detail: str = "") -> None:
@@ -301,8 +335,15 @@ class BoardRun:
         self._event(kind, detail)
 
     # -- boot ---------------------------------------------------------------
-    def _hard_boot(self, cause: int) -> None:
+    def _power_on(self, cause: int, download: bool) -> None:
+        if download:
+            self._download_boot(cause)
+        else:
+            self._hard_boot(cause)
+
+    def _hard_boot(self, cause: int, tell_port: bool = True) -> None:
         """Chip reset: the bootloader chooses a slot, then the app starts."""
+        self.front.enter(False, tell_port=tell_port)
         self._kill_child()
         self._wdt_deadline = None
         deep_sleep_slot = self._slot if cause == DEEPSLEEP_RESET else None
@@ -324,7 +365,58 @@ class BoardRun:
             return
         self._slot = result.slot
         self._event("boot", f"{result.slot.name} cause={cause}")
+        try:
+            if not self._interpreter_checked:
+                self._check_interpreter()
+        except FotaError as exc:
+            self._console(f"\r\n[sim] {exc}\r\n".encode())
+            self._set_state("halted", "halt", "no interpreter")
+            return
         self._spawn(cause)
+
+    def _check_interpreter(self) -> None:
+        interpreter = check_micropython(find_micropython(self.micropython))
+        self.micropython, self._small_int_bits = interpreter.path, interpreter.small_int_bits
+        self._interpreter_checked = True
+
+    def _download_boot(self, cause: int, tell_port: bool = True) -> None:
+        """Chip reset with IO0 low: the ROM loader runs instead of the bootloader and the app."""
+        self._kill_child()
+        self._wdt_deadline = self._wake_at = self._slot = None
+        if cause == PWRON_RESET:
+            self.clock.power_on()
+        self.front.enter(True, tell_port=tell_port)
+        self._raw_mode = False
+        self._console(DOWNLOAD_BOOT_TEXT, port=False)  # the port greets its own client
+        self._set_state("download", "download", f"cause={cause}")
+
+    def _line_reset(self, download: bool) -> None:
+        # The RFC 2217 client's DTR/RTS took the chip out of reset (the server's thread): the port feeds the
+        # loader as soon as this returns, so wait until the app is gone.
+        done = threading.Event()
+        self._command("line_reset", download, done)
+        done.wait(5)
+
+    def _reset_from_port(self, download: bool) -> None:
+        if self.state == "off":
+            self.front.power_lost()  # EN and IO0 of a chip without power: nothing happens
+            return
+        self._event("reset", "RTS (download)" if download else "RTS")
+        if download:
+            self._download_boot(HARD_RESET, tell_port=False)
+        else:
+            self._hard_boot(HARD_RESET, tell_port=False)
+
+    def _loader_check(self) -> None:
+        """After the loader handled input: power lost during its flash operation, or it ran the app."""
+        loader = self.front.loader
+        if self.state != "download":
+            return
+        if loader.power_loss is not None:
+            self._power_lost(loader.power_loss)
+        elif loader.exit is not None:
+            self._event("loader_exit", loader.exit)
+            self._hard_boot(HARD_RESET)
 
     def _spawn(self, cause: int, raw: bool = False) -> None:
         frozen = self.board.extract_frozen(self.flash, self._slot, frozen_modules)
@@ -393,6 +485,7 @@ class BoardRun:
 
     def _power_lost(self, loss: PowerLoss) -> None:
         self._kill_child()
+        self.front.power_lost()
         self._wdt_deadline = None
         self.flash.plan.cut_before = None
         self._console(f"\r\n[sim] power lost before flash operation {loss.op}\r\n".encode())
@@ -432,10 +525,31 @@ class BoardRun:
         self._hard_boot(HARD_RESET)
 
     def _on_repl(self) -> None:
+        self._pty_flush()
         try:
             data = os.read(self._repl_master, 4096)
         except OSError:
             return
+        if self.state == "download":
+            self._pty_out += self.front.feed(data)
+            self._pty_flush()
+            self._loader_check()
+            return
+        self._uart_in(data)
+
+    def _pty_flush(self) -> None:
+        # The loader's replies must all arrive (unlike console output, dropped when nobody reads the pty).
+        if self._pty_out and self._repl_master >= 0:
+            try:
+                del self._pty_out[: os.write(self._repl_master, self._pty_out)]
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EIO):
+                    raise
+        if self._repl_master >= 0:
+            self._sel.modify(self._repl_master, selectors.EVENT_READ | (selectors.EVENT_WRITE if self._pty_out else 0), "repl")
+
+    def _uart_in(self, data: bytes) -> None:
+        """Bytes on the chip's RX pin (the REPL pty or the RFC 2217 client) while the app runs."""
         for byte in data:
             if byte == 0x01:
                 self._raw_mode = True
@@ -471,87 +585,7 @@ class BoardRun:
         link.unlink(missing_ok=True)
         link.symlink_to(os.ttyname(self._repl_slave))
 
-    # -- bus ------------------------------------------------------------------
-    def _on_bus(self) -> None:
-        data = self._bus.recv(65536 + REQ.size)
-        if not data:  # the process is exiting; its console EOF handles the rest
-            self._sel.unregister(self._bus)
-            return
-        self._bus_buf += data
-        while len(self._bus_buf) >= REQ.size:
-            op, a, b = REQ.unpack_from(self._bus_buf)
-            need = REQ.size + (b if op == OP_WRITE else 0)
-            if len(self._bus_buf) < need:
-                return
-            payload = bytes(self._bus_buf[REQ.size : need])
-            del self._bus_buf[:need]
-            if not self._serve(op, a, b, payload):
-                return
-
-    def _serve(self, op: int, a: int, b: int, payload: bytes) -> bool:
-        """Answer one request; False when the process was ended by it."""
-        try:
-            reply = self._dispatch(op, a, b, payload)
-        except PowerLoss as loss:
-            self._power_lost(loss)
-            return False
-        if reply is None:
-            return False
-        status, body = reply
-        self._bus.sendall(RSP.pack(status, len(body)) + body)
-        return True
-
-    def _dispatch(self, op, a, b, payload):
-        if op == OP_READ:
-            return 0, self.flash.read(a, b)
-        if op == OP_WRITE:
-            faults = len(self.flash.faults)
-            self.flash.write(a, payload)
-            if len(self.flash.faults) > faults:
-                self._console(f"\r\n[sim] FLASH FAULT: {self.flash.faults[-1].message}\r\n".encode())
-                self._event("flash_fault", self.flash.faults[-1].message)
-            return 0, b""
-        if op == OP_ERASE:
-            self.flash.erase(a, b)
-            return 0, b""
-        if op == OP_RESET:
-            return self._reset_request(a, b)
-        if op == OP_WDT_ARM:
-            self._wdt_timeout = a / 1000
-            self._wdt_deadline = time.monotonic() + self._wdt_timeout
-            return 0, b""
-        if op == OP_WDT_FEED:
-            if self._wdt_deadline is not None:
-                self._wdt_deadline = time.monotonic() + self._wdt_timeout
-            return 0, b""
-        if op == OP_LINK:
-            return (1 if self.link_up else 0), b""
-        if op == OP_IDLE:
-            self._event("idle")
-            return 0, b""
-        if op == OP_VERIFY:
-            return self._verify_image(a, b)
-        if op == OP_RTC_SET:
-            self.clock.set(a, b)
-            return 0, b""
-        if op == OP_READY:
-            self._ready = True
-            return 0, b""
-        return -0x102, b""
-
-    def _verify_image(self, addr: int, size: int):
-        def readinto(offset, buf):
-            buf[:] = self.flash.read(addr + offset, len(buf))
-
-        cfg = self.board.config
-        try:
-            espidf.verify_image(readinto, size, cfg["chip_id"], cfg["chip_rev"])
-        except espidf.ImageInvalid as exc:
-            if not self._raw_mode:  # MicroPython's main.c turns ESP-IDF's log off while the raw REPL runs
-                self._console(f"E (esp_image) {exc}\r\n".encode())
-            return -0x1503, b""
-        return 0, b""
-
+    # -- bus (host_tools.sim.busserve answers the rest) ---------------------------
     def _reset_request(self, cause: int, arg: int):
         if cause == SOFT_RESET:
             self._kill_child()
