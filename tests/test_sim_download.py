@@ -79,9 +79,10 @@ def test_fota_flash_on_a_stopped_board_runs_esptool_and_writes_what_a_host_write
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.filterwarnings("ignore:set(Daemon|Name)\\(\\) is deprecated:DeprecationWarning")  # pyserial 3.5 rfc2217 client
 def test_fota_flash_on_a_running_board_resets_it_through_rfc2217(tmp_path, capsys):
-    """esptool's own reset sequence on the board's RFC 2217 port; pyserial's RFC 2217 client makes this the slow one
-    (~0.2 s per esptool command: it renegotiates the port settings each time esptool changes its read timeout)."""
+    """esptool's reset sequences (esptool.reset) on the board's RFC 2217 lines put it in the ROM and back; esptool
+    itself talks on the pty (through RFC 2217 pyserial's client makes it ~55 s: host_tools/sim/ports.py)."""
     board = new_board(tmp_path, "on", image=app_image("1.0"), files=MAIN_PY)
     image = tmp_path / "v2.bin"
     image.write_bytes(app_image("2.0"))
@@ -90,11 +91,11 @@ def test_fota_flash_on_a_running_board_resets_it_through_rfc2217(tmp_path, capsy
         assert board.rfc2217_file.read_text().strip() == run.rfc2217_url
         assert main(["--home", str(tmp_path), "flash", str(image), "--port", "sim:on"]) == 0
         out = capsys.readouterr().out
-        assert "Hash of data verified." in out and "Hard resetting via RTS pin..." in out and "NOT reset" not in out
-        assert f"on sim:on ({run.rfc2217_url})" in out
+        assert "Hash of data verified." in out
+        assert f"on sim:on (reset into download mode through {run.rfc2217_url})" in out
         run.wait_for("app 2.0")
         kinds = [e.kind for e in run.events]
-        assert kinds.count("download") == 3  # chip-id, write-flash, erase-region: each reset into the ROM
+        assert kinds.count("download") == 1  # one reset into the ROM for the three esptool runs, one back out
         assert run.state == "running"
 
 

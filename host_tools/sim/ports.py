@@ -15,9 +15,14 @@ esptool talks to the ROM loader on the board's pty (its reset fails there: "Chip
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from host_tools.device.flashing import check_fits, flash_image, read_image
+import serial
+from esptool.reset import ClassicReset, HardReset
+
+from host_tools.device.flashing import FlashError, check_fits, flash_image, read_image
 from host_tools.device.provision import ProvisionError, serial_port
 from host_tools.esp import boards
 from host_tools.sim.device import SimDevice
@@ -40,14 +45,46 @@ def flash(port: str, image_path: Path, *, board: str, home=None, baud: int = 460
     definition = device.config["board"]
     check_fits(read_image(image_path), boards.load(definition))  # before the board is powered for nothing
     url = device.rfc2217_url()
-    if url is not None:
-        summary = flash_image(url, image_path, board=definition, baud=baud, progress=progress)
-        return summary.replace(f" on {url} ", f" on {port} ({url}) ")
+    if url is not None:  # running: its auto-reset lines (RFC 2217) into the ROM, esptool on its pty, reset back
+        pty = str(device.repl_link.resolve())
+        with _in_download_mode(url):
+            summary = flash_image(pty, image_path, board=definition, baud=baud, progress=progress)
+        return summary.replace(f" on {pty} ", f" on {port} (reset into download mode through {url}) ")
     with BoardRun(device, download=True) as run:
         run.wait_event("download", timeout=10)
         pty = run.repl_path
         summary = flash_image(pty, image_path, board=definition, baud=baud, progress=progress)
     return summary.replace(f" on {pty} ", f" on {port} (download mode, {pty}) ")
+
+
+@contextmanager
+def _in_download_mode(url: str) -> Iterator[None]:
+    """Hold a running virtual board in its ROM loader: esptool's own reset sequences (esptool.reset) on the
+    board's RFC 2217 port, whose DTR/RTS drive its EN and IO0 as a dev board's auto-reset circuit does.
+
+    esptool itself could talk through that port, but pyserial's RFC 2217 client renegotiates the port
+    settings whenever esptool changes its read timeout (~0.2 s per command: ~55 s for `fota flash`), so
+    only the resets go that way and esptool talks on the board's pty (~1 s): there its own reset fails
+    ("Chip was NOT reset"), as on a USB board already in download mode, and it finds the ROM waiting."""
+    with _lines(url) as line:
+        ClassicReset(line)()
+        if b"waiting for download" not in line.read_until(b"waiting for download"):
+            raise FlashError(f"the virtual board at {url} did not enter download mode",
+                             hint="is it powered? (fota sim run NAME)")
+    try:
+        yield
+    finally:
+        with _lines(url) as line:
+            HardReset(line)()
+
+
+def _lines(url: str) -> serial.SerialBase:
+    # Opened with DTR and RTS released, as esptool opens a port: pyserial asserts both by default, and a
+    # DTR left asserted holds IO0 low, so HardReset's release of EN would boot the ROM loader again.
+    line = serial.serial_for_url(url, timeout=5, do_not_open=True)
+    line.dtr = line.rts = False
+    line.open()
+    return line
 
 
 def resolve_port(port: str, home=None) -> str:
