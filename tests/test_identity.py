@@ -27,7 +27,7 @@ A, B, C = "aa11aa11", "bb22bb22", "cc33cc33"
 def stack(request, tmp_path):
     """A server (CoAP on) with devices A, B, C enrolled, on the embedded broker or on mosquitto with its files."""
     mosq = request.getfixturevalue("fota_mosquitto") if request.param == "mosquitto" else None
-    server = Server(ServerConfig(tmp_path / "server", broker_url=mosq.url if mosq else None, coap_port=0))
+    server = Server(ServerConfig(tmp_path / "server", broker_url=mosq.server_url if mosq else None, coap_port=0))
     server.creds = {d: server.identities.enroll(d) for d in (A, B, C)}
     server.identities.server_credentials()
     server.mosq = mosq
@@ -244,7 +244,7 @@ def test_a_revoked_device_can_no_longer_connect_or_report_while_the_others_conti
 def test_a_neighbour_device_cannot_take_over_another_devices_session(stack):
     """MQTT: a CONNECT with a connected client id closes the older connection. A, with its own valid login (and
     anyone with a wrong one), connects again and again with B's client id: B stays connected and keeps working."""
-    ids, reg = stack.identities, stack.registry
+    reg = stack.registry
     b = as_device(stack, B, subs=(f"fota/{B}/offer",))
     assert b.rc == 0
     time.sleep(0.3)
