@@ -94,7 +94,8 @@ def cmd_enroll_gateway(args) -> int:
 
 def cmd_revoke(args) -> int:
     _identities(args).revoke(args.device)
-    print(f"{args.device}: revoked (the embedded broker refuses it now; for mosquitto run fota broker-files and SIGHUP it)")
+    print(f"{args.device}: revoked (the embedded broker refuses it and closes its connection now; for mosquitto run "
+          "fota broker-files and SIGHUP it, which does both)")
     return 0
 
 
