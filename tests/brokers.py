@@ -14,13 +14,14 @@
     broker = start_mosquitto(tmp_path, tls=issue_server_cert(rogue, tmp_path))
     try: ... finally: broker.stop()
 
-    def test_fota(fota_mosquitto):          # logins and ACLs: mosquitto's real password_file and acl_file
-        server = Server(ServerConfig(..., broker_url=fota_mosquitto.url))
+    def test_fota(fota_mosquitto):          # logins and ACLs: mosquitto's real password and ACL files
+        server = Server(ServerConfig(..., broker_url=fota_mosquitto.server_url))   # devices: .url / .port
         cred = server.identities.enroll("a1b2")     # then write the files and SIGHUP (waits for the reload):
         fota_mosquitto.sync(server.identities)
 
 `mosquitto` and `mosquitto_tls` are anonymous brokers for the MQTT client's protocol tests; a fota
-server and its devices run on `fota_mosquitto` (allow_anonymous false, per-device ACL patterns).
+server and its devices run on `fota_mosquitto` (allow_anonymous false, per-device ACL patterns; the devices'
+listener with use_username_as_clientid, the server's own listener at `.server_url`, as docs/DEPLOY.md).
 Brokers only listen on 127.0.0.1. The broker's own log is in `broker.log` (a Path) for failure messages.
 """
 
@@ -178,17 +179,15 @@ class Mosquitto:
     host = "127.0.0.1"
 
     def __init__(self, workdir: Path, port: int | None = None, tls: ServerCert | None = None, auth: bool = False):
-        self.port = port or free_port()
+        self.port = port or free_port()  # the devices' listener
+        self.server_port = free_port() if auth else self.port  # with auth: the server's own listener
         self.tls = tls
         self.ca: TestCA | None = None  # set by mosquitto_tls
         name = f"mosquitto-{self.port}"
         self.conf = workdir / f"{name}.conf"
         self.log = workdir / f"{name}.log"
-        self.passwd = workdir / f"{name}.passwd"  # with auth: written by Identities.write_mosquitto (sync)
-        self.acl = workdir / f"{name}.acl"
+        self.files = workdir / f"{name}-files"  # with auth: what `fota broker-files --out` writes (sync)
         lines = [
-            f"listener {self.port} {self.host}",
-            "allow_anonymous false" if auth else "allow_anonymous true",
             "persistence false",
             "user root" if os.geteuid() == 0 else "",  # as root it would drop to `mosquitto`, who cannot read tmp_path
             "log_dest stderr",
@@ -196,10 +195,15 @@ class Mosquitto:
             "log_type warning",
             "log_type notice",
         ]
-        if auth:
-            self.passwd.write_text("")
-            self.acl.write_text("")
-            lines += [f"password_file {self.passwd}", f"acl_file {self.acl}", "log_type information"]  # "Reloading config."
+        if auth:  # docs/DEPLOY.md's mosquitto.conf: two listeners, each with its own files
+            self.files.mkdir(exist_ok=True)
+            for f in ("fota.passwd", "fota.acl", "fota-server.passwd", "fota-server.acl"):
+                (self.files / f).write_text("")
+            lines += ["per_listener_settings true", "log_type information",  # "Reloading config."
+                      f"listener {self.port} {self.host}", "allow_anonymous false", "use_username_as_clientid true",
+                      f"password_file {self.files / 'fota.passwd'}", f"acl_file {self.files / 'fota.acl'}"]
+        else:
+            lines += [f"listener {self.port} {self.host}", "allow_anonymous true"]
         if tls is not None:
             lines += [
                 f"cafile {tls.ca}",
@@ -207,6 +211,9 @@ class Mosquitto:
                 f"keyfile {tls.key}",
                 "require_certificate false",
             ]
+        if auth:
+            lines += [f"listener {self.server_port} {self.host}", "allow_anonymous false",
+                      f"password_file {self.files / 'fota-server.passwd'}", f"acl_file {self.files / 'fota-server.acl'}"]
         self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -248,12 +255,18 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
+        """The devices' listener (the only one without auth)."""
         return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
+
+    @property
+    def server_url(self) -> str:
+        """What `fota serve --broker` is given: with auth the server's own listener (plain TCP on loopback)."""
+        return f"mqtt://{self.host}:{self.server_port}" if self.server_port != self.port else self.url
 
     def sync(self, identities) -> None:
         """Write the password and ACL files from `identities` (what `fota broker-files` writes) and make the
         running broker reload them (SIGHUP); returns once the broker logged the reload."""
-        identities.write_mosquitto(self.passwd, self.acl)
+        identities.write_mosquitto(self.files)
         if self.proc is None or self.proc.poll() is not None:
             return
         before = self.log.read_text().count("Reloading config")
@@ -295,8 +308,9 @@ def mosquitto(tmp_path: Path):
 
 @pytest.fixture
 def fota_mosquitto(tmp_path: Path):
-    """mosquitto as a fota deployment runs it: no anonymous clients, password_file and acl_file from
-    the server's identities (`.sync(identities)` after enrolling), on 127.0.0.1:<free port>."""
+    """mosquitto as a fota deployment runs it (docs/DEPLOY.md): no anonymous clients, the password and ACL
+    files from the server's identities (`.sync(identities)` after enrolling); devices on 127.0.0.1:`.port`,
+    the server on `.server_url`."""
     broker = start_mosquitto(tmp_path, auth=True)
     try:
         yield broker

@@ -69,20 +69,20 @@ def broker(request, tmp_path):
     if request.param == "mosquitto":
         mosq = request.getfixturevalue("fota_mosquitto")
         mosq.sync(ids)
-        yield ids, mosq.port
+        yield ids, (mosq.server_port, mosq.port)  # the server's listener, the devices'
         return
     b = EmbeddedBroker(ids)
     b.start()
     try:
-        yield ids, b.port
+        yield ids, (b.port, b.port)
     finally:
         b.stop()
 
 
 def test_qos1_messages_acknowledged_just_before_a_disconnect_are_all_delivered(broker):
-    ids, port = broker
+    ids, (server_port, port) = broker
     got: list[bytes] = []
-    sub = client(port, ids.creds["server"], "server", lambda c, u, m: got.append(bytes(m.payload)))
+    sub = client(server_port, ids.creds["server"], "server", lambda c, u, m: got.append(bytes(m.payload)))
     subscribed = threading.Event()
     sub.on_subscribe = lambda *a: subscribed.set()
     sub.subscribe(f"fota/{DEVICE}/events", 1)

@@ -197,7 +197,7 @@ def test_delta_campaign_on_virtual_boards(tmp_path, fota_mosquitto):
     full = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2, encoding="zlib")
     delta_m = Manifest(sequence=2, version="2.0.0", board="sim", chip_id=0, hw_revs=("A",), image_size=0, image_sha256=b"")
     delta = make_package(fw_image("2.0.0"), delta_m, session_signer(), encoding="delta", base=v1).to_bytes()
-    srv = start_server(tmp_path / "server", m.url, m)
+    srv = start_server(tmp_path / "server", m.server_url, m)
     try:
         boards = {}
         for name, image, reports in (("a", v1, v1), ("b", other, other), ("c", other, v1)):

@@ -35,7 +35,7 @@ def broker(request, tmp_path):
 @pytest.fixture
 def server(tmp_path, broker):
     host, port, handle = broker
-    srv = start_server(tmp_path / "server", f"mqtt://{host}:{port}", handle)
+    srv = start_server(tmp_path / "server", getattr(handle, "server_url", f"mqtt://{host}:{port}"), handle)
     yield srv
     srv.stop()
 
@@ -143,7 +143,7 @@ def test_power_cut_during_download_resumes_without_starting_over(tmp_path, broke
 
 def test_broker_restart_mid_download_completes(tmp_path, fota_mosquitto):
     mosquitto = fota_mosquitto
-    srv = start_server(tmp_path / "server", mosquitto.url, mosquitto)
+    srv = start_server(tmp_path / "server", mosquitto.server_url, mosquitto)
     try:
         board = mqtt_board(tmp_path, "br", host=mosquitto.host, port=mosquitto.port, keepalive=2, ids=srv.identities,
                            broker=mosquitto)

@@ -66,7 +66,7 @@ def mosquitto_server(tmp_path, fota_mosquitto):
     """`fota serve` on mosquitto, for what amqtt 0.12 cannot take: many devices at once (each new client gets the
     retained messages of every subscription in the broker, and sessions die when clean sessions end meanwhile), and
     devices that vanish mid-download (their server-side transports are left unclosed)."""
-    srv = Server(ServerConfig(tmp_path / "server", broker_url=fota_mosquitto.url))
+    srv = Server(ServerConfig(tmp_path / "server", broker_url=fota_mosquitto.server_url))
     srv.identities.server_credentials()
     fota_mosquitto.sync(srv.identities)
     srv.broker_files = fota_mosquitto  # fleet() writes the enrolled devices' logins into its files
@@ -96,7 +96,7 @@ def fleet(server, specs, **kw):
     specs = enroll(specs, server.identities)  # each device its own login and report key, as fota provision does
     if getattr(server, "broker_files", None) is not None:
         server.broker_files.sync(server.identities)
-    f = ProtoFleet(server.broker_url, specs, **kw)
+    f = ProtoFleet(server.broker_files.url if getattr(server, "broker_files", None) else server.broker_url, specs, **kw)
     f.start()
     try:
         assert f.wait_connected(30), f"{len(f.conns)} of {len(specs)} devices connected"

@@ -56,7 +56,7 @@ def _run(tmp: Path, database: str, workers: int, kill_after: int | None) -> dict
     specs = enroll(device_specs(behaviours), ids)
     board = mqtt_board(tmp, "board0", host=broker.host, port=broker.port, ids=ids)
     broker.sync(ids)  # what `fota broker-files` writes, reloaded
-    procs = [_worker(f"w{i}", tmp / f"w{i}", database, broker.url) for i in range(workers)]
+    procs = [_worker(f"w{i}", tmp / f"w{i}", database, broker.server_url) for i in range(workers)]
     fleet, run = ProtoFleet(broker.url, specs, connect_rate=200), BoardRun(board, repl_pty=False)
     killed = None
     try:

@@ -4,7 +4,7 @@
     fota device revoke a1b2c3                     # no broker login, no report accepted from now on
     fota device list
     fota device enroll-gateway lab1 --device a1b2c3 --device d4e5f6 -o lab1.json   # then fota gateway --credentials
-    fota broker-files --out /etc/mosquitto/fota   # password_file + acl_file for mosquitto (then SIGHUP it)
+    fota broker-files --out /etc/mosquitto/fota   # password and ACL files of mosquitto's two listeners (then SIGHUP it)
     fota ca init ca/                              # a P-256 CA for the broker's TLS
     fota ca issue-server ca/ --host broker.lan --host 192.168.1.10 -o broker   # broker.pem + broker.key
 """
@@ -40,8 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ls.add_argument("--data", type=Path, help="the server's data directory whose registry holds the identities (default: $FOTA_HOME/server)")
     ls.set_defaults(handler=cmd_list)
 
-    b = sub.add_parser("broker-files", help="mosquitto password_file and acl_file from the registry's identities")
-    b.add_argument("--out", type=Path, required=True, help="directory for fota.passwd and fota.acl")
+    b = sub.add_parser("broker-files", help="mosquitto's password and ACL files (devices' and server's listeners) from the registry's identities")
+    b.add_argument("--out", type=Path, required=True, help="directory for fota.passwd, fota.acl, fota-server.passwd, fota-server.acl")
     b.add_argument("--data", type=Path, help="the server's data directory whose registry holds the identities (default: $FOTA_HOME/server)")
     b.add_argument("--prefix", default="fota", help="the topic prefix the ACLs cover (default: fota)")
     b.set_defaults(handler=cmd_broker_files)
@@ -94,7 +94,8 @@ def cmd_enroll_gateway(args) -> int:
 
 def cmd_revoke(args) -> int:
     _identities(args).revoke(args.device)
-    print(f"{args.device}: revoked (the embedded broker refuses it now; for mosquitto run fota broker-files and SIGHUP it)")
+    print(f"{args.device}: revoked (the embedded broker refuses it and closes its connection now; for mosquitto run "
+          "fota broker-files and SIGHUP it, which does both)")
     return 0
 
 
@@ -110,9 +111,9 @@ def cmd_broker_files(args) -> int:
     ids = _identities(args)
     ids.server_credentials()  # the server's own login is in the files too
     args.out.mkdir(parents=True, exist_ok=True)
-    passwd, acl = args.out / "fota.passwd", args.out / "fota.acl"
-    ids.write_mosquitto(passwd, acl)
-    print(f"wrote {passwd} and {acl}; in mosquitto.conf: allow_anonymous false, password_file {passwd}, acl_file {acl}")
+    passwd, acl, server_passwd, server_acl = ids.write_mosquitto(args.out)
+    print(f"wrote {passwd}, {acl} (the devices' listener) and {server_passwd}, {server_acl} (the server's); "
+          "mosquitto.conf: docs/DEPLOY.md; then reload mosquitto (SIGHUP)")
     return 0
 
 

@@ -37,7 +37,7 @@ class BrokerError(FotaError):
 
 
 class AccessPolicy(Protocol):
-    def check_password(self, user: str | None, password: str | bytes | None) -> bool: ...
+    def check_login(self, user: str | None, password: str | bytes | None, client_id: str | None) -> bool: ...
 
     def allowed(self, user: str | None, action: str, topic: str) -> bool: ...
 
@@ -45,7 +45,8 @@ class AccessPolicy(Protocol):
 
 
 class FotaAuthPlugin(BaseAuthPlugin):
-    """CONNECT: a username and its password, as the policy knows them; no anonymous clients."""
+    """CONNECT: a username, its password and (a device) its own client id, as the policy knows them; no
+    anonymous clients. (_Broker asks the same before the CONNECT touches any session.)"""
 
     @dataclass
     class Config:
@@ -53,7 +54,8 @@ class FotaAuthPlugin(BaseAuthPlugin):
 
     async def authenticate(self, *, session) -> bool:
         policy = self.config.policy
-        return bool(session and session.username) and policy.check_password(session.username, session.password)
+        return bool(session and session.username) and policy.check_login(session.username, session.password,
+                                                                          session.client_id)
 
 
 class FotaTopicPlugin(BaseTopicPlugin):
@@ -93,8 +95,53 @@ def _make_broker(config: dict):
     Both places now broadcast what is left first, in order, through amqtt's own delivery step (ACLs,
     retained flag and plugins included)."""
     from amqtt.broker import Broker
+    from amqtt.errors import AMQTTError, MQTTError, NoDataError
+    from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+    from amqtt.session import Session
+    from amqtt.utils import gen_client_id
+
+    policy: AccessPolicy = config["plugins"][f"{__name__}.FotaAuthPlugin"]["policy"]
 
     class _Broker(Broker):
+        async def _initialize_client_session(self, reader, writer, remote_address: str, remote_port: int
+                                             ) -> tuple[BrokerProtocolHandler, Session]:
+            """amqtt 0.12.1's, with the login checked first. amqtt acts on a CONNECT's client id before it
+            authenticates it: a clean-session CONNECT deletes the existing session of that id (its
+            subscriptions and queues; the connected client stays, deaf), any other takes over its username
+            and password, and then the refused session replaces it in the broker's table, where neither a
+            takeover nor the revocation sweep finds the live connection again. So anyone who knows a
+            device's id silenced it, without a password. A CONNECT the policy refuses now gets its CONNACK
+            (not authorised) and is closed before anything else happens."""
+            try:
+                handler, session = await BrokerProtocolHandler.init_from_connect(reader, writer, self.plugins_manager)
+            except (AMQTTError, MQTTError, NoDataError) as exc:
+                await writer.close()
+                raise AMQTTError(exc) from exc
+            if not (session.username and policy.check_login(session.username, session.password, session.client_id)):
+                session.parent = 0
+                handler.attach(session, reader, writer)
+                await handler.mqtt_connack_authorize(False)
+                await writer.close()
+                raise AMQTTError(f"login refused before it touched a session: client id {session.client_id!r}")
+            if session.clean_session:  # from here on amqtt 0.12.1's own steps
+                if session.client_id:
+                    await self._delete_session(session.client_id)
+                else:
+                    session.client_id = gen_client_id()
+                session.parent = 0
+            elif session.client_id in self._sessions:
+                old, _ = self._sessions[session.client_id]
+                for attr in ("will_flag", "will_message", "will_topic", "will_qos", "keep_alive", "username", "password"):
+                    setattr(old, attr, getattr(session, attr))
+                session = old
+                session.parent = 1
+            else:
+                session.parent = 0
+            delay = self.config.get("timeout-disconnect-delay", 0)
+            if session.keep_alive > 0 and isinstance(delay, int):
+                session.keep_alive += delay
+            return handler, session
+
         async def _client_message_loop(self, client_session, handler) -> None:
             await super()._client_message_loop(client_session, handler)
             await self._deliver_queued(client_session, handler)

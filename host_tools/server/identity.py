@@ -186,6 +186,17 @@ class Identities:
         self.refused_logins += not ok
         return ok
 
+    def check_login(self, user: str | None, password: str | bytes | None, client_id: str | None) -> bool:
+        """check_password, and a device's client id is its own id: a device that connects with another's
+        client id would close that device's connection (MQTT's session takeover), again and again."""
+        if not self.check_password(user, password):
+            return False
+        row = self._row(user) if user else None
+        if row is not None and row["kind"] == "device" and client_id != user:
+            self.refused_logins += 1
+            return False
+        return True
+
     def acl(self, user: str) -> tuple[list[str], list[str]]:
         """(filters `user` may publish to, filters it may subscribe to / receive from)."""
         row = self._row(user)
@@ -206,27 +217,39 @@ class Identities:
         writes, reads = self.acl(user)
         return any(_match(topic, f) for f in (writes if action == "publish" else reads))
 
-    def write_mosquitto(self, passwd: Path, acl: Path) -> None:
-        """mosquitto's password_file and acl_file for every identity that is not revoked (SIGHUP reloads them).
+    def write_mosquitto(self, out: Path) -> list[Path]:
+        """mosquitto's files for its two listeners (per_listener_settings true; docs/DEPLOY.md), from every
+        identity that is not revoked; SIGHUP reloads them (and closes the connections of logins no longer in
+        them). Returns the paths written.
 
-        Devices get `pattern` lines (%u = the username = the device id); the server and each gateway
-        their own `user` sections."""
+        `fota.passwd`, `fota.acl`: the devices' listener (use_username_as_clientid true, so a login's client
+        id is its username and no device can take over another's session): devices get `pattern` lines (%u =
+        the username = the device id), each gateway its own `user` section. `fota-server.passwd`,
+        `fota-server.acl`: the server's listener, where only the server logs in, with client ids of its own
+        (one per worker, and `fota deploy`'s)."""
         p = self.prefix
         users, acl_lines = [], [f"# written by fota broker-files; devices only under {p}/<their id>/"]
         acl_lines += [f"pattern write {p}/%u/{k}" for k in DEVICE_WRITES]
         acl_lines += [f"pattern read {p}/%u/{k}" for k in DEVICE_READS]
+        servers, server_acl = [], ["# written by fota broker-files: the server's listener"]
         for row in self.db.query("SELECT * FROM identities WHERE revoked = 0 ORDER BY id"):
-            users.append(f"{row['id']}:{mosquitto_hash(broker_password(bytes.fromhex(row['secret'])))}")
+            line = f"{row['id']}:{mosquitto_hash(broker_password(bytes.fromhex(row['secret'])))}"
             if row["kind"] == "server":
-                acl_lines += ["", f"user {row['id']}", f"topic readwrite {p}/#"]
-            elif row["kind"] == "gateway":
+                servers.append(line)
+                server_acl += [f"user {row['id']}", f"topic readwrite {p}/#"]
+                continue
+            users.append(line)
+            if row["kind"] == "gateway":
                 writes, reads = self.acl(row["id"])
                 acl_lines += ["", f"user {row['id']}"] + [f"topic write {t}" for t in writes] + [f"topic read {t}" for t in reads]
-        for path, lines in ((passwd, users), (acl, acl_lines)):
+        files = {"fota.passwd": users, "fota.acl": acl_lines, "fota-server.passwd": servers, "fota-server.acl": server_acl}
+        for name, lines in files.items():
+            path = out / name
             tmp = path.with_suffix(path.suffix + ".tmp")
             tmp.write_text("\n".join(lines) + "\n")
             os.chmod(tmp, 0o600)
             tmp.replace(path)
+        return [out / name for name in files]
 
     # -- reports ----------------------------------------------------------------------------------
     def open_report(self, device: str, kind: str, payload: bytes) -> bytes | None:
