@@ -80,7 +80,7 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
     for i in range(max(workers, 1)):
         data = home / f"w{i}"
         data.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "host_tools.cli", "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.url]
+        cmd = [sys.executable, "-m", "host_tools.cli", "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.server_url]
         if workers:
             cmd += ["--worker", f"w{i}", "--database", database]
         with open(data / "serve.log", "w") as log:

@@ -69,7 +69,7 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="fota-idheap-"))
     ca = make_test_ca(home / "ca")
     broker = start_mosquitto(home, tls=None if args.no_tls else issue_server_cert(ca, home / "ca"), auth=True)
-    server = Server(ServerConfig(home / "server", broker_url=broker.url, broker_ca=None if args.no_tls else str(ca.cert_pem)))
+    server = Server(ServerConfig(home / "server", broker_url=broker.server_url))  # its own listener (loopback)
     server.identities.server_credentials()
     broker.sync(server.identities)
     server.start()
