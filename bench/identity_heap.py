@@ -98,7 +98,7 @@ def main() -> int:
         print(f"identity on ({what}), heap {args.heap}: offer {offer.status}, "
               f"lowest free {low} B (gc.mem_free at every chunk and report); reports rejected {server.identities.rejected}")
         interp = check_micropython(find_micropython())
-        print(f"interpreter: {interp.label()}; the board's {args.heap} is a chip's heap: "
+        print(f"interpreter: {interp.label}; the board's {args.heap} is a chip's heap: "
               f"{interpreter_heap(heap, interp.small_int_bits)} B for this interpreter (host_tools/sim/frozen.py)")
         if not args.no_tls:
             print("note: on the virtual board (Unix port) mbedTLS allocates its session (record buffers, the parsed CA,\n"
