@@ -22,7 +22,7 @@ from .backoff import Backoff
 from .compat import const, sleep_ms, ticks_add, ticks_diff, ticks_ms
 
 _FEED_MS = const(1000)  # longest the service idles between two turns (and two watchdog feeds)
-_PACKETS = const(4)  # packets handled per turn: the application gets the CPU back while chunks stream in
+_PACKETS = const(1)  # packets per turn: a chunk is ~100 ms of flash work at ESP32 speed; the application runs between two
 _FAULT_DETAIL = const(80)  # characters of an exception kept in the error log
 
 
