@@ -6,11 +6,17 @@
     from fota import device
     device.run(app)        # never returns; app.self_test() is the self-test
 
+or, for an application that keeps running beside the service (firmware/README.md "Embedding"):
+
+    svc = device.start(app)   # the same, then returns the service: svc.task() (asyncio) or svc.step()
+
 config.json: {"board": "esp32_generic", "chip_id": 0, "hw_rev": "A",
               "server": "mqtt://192.168.1.10:1883" (or mqtts://), "ca": "<CA cert, DER hex>",
               "device_id": "<optional; default machine.unique_id() in hex>",
               "user": "<broker username>", "password": "<broker password>", "key": "<report key, hex>",
-              "wifi": {"ssid": "...", "key": "..."}, "prefix": "fota", "self_test_ms": 30000}
+              "wifi": {"ssid": "...", "key": "..."}, "prefix": "fota", "self_test_ms": 30000,
+              "app_timeout_ms": 30000 (the application's alive() at least this often, or no watchdog feed),
+              "watchdog_ms": <optional: arm machine.WDT at start even without a self-test>}
 """
 
 import json
@@ -21,15 +27,12 @@ import network
 from . import clock as _clock
 from . import errors
 from .agent import Agent, Identity
-from .backoff import Backoff
 from .errors import OtaError
 
 from .compat import const, sleep_ms, ticks_diff, ticks_ms
 
 
 _WIFI_WAIT_MS = const(20000)
-_FEED_MS = const(1000)  # longest sleep between two watchdog feeds
-_FAULT_DETAIL = const(80)  # characters of an exception kept in the error log
 
 
 def load_config(path="config.json"):
@@ -110,7 +113,14 @@ def sign_reports(link, cfg):
         link.signer = Signer(bytes.fromhex(cfg["key"]), link.device_id)
 
 
-def run(app, path="config.json"):
+def start(app, path="config.json"):
+    """Config, Wi-Fi, `agent.boot()` (the self-test), the link: the service, ready to run beside the application
+    (fota.service: `svc.task()` for asyncio, `svc.step()` for a loop of its own). Nothing is connected yet."""
+    import gc
+
+    from .service import Service
+
+    gc.collect()  # the application's imports leave garbage between the blocks the buffers below need whole
     cfg = load_config(path)
     agent, link = build(app, cfg)
     connect_wifi(cfg)
@@ -120,45 +130,13 @@ def run(app, path="config.json"):
         print("fota: boot:", errors.name(e.code))
     use_tls(link, cfg)  # after boot(), like the signer
     sign_reports(link, cfg)  # after boot(): its checks run in the emptiest heap; its events are sealed when sent
+    wdt = None
+    if agent.wdt is None and cfg.get("watchdog_ms"):  # a watchdog for the application's whole life
+        wdt = machine.WDT(timeout=cfg["watchdog_ms"])
     print("fota: running", agent.version())
-    serve(agent, link)
+    return Service(agent, link, app_timeout_ms=cfg.get("app_timeout_ms", 30000), wdt=wdt)
 
 
-# Feed the self-test's watchdog, if it was armed: an ESP32 watchdog cannot be stopped, so it is fed for the
-# device's whole life (a board that stopped feeding it would reset one self-test time later).
-def feed(agent):
-    wdt = agent.wdt
-    if wdt is not None:
-        wdt.feed()
-
-
-def sleep_fed(agent, ms):
-    while ms > 0:
-        feed(agent)
-        n = ms if ms < _FEED_MS else _FEED_MS
-        sleep_ms(n)
-        ms -= n
-    feed(agent)
-
-
-def serve(agent, link, until=None):
-    """The service loop: never returns (unless `until()` is true) and never dies. Whatever escapes a step is
-    logged (the bounded, persisted error log: FAULT), the link backs off and resumes."""
-    faults = Backoff(1000, 60000)
-    while until is None or not until():
-        try:
-            wait = link.serve_once()
-            faults.reset()
-        except Exception as e:  # noqa: BLE001 - the service outlives any one fault; MemoryError included
-            wait = faults.next_ms()
-            _fault(agent, link, e)
-        sleep_fed(agent, wait)
-
-
-def _fault(agent, link, e):
-    print("fota: fault:", repr(e))
-    try:
-        agent.log_error(errors.FAULT, repr(e)[:_FAULT_DETAIL])
-        link.fault(e)
-    except Exception as e2:  # noqa: BLE001 - reporting a fault must not end the loop either
-        print("fota: fault while handling a fault:", repr(e2))
+def run(app, path="config.json"):
+    """The service alone (main.py of `fota provision`): never returns; the service's loop feeds the watchdog."""
+    start(app, path).run()

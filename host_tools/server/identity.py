@@ -39,7 +39,7 @@ GATEWAY_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 PBKDF2_ITERATIONS = 101  # mosquitto_passwd's default for $7$ (PBKDF2-SHA512)
 
 # What a device may do on the broker, under P/<its id>/ (docs/SECURITY.md "Broker access")
-DEVICE_WRITES = ("state", "events", "get")
+DEVICE_WRITES = ("state", "events", "get", "app/#")  # app/#: the application's own telemetry (issue 22)
 DEVICE_READS = ("offer", "data", "cmd", "keys")  # keys: a root-signed key list on its own (issue 14)
 
 SCHEMA = """

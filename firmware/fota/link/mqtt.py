@@ -4,7 +4,8 @@
     agent.reporter = link.report          # agent events go out as MQTT events
     link.run()                             # forever: connect, serve offers, publish state
 
-Topics fota/<device>/{offer, cmd, data} in, {get, events, state} out. A window of chunks is
+Topics fota/<device>/{offer, cmd, data} in, {get, events, state} out; the application's own messages go
+out on fota/<device>/app/<name> over the same connection (`publish_app`). A window of chunks is
 asked for with `get` and asked again when half of it came; a chunk_timeout_ms without data
 is a miss, and after `max_timeouts` of them the attempt ends (CONNECTION_LOST).
 """
@@ -14,7 +15,7 @@ import gc
 from .. import errors
 from ..agent import DOWNLOADING
 from ..backoff import Backoff
-from ..compat import sleep_ms
+from ..compat import sleep_ms, ticks_diff, ticks_ms
 from ..errors import OtaError
 from .core import Link
 from .wire import DATA_HEAD, GET_HEAD, GET_MAX, pack_get, parse_data
@@ -30,6 +31,7 @@ class MqttLink(Link):
         self._base = base.encode()
         self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", base + "get"
         self.t_data, self.t_events, self.t_cmd = base + "data", base + "events", base + "cmd"
+        self.t_app = base + "app/"  # the application's telemetry: P/D/app/<name> (docs/PROTOCOL.md)
         self.t_keys = base + "keys"  # a root-signed key list on its own, retained (docs/PROTOCOL.md "Key lists")
         self._suffix = {b"offer": self._on_offer, b"data": self._on_data, b"cmd": self._on_cmd, b"keys": self._on_keys}
         self._key_list = None  # a key list received, taken in the next step (callbacks only enqueue)
@@ -84,7 +86,7 @@ class MqttLink(Link):
             if wait:
                 sleep_ms(wait)
 
-    def serve_once(self):
+    def serve_once(self, timeout_ms=100, limit=0):
         """One turn: connect if needed (returns the ms to back off when that failed), else one step (0)."""
         if not self.connected:
             try:
@@ -93,7 +95,7 @@ class MqttLink(Link):
                 print("fota: MQTT connect failed:", repr(e))
                 self._drop(e)
                 return self._reconnect.next_ms()
-        self.step(100)
+        self.step(timeout_ms, limit)
         return 0
 
     def fault(self, e):
@@ -103,9 +105,10 @@ class MqttLink(Link):
         self._state_due = True  # the error log changed
         self._drop(e)
 
-    def step(self, timeout_ms=100):
+    # Packets for up to timeout_ms (at most `limit` of them when > 0), then the link's own work.
+    def step(self, timeout_ms=100, limit=0):
         try:
-            self.client.poll(timeout_ms)
+            self.client.poll(timeout_ms, limit)
             if self._flush_due():
                 self._flush()
             if self._complete:
@@ -123,6 +126,30 @@ class MqttLink(Link):
             if self.agent.state == DOWNLOADING:
                 self._give_up(errors.OUT_OF_MEMORY, "MQTT link")
             self._drop(e)
+
+    def idle_ms(self, cap):
+        """The ms (at most `cap`) this link may wait for packets before it has work of its own (0: now)."""
+        if not self.connected or self._complete or self._flush_due() or self._key_list is not None:
+            return 0
+        if self._retry_at is not None:
+            left = self._retry_left()
+        elif self.agent.state == DOWNLOADING and self.offer_id is not None:
+            left = self.chunk_timeout_ms - ticks_diff(ticks_ms(), self._last_data)
+        else:
+            return cap
+        return 0 if left < 0 else left if left < cap else cap
+
+    def publish_app(self, name, payload, qos=0):
+        """The application's message on P/D/app/<name>, over this connection; False when it could not go out
+        (not connected, or the connection failed: the link reconnects)."""
+        if not self.connected or self._in_callback:
+            return False
+        try:
+            self.client.publish(self.t_app + name, payload, qos=qos)
+        except OSError as e:  # MQTTError included
+            self._drop(e)
+            return False
+        return True
 
     def _drop(self, e):
         self.connected = False

@@ -182,8 +182,9 @@ class MQTTClient:
         if qos:
             self._wait_ack(_PUBACK, pid)
 
-    # Handle every complete packet available, waiting up to timeout_ms for the first; returns the count.
-    def poll(self, timeout_ms=0):
+    # Handle every complete packet available (at most `limit` when > 0: a caller sharing the CPU gets it
+    # back while a download streams), waiting up to timeout_ms for the first; returns the count.
+    def poll(self, timeout_ms=0, limit=0):
         t0 = ticks_ms()
         n = 0
         while True:
@@ -197,10 +198,16 @@ class MQTTClient:
                 self._handle()
                 n += 1
                 self._keepalive()
+                if n == limit:
+                    return n
                 continue
             self._keepalive()
             if n or ticks_diff(ticks_ms(), t0) >= timeout_ms:
                 return n
+
+    # True when bytes are waiting (a packet or part of one): a caller with its own event loop asks before it parks.
+    def readable(self):
+        return self.sock is not None and self._ready(0)
 
     def ping(self):
         hdr = self._hdr
