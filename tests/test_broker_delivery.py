@@ -21,6 +21,7 @@ pytestmark = pytest.mark.host
 
 DEVICE = "dd44dd44"
 ROUNDS, BURST = 12, 6  # connections, and QoS 1 messages each sends before it disconnects
+OTHERS = [f"ee{i:06x}" for i in range(40)]  # a fleet that connects and subscribes meanwhile
 
 
 def client(port: int, cred, client_id: str, on_message=None) -> mqtt.Client:
@@ -66,6 +67,7 @@ def recv_exact(s: socket.socket, n: int) -> bytes:
 def broker(request, tmp_path):
     ids = Identities(Registry(tmp_path / "r.sqlite"))
     ids.creds = {"device": ids.enroll(DEVICE), "server": ids.server_credentials()}
+    ids.creds.update({d: ids.enroll(d) for d in OTHERS})
     if request.param == "mosquitto":
         mosq = request.getfixturevalue("fota_mosquitto")
         mosq.sync(ids)
@@ -100,3 +102,66 @@ def test_qos1_messages_acknowledged_just_before_a_disconnect_are_all_delivered(b
         sub.disconnect()
         sub.loop_stop()
     assert sorted(got) == sorted(sent), f"{len(sent) - len(set(got))} of {len(sent)} acknowledged messages were lost"
+
+
+def test_messages_are_delivered_while_other_clients_subscribe(broker):
+    """amqtt 0.12.1 walks its subscription table with awaits inside (each delivery asks the topic plugin), so a
+    SUBSCRIBE that adds a filter meanwhile raised "dictionary changed size during iteration" and the message
+    being broadcast was lost (seen as stray tracebacks in `make demo`): a fleet connecting while reports flow."""
+    ids, (server_port, port) = broker
+    got: list[bytes] = []
+    sub = client(server_port, ids.creds["server"], "server", lambda c, u, m: got.append(bytes(m.payload)))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe(f"fota/{DEVICE}/events", 1)
+    assert subscribed.wait(10)
+    sent = [f"m{i}".encode() for i in range(240)]
+    clients: list[mqtt.Client] = []
+
+    def fleet_connects():
+        for d in OTHERS:
+            c = client(port, ids.creds[d], d)
+            c.subscribe(f"fota/{d}/offer", 1)
+            c.subscribe(f"fota/{d}/data", 0)
+            clients.append(c)
+
+    joiner = threading.Thread(target=fleet_connects)
+    joiner.start()
+    try:
+        for i in range(0, len(sent), BURST):
+            reset_after_acks(port, ids.creds["device"], f"fota/{DEVICE}/events".encode(), sent[i : i + BURST])
+        joiner.join(60)
+        try:
+            wait_until(lambda: len(got) >= len(sent), 10, f"{len(sent)} messages")
+        except AssertionError:
+            pass
+    finally:
+        for c in [sub, *clients]:
+            c.disconnect()
+            c.loop_stop()
+    assert sorted(got) == sorted(sent), f"{len(sent) - len(set(got))} of {len(sent)} acknowledged messages were lost"
+
+
+def test_a_connecting_device_gets_no_retained_message_of_another_device(broker):
+    """amqtt 0.12.1 replays, to every connecting client, the retained messages matching every topic filter any
+    session holds (broker.py `_handle_client_session`), past the topic ACL: device A received B's retained offer."""
+    ids, (server_port, port) = broker
+    a, b = OTHERS[0], OTHERS[1]
+    srv = client(server_port, ids.creds["server"], "server")
+    srv.publish(f"fota/{b}/offer", b"offer for b", qos=1, retain=True).wait_for_publish(10)
+    got_b: list[str] = []
+    cb = client(port, ids.creds[b], b, lambda c, u, m: got_b.append(m.topic))
+    cb.subscribe(f"fota/{b}/offer", 1)
+    wait_until(lambda: got_b, 10, "B's own retained offer")
+    got_a: list[str] = []
+    ca = client(port, ids.creds[a], a, lambda c, u, m: got_a.append(m.topic))
+    ca.subscribe(f"fota/{a}/offer", 1)
+    try:
+        import time
+
+        time.sleep(1.0)
+    finally:
+        for c in (srv, cb, ca):
+            c.disconnect()
+            c.loop_stop()
+    assert got_a == [], f"device {a} received {got_a}"

@@ -152,6 +152,14 @@ def _make_broker(config: dict):
                 await self._deliver_queued(session, handler)
             await super()._delete_session(client_id)
 
+        async def _publish_retained_messages_for_subscription(self, subscription, session) -> None:
+            """Retained messages for a filter `session` itself holds. amqtt 0.12.1 also calls this, for every
+            connecting client, with every filter of every session in its table (`_handle_client_session`),
+            and publishes what matches past the topic ACL: device A got device B's retained offer."""
+            held = self._subscriptions.get(subscription[0], ())
+            if any(s.client_id == session.client_id for s, _ in held):
+                await super()._publish_retained_messages_for_subscription(subscription, session)
+
         async def _deliver_queued(self, session, handler) -> None:
             queue = session.delivered_message_queue
             while not queue.empty():
@@ -160,7 +168,22 @@ def _make_broker(config: dict):
                 if not await self._handle_message_delivery(session, handler, taken):
                     return
 
-    return _Broker(config, loop=asyncio.get_running_loop())
+    broker = _Broker(config, loop=asyncio.get_running_loop())
+    broker._subscriptions = _Snapshots()
+    return broker
+
+
+class _Snapshots(dict):
+    """amqtt 0.12.1's subscription table, iterated over a copy: the broker walks it with awaits inside (a
+    delivery asks the topic plugin; a connecting client gets retained messages per filter), and a SUBSCRIBE
+    meanwhile raised "dictionary changed size during iteration", ending that session's set-up or that
+    message's broadcast (stray tracebacks in `make demo`)."""
+
+    def __iter__(self):
+        return iter(list(super().keys()))
+
+    def items(self):  # type: ignore[override]
+        return list(super().items())
 
 
 class EmbeddedBroker:
