@@ -249,6 +249,10 @@ def test_campaign_gate_pause_resume_report_webhooks_and_event_stream(stack, hook
     assert rep["by_status"] == {"SUCCEEDED": 3, "ROLLED_BACK": 1, "EXCLUDED": 1}
     assert rep["by_hw_rev"] == {"A": {"ROLLED_BACK": 1}, "B": {"EXCLUDED": 1}}
     assert rep["by_reason"]["ROLLED_BACK: SELF_TEST_FAILED: app"] == 1
+    # the protocol devices here send `committed` without downtime_ms (as devices from before issue 22): not measured
+    assert [(w["name"], w["devices"], w["worst_ms"]) for w in rep["downtime"]] == [("canary", 0, None), ("100%", 0, None)]
+    assert rep["expected_downtime"] is None and all(r["downtime_ms"] is None for r in rep["devices"])
+    assert paused["waves"][0]["downtime"] == {"devices": 0, "median_ms": None, "worst_ms": None} and paused["expected_downtime"] is None
     assert stack.op.post("/api/campaigns/c1/pause").status_code == 409
     stop.set()
     wait_until(lambda: any(m["type"] == "campaign" and m["status"] == "COMPLETED" for m in seen), 10, "the stream's campaign message")

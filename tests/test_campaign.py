@@ -267,3 +267,69 @@ def test_campaign_cli_plans_starts_and_reports(registry_target, tmp_path, capsys
     rep = capsys.readouterr().out
     assert "SUCCEEDED    2" in rep and "1 x EXCLUDED: hardware revision B not in A" in rep
     assert main(["campaign", "resume", "cli1", "--data", str(data)]) == 1  # completed: nothing to resume
+
+
+def test_downtime_per_device_per_wave_and_expected_from_the_waves_done(registry_target, tmp_path, capsys):
+    """Issue 22: `committed` carries downtime_ms; the report gives it per device and per wave (median, worst) and the
+    downtime the next waves can expect from the waves done; devices that do not report it count as not measured."""
+    import json
+
+    from host_tools.cli import main
+    from host_tools.fleet.render import render_report_data, render_status_data
+
+    f = Fleet(registry_target, n=6, groups={"d00": ["test"], "d01": ["test"], "d02": ["test"]})
+    f.runner.create(CampaignSpec(name="c", package="pkg", waves=["test", "100%"], min_sample=10))
+    f.runner.start("c")
+    f.runner.tick()
+    sent = {"d00": 2100, "d01": 3400, "d02": None}  # d02: a device from before issue 22 (no field)
+    for dev, ms in sent.items():
+        offer = f.reg.offers(dev)[-1].id
+        f.reg.record_event(dev, {"event": "committed", "offer": offer} | ({} if ms is None else {"downtime_ms": ms}))
+    rep = report(f.reg, "c")
+    assert rep["downtime"][0] == {"index": 0, "name": "test", "devices": 2, "median_ms": 2750, "worst_ms": 3400}
+    assert rep["expected_downtime"] is None  # the first wave is still the current one
+    assert {r["device"]: r["downtime_ms"] for r in rep["devices"] if r["wave"] == 0} == sent
+    f.runner.tick()
+    f.runner.tick()  # wave 1 done: wave 2 offered
+    rep = report(f.reg, "c")
+    assert rep["campaign"]["wave"] == 1
+    assert rep["expected_downtime"] == {"devices": 2, "median_ms": 2750, "worst_ms": 3400, "waves": [0]}
+    text = render_status_data(rep, "c")
+    assert "expected downtime per device: median 2.8 s, worst 3.4 s (2 device(s)), from wave(s) 1" in text
+    assert "downtime median 2.8 s, worst 3.4 s" in text
+    # junk from the network never lands: a bool, a negative or huge number, a string
+    for dev, junk in zip(("d03", "d04", "d05"), (True, -5, "9")):
+        f.reg.record_event(dev, {"event": "committed", "offer": f.reg.offers(dev)[-1].id, "downtime_ms": junk})
+    assert [o.downtime_ms for d in ("d03", "d04", "d05") for o in f.reg.offers(d)] == [None, None, None]
+    f.reg.record_event("d03", {"event": "committed", "offer": f.reg.offers("d03")[-1].id, "downtime_ms": 1000})
+    f.runner.tick()
+    rep = report(f.reg, "c")
+    assert rep["downtime"][1]["devices"] == 1 and rep["downtime"][1]["worst_ms"] == 1000
+    assert f.status("c") == COMPLETED and rep["expected_downtime"]["waves"] == [0, 1]
+    assert rep["expected_downtime"] | {} == {"devices": 3, "median_ms": 2100, "worst_ms": 3400, "waves": [0, 1]}
+    text = render_report_data(rep, "c")
+    assert "wave 1 (test): median 2.8 s, worst 3.4 s (2 device(s))" in text
+    assert "d01            wave 1: 3.4 s" in text
+    if isinstance(registry_target, type(tmp_path)):  # the CLI reads the SQLite registry in the data directory
+        data = registry_target.parent
+        assert main(["campaign", "report", "c", "--data", str(data), "--json"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["downtime"] == rep["downtime"] and out["expected_downtime"] == rep["expected_downtime"]
+
+
+def test_a_registry_from_before_downtime_gets_the_column(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "registry.sqlite"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE offers (id INTEGER PRIMARY KEY AUTOINCREMENT, device TEXT, package TEXT, chunk INTEGER,"
+               " policy INTEGER, status TEXT, code INTEGER, reason TEXT, created REAL, updated REAL, published INTEGER DEFAULT 1)")
+    db.execute("INSERT INTO offers (device, package, chunk, policy, status) VALUES ('d00', 'pkg', 4096, 0, 'SUCCEEDED')")
+    db.commit()
+    db.close()
+    reg = Registry(path)
+    OPEN.append(reg)
+    assert reg.offer(1).downtime_ms is None and reg.offer(1).status == "SUCCEEDED"
+    reg.note_downtime(1, 1500)
+    assert reg.offer(1).downtime_ms == 1500
+    Registry(path).close()  # opening it again adds nothing twice

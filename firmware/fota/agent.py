@@ -89,6 +89,7 @@ class Agent:
         self.approved = False
         self.tag = None
         self._hold_since = None
+        self.alive_at = None  # ticks_ms of the application's last sign of life (Service.alive): downtime starts there
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
         self._carry = bytearray(_MARGIN)  # the inflater moves its undecoded tail through it (zlib packages)
         self._zin = bytes_io(SECTOR + _MARGIN)  # the inflater's input stream, made while the heap is whole
@@ -445,7 +446,7 @@ class Agent:
         if not self.may_install():
             self.report("deferred", version=self.manifest.version)
             return errors.LWM2M_DEFERRED
-        self.boot_state.stage(self._target, self.manifest, self.version(), self.tag)
+        self.boot_state.stage(self._target, self.manifest, self.version(), self.tag, confirm.last_action(self.alive_at))
         code = confirm.set_boot(self.boot_state, self._target, self._boot_event)  # resets unless refused
         self._fail(code, "set_boot refused the image")
         raise OtaError(code)

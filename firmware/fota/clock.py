@@ -13,10 +13,14 @@ two happens here, detected the way micropython-lib's ntptime does it: `time.gmti
     clock.from_unix(u)     # Unix seconds (manifest, server) -> device seconds, for gmtime/localtime
     clock.localtime(u)     # time.localtime() of a Unix time (the ESP32 port has no time zone: UTC)
     clock.epoch_offset()   # 946684800 on an epoch-2000 port, 0 on an epoch-1970 one
+    clock.rtc_ms()         # the RTC in ms (device epoch), set or not: durations across a reset
 
 "Not set" works under both epochs: a chip's RTC starts at its epoch at power-on and counts from
 there, so a device time before 2024-01-01 (in Unix terms) means nobody set it. Only the time of
-day is read here; durations use `ticks_ms` (compat), which a clock step cannot disturb.
+day is read here; durations use `ticks_ms` (compat), which a clock step cannot disturb. A duration
+across a reset cannot: ticks start again at 0 on every boot. The RTC keeps counting through soft,
+hard and watchdog resets and deep sleep (ESP-IDF "System Time"; only a power-up resets it), set or
+not, so `rtc_ms()` spans one; a clock set in between (NTP) steps it by an unknown amount.
 """
 
 import time
@@ -58,6 +62,11 @@ def from_unix(u):
 def unix_now():
     u = to_unix(time.time())
     return u if u >= _SET_AFTER else None
+
+
+# The RTC in ms since the device's epoch (not checked for being set): durations across a reset.
+def rtc_ms():
+    return time.time_ns() // 1000000
 
 
 def is_set():

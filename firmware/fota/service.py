@@ -33,13 +33,14 @@ class Service:
         self.link = link
         self.app_timeout_ms = app_timeout_ms  # 0: the application is never judged (device.run)
         self.faults = 0  # turns that ended in a fault
-        self._alive_at = ticks_ms()  # start-up counts as a sign of life
+        self._alive_at = agent.alive_at = ticks_ms()  # start-up counts as a sign of life
         self._next = ticks_ms()  # no turn of the link before this (back-off after a fault or a failed connect)
         self._faults = Backoff(1000, 60000)
 
     # The application says it is alive: called from its main loop (or its sensor task) at least every app_timeout_ms.
+    # The agent keeps it too: the last one before a reset into a new image starts the reported downtime.
     def alive(self):
-        self._alive_at = ticks_ms()
+        self._alive_at = self.agent.alive_at = ticks_ms()
 
     def app_alive(self):
         return not self.app_timeout_ms or ticks_diff(ticks_ms(), self._alive_at) < self.app_timeout_ms

@@ -22,6 +22,7 @@ the full package, once (`fallbacks` in the stored spec and in the report).
 from __future__ import annotations
 
 import hashlib
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -439,9 +440,34 @@ def unreachable(rows: list[dict], devices: dict[str, dict], stale_after_s: float
     return sorted(out, key=lambda u: u["last_heard"] or 0)
 
 
+def downtime_stats(values: list[int]) -> dict | None:
+    """{"devices", "median_ms", "worst_ms"} of measured downtimes, or None when there are none."""
+    if not values:
+        return None
+    return {"devices": len(values), "median_ms": round(statistics.median(values)), "worst_ms": max(values)}
+
+
+def downtime(rows: list[dict], camp: dict | None) -> tuple[list[dict], dict | None]:
+    """The application's downtime (each row's `downtime_ms`, from its offer's `committed` event) per wave, and the
+    downtime to expect from the waves already done (those before the current one; all once COMPLETED), or None."""
+    waves = ((camp or {}).get("spec") or {}).get("waves") or []
+    per_wave = []
+    for index, wave in enumerate(waves):
+        stats = downtime_stats([r["downtime_ms"] for r in rows if r["wave"] == index and r.get("downtime_ms") is not None])
+        per_wave.append({"index": index, "name": wave} | (stats or {"devices": 0, "median_ms": None, "worst_ms": None}))
+    if camp is None:
+        return per_wave, None
+    done = range(len(waves)) if camp["status"] == COMPLETED else range(min(camp["wave"], len(waves)))
+    stats = downtime_stats([r["downtime_ms"] for r in rows if r["wave"] in done and r.get("downtime_ms") is not None])
+    return per_wave, stats and stats | {"waves": [i for i in done if per_wave[i]["devices"]]}
+
+
 def report(registry: Registry, name: str, *, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> dict:
-    """Outcomes by status; failures by reason and by hardware revision; devices unheard of for `stale_after_s`."""
-    rows = registry.campaign_devices(name)
+    """Outcomes by status; failures by reason and by hardware revision; devices unheard of for `stale_after_s`;
+    the application's downtime per device (`downtime_ms` in each row) and per wave, and what to expect from it."""
+    offers = {o.id: o for o in registry.offers()}
+    rows = [r | {"downtime_ms": o.downtime_ms if (o := offers.get(r["offer"])) is not None else None}
+            for r in registry.campaign_devices(name)]
     devices = {d["id"]: d for d in registry.devices()}
     by_status: dict[str, int] = {}
     by_reason: dict[str, int] = {}
@@ -456,10 +482,12 @@ def report(registry: Registry, name: str, *, stale_after_s: float = STALE_AFTER_
     camp = registry.campaign(name)
     spec = (camp or {}).get("spec") or {}
     deltas = set((spec.get("delta_bases") or {}).values())
-    packages = {o.id: o.package for o in registry.offers()} if deltas else {}
+    packages = {i: o.package for i, o in offers.items()} if deltas else {}
     offered = {"delta": sum(1 for r in rows if packages.get(r["offer"]) in deltas),
                "full": sum(1 for r in rows if r["offer"] is not None and packages.get(r["offer"]) not in deltas)}
+    per_wave, expected = downtime(rows, camp)
     return {"campaign": camp, "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows,
+            "downtime": per_wave, "expected_downtime": expected,
             "offered": offered if deltas else None, "fallbacks": spec.get("fallbacks") or {},
             "stale_after_s": stale_after_s,
             "unreachable": unreachable(rows, devices, stale_after_s, time.time() if now is None else now)}

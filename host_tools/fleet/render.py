@@ -11,6 +11,8 @@ from host_tools.fleet.campaign import CampaignError, CampaignSpec, Plan, report
 from host_tools.protocol import FINAL
 from host_tools.server.registry import Registry
 
+_LONGEST = 10  # devices listed by downtime in the text report (all of them in --json and in the status)
+
 
 def render_plan(spec: CampaignSpec, plan: Plan) -> str:
     """A new campaign's waves and exclusions (`fota campaign create`)."""
@@ -22,6 +24,27 @@ def render_plan(spec: CampaignSpec, plan: Plan) -> str:
     lines.append(f"  excluded: {len(plan.excluded)}")
     lines += [f"    {device}: {reason}" for device, reason in plan.excluded]
     return "\n".join(lines)
+
+
+def seconds(ms: int | None) -> str:
+    """A downtime for people: '2.4 s', '-' when not measured."""
+    return "-" if ms is None else f"{ms / 1000:.1f} s"
+
+
+def render_downtime(stats: dict | None) -> str:
+    """'median 2.4 s, worst 3.1 s (3 devices)' of campaign.downtime_stats, or 'not measured yet'."""
+    if not stats or not stats.get("devices"):
+        return "not measured yet"
+    return f"median {seconds(stats['median_ms'])}, worst {seconds(stats['worst_ms'])} ({stats['devices']} device(s))"
+
+
+def render_expected(data: dict) -> str:
+    """The downtime the waves to come can expect, from the waves already done (a campaign report's)."""
+    exp = data.get("expected_downtime")
+    if not exp:
+        return "  expected downtime: not known until a wave is done"
+    waves = ", ".join(str(i + 1) for i in exp["waves"])
+    return f"  expected downtime per device: {render_downtime(exp)}, from wave(s) {waves}"
 
 
 def _bar(done: int, total: int, width: int = 24) -> str:
@@ -41,15 +64,19 @@ def render_status_data(data: dict, name: str) -> str:
         raise CampaignError(f"no campaign named {name!r}")
     waves = camp["spec"]["waves"]
     lines = [f"campaign {name}: {camp['status']} (wave {camp['wave'] + 1}/{len(waves)}) {camp['note'] or ''}".rstrip()]
+    down = data.get("downtime") or []
     for index, wave in enumerate(waves):
         rows = [r for r in data["devices"] if r["wave"] == index]
         done = sum(1 for r in rows if r["status"] in FINAL)
         ok = sum(1 for r in rows if r["status"] == "SUCCEEDED")
-        lines.append(f"  wave {index + 1} {wave:<8} {_bar(done, len(rows))}  succeeded {ok}")
-    lines.append(f"  {'device':<14} {'wave':>4}  {'status':<12} reason")
+        stats = down[index] if index < len(down) else None
+        measured = f"  downtime {render_downtime(stats)}" if stats and stats["devices"] else ""
+        lines.append(f"  wave {index + 1} {wave:<8} {_bar(done, len(rows))}  succeeded {ok}{measured}")
+    lines.append(render_expected(data))
+    lines.append(f"  {'device':<14} {'wave':>4}  {'status':<12} {'downtime':>8}  reason")
     for r in data["devices"]:
         wave = "-" if r["wave"] < 0 else str(r["wave"] + 1)
-        lines.append(f"  {r['device']:<14} {wave:>4}  {r['status']:<12} {r['reason'] or ''}")
+        lines.append(f"  {r['device']:<14} {wave:>4}  {r['status']:<12} {seconds(r.get('downtime_ms')):>8}  {r['reason'] or ''}".rstrip())
     return "\n".join(lines)
 
 
@@ -62,6 +89,16 @@ def render_report_data(data: dict, name: str) -> str:
     """render_report from a campaign report (campaign.report's, or the HTTP API's /report)."""
     lines = [f"campaign {name}: {data['campaign']['status']}"]
     lines += [f"  {status:<12} {count}" for status, count in sorted(data["by_status"].items())]
+    down = data.get("downtime") or []
+    if any(w["devices"] for w in down):
+        lines.append("  downtime (the application not running, last action before the reboot to the commit):")
+        lines += [f"    wave {w['index'] + 1} ({w['name']}): {render_downtime(w)}" for w in down]
+        measured = sorted((r for r in data["devices"] if r.get("downtime_ms") is not None), key=lambda r: -r["downtime_ms"])
+        lines.append("    longest per device:" if len(measured) > _LONGEST else "    per device:")
+        lines += [f"      {r['device']:<14} wave {r['wave'] + 1}: {seconds(r['downtime_ms'])}" for r in measured[:_LONGEST]]
+        if len(measured) > _LONGEST:
+            lines.append(f"      ({len(measured) - _LONGEST} more: --json, or fota campaign status)")
+    lines.append(render_expected(data))
     if data["by_reason"]:
         lines.append("  by reason:")
         lines += [f"    {count} x {reason}" for reason, count in sorted(data["by_reason"].items())]

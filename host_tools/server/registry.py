@@ -75,6 +75,7 @@ class Offer:
     status: str
     code: int | None
     reason: str | None
+    downtime_ms: int | None = None  # the application's downtime the device reported on committing (docs/PROTOCOL.md)
 
 
 class Registry:
@@ -85,6 +86,7 @@ class Registry:
         self.foreign_events = 0  # events that named an offer of another device (changed nothing)
         self._db.script(SCHEMA_TEMPLATE.format(**SCHEMA_TYPES[self._db.kind]))
         self._add_column("offers", "published", "INTEGER DEFAULT 1")  # registries made before it: all published
+        self._add_column("offers", "downtime_ms", "INTEGER")  # the `committed` event's (issue 22); NULL: not reported
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
         """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS leaves it as it was)."""
@@ -193,16 +195,16 @@ class Registry:
 
     def unpublished_offers(self) -> list[Offer]:
         """Open offers recorded but never published (their maker died in between), oldest first."""
-        rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason FROM offers"
+        rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason, downtime_ms FROM offers"
                          " WHERE published = 0 ORDER BY id")
         return [Offer(**r) for r in rows if r["status"] not in FINAL]
 
     def offer(self, offer_id: int) -> Offer | None:
-        rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason FROM offers WHERE id = ?", (offer_id,))
+        rows = self._all("SELECT id, device, package, chunk, policy, status, code, reason, downtime_ms FROM offers WHERE id = ?", (offer_id,))
         return Offer(**rows[0]) if rows else None
 
     def offers(self, device: str | None = None) -> list[Offer]:
-        sql = "SELECT id, device, package, chunk, policy, status, code, reason FROM offers"
+        sql = "SELECT id, device, package, chunk, policy, status, code, reason, downtime_ms FROM offers"
         rows = self._all(sql + (" WHERE device = ? ORDER BY id" if device else " ORDER BY id"), (device,) if device else ())
         return [Offer(**r) for r in rows]
 
@@ -213,6 +215,12 @@ class Registry:
             return
         self._exec("UPDATE offers SET status=?, code=?, reason=?, updated=? WHERE id=?",
                    (status, code, reason, time.time(), offer_id))
+
+    def note_downtime(self, offer_id: int, ms: object) -> None:
+        """The downtime a `committed` event reported for the offer; anything but an integer in 0..2^32-1 ms
+        (absent: a device from before issue 22, or one that could not measure it) leaves it unknown."""
+        if isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms <= 0xFFFFFFFF:
+            self._exec("UPDATE offers SET downtime_ms = ? WHERE id = ?", (ms, offer_id))
 
     # -- campaigns ------------------------------------------------------------
     def save_campaign(self, name: str, spec: dict, status: str, wave: int = 0, note: str = "") -> None:
@@ -272,6 +280,8 @@ class Registry:
             self.foreign_events += 1  # an event may only move an offer of the device that sent it
             return None
         self.set_offer_status(int(offer_id), status, code=code, reason=reason)
+        if status == "SUCCEEDED":
+            self.note_downtime(int(offer_id), event.get("downtime_ms"))
         if status == "ROLLED_BACK" or (status == "REFUSED" and code == ROLLED_BACK_BEFORE):
             self.remember_rolled_back(device, offer, reason)
         return status if status in FINAL else None

@@ -13,6 +13,9 @@ version, previous version) and backs the config up. On the next boot:
 - running the old image and no entry for the target: `set_boot()` never completed
   (power cut); check the image again from flash and stage it again.
 
+The application's downtime (docs/PROTOCOL.md "Downtime") is measured across the reboot on the RTC:
+`last_action()` goes into the pending record, `_commit` reports the ms since in `committed`.
+
 It works on the agent's BootState and a `report(event, **info)` function, and returns the
 outcome, `(lwm2m result or None, error code or 0, detail)`: the agent records a failure and
 decides its own state. `machine.reset()` is called here where the flow says so.
@@ -41,6 +44,25 @@ def in_window(window, now):
     t = clock.localtime(now)  # now is Unix time; the port's localtime takes its own epoch
     minute = t[3] * 60 + t[4]
     return (minute - start) % 1440 < length
+
+
+# The application's last action before the reset into a new image, for the pending record: [RTC ms, clock set].
+# `alive_at` is the ticks_ms of its last sign of life (Service.alive), None: now (no service, or none yet).
+def last_action(alive_at):
+    ms = clock.rtc_ms()
+    if alive_at is not None:
+        ms -= ticks_diff(ticks_ms(), alive_at)
+    return [ms, clock.is_set()]
+
+
+# ms from the last action to now (the commit), or None when not known: no mark (staged by an older agent), the
+# clock was set in between (NTP stepped it by an unknown amount), or the RTC went back (a power cut reset it).
+# With the clock never set a power cut can go unseen: the RTC counts from 0 again; short downtimes look plausible.
+def downtime_ms(mark):
+    if not mark or bool(mark[1]) != clock.is_set():
+        return None
+    ms = clock.rtc_ms() - mark[0]
+    return ms if ms >= 0 else None
 
 
 # set_boot() on the staged target, then reset (never returns). Returns BAD_IMAGE when
@@ -120,7 +142,11 @@ def _commit(boot, pending, now, report):
         st.data["pending"] = None
         st.save()
         store.remove(boot.config_path + ".bak")
-        report("committed", version=pending["version"], seq=pending["seq"])
+        down = downtime_ms(pending.get("down"))
+        if down is None:
+            report("committed", version=pending["version"], seq=pending["seq"])
+        else:
+            report("committed", version=pending["version"], seq=pending["seq"], downtime_ms=down)
     return errors.LWM2M_SUCCESS
 
 

@@ -9,7 +9,7 @@ the agent is, stays the agent's business).
     boot.erase_stale()                            # before the first write: what esp_ota_begin does
     boot.failed(code, "detail", version, now)     # error log + result, saved
     boot.is_done(offer_id); boot.mark_done(offer_id)
-    boot.stage(target, manifest, from_version, tag)   # pending record + config backup, before set_boot
+    boot.stage(target, manifest, from_version, tag, down)   # pending record + config backup, before set_boot
 """
 
 import json
@@ -218,7 +218,8 @@ class BootState:
         return od_part is not None and otadata.erase_stale(od_part, entries, target_idx, len(slots))
 
     # -- staging: written before set_boot(), read on the next boot ----------------------
-    def stage(self, target, m, from_version, tag):
+    # `down`: the application's last action (confirm.last_action), for the downtime `committed` reports.
+    def stage(self, target, m, from_version, tag, down=None):
         copy_file(self.config_path, self.config_path + ".bak")
         st = self.store
         st.data["pending"] = {
@@ -230,6 +231,7 @@ class BootState:
             "size": m.image_size,
             "fail": None,
             "tag": tag,
+            "down": down,
         }
         st.data["download"] = None
         st.save()

@@ -79,7 +79,8 @@ def _campaign(request: Request, name: str) -> dict:
 
 
 def status_of(server, name: str) -> dict:
-    """The campaign, its waves with progress (finished, succeeded, failed, in flight with download progress)."""
+    """The campaign, its waves with progress (finished, succeeded, failed, in flight with download progress) and
+    downtime (median, worst), the downtime to expect from the waves done, and the devices (with `downtime_ms`)."""
     data = report(server.registry, name)
     camp = data["campaign"]
     devices = {d["id"]: device_row(d) for d in server.registry.devices()}
@@ -92,10 +93,12 @@ def status_of(server, name: str) -> dict:
                       "succeeded": sum(1 for r in rows if r["status"] == "SUCCEEDED"),
                       "failed": sum(1 for r in rows if r["status"] in FAILURES),
                       "in_flight": [{"device": r["device"], "status": r["status"],
-                                     "progress": (devices.get(r["device"]) or {}).get("progress")} for r in busy]})
+                                     "progress": (devices.get(r["device"]) or {}).get("progress")} for r in busy],
+                      "downtime": {k: data["downtime"][index][k] for k in ("devices", "median_ms", "worst_ms")}})
     rows = [r | {"hw_rev": (devices.get(r["device"]) or {}).get("hw_rev")} for r in data["devices"]]
     gate = camp["note"] if camp["status"] == "PAUSED" else None
-    return {"campaign": camp, "waves": waves, "paused_because": gate, "by_status": data["by_status"], "devices": rows}
+    return {"campaign": camp, "waves": waves, "paused_because": gate, "by_status": data["by_status"], "devices": rows,
+            "expected_downtime": data["expected_downtime"]}
 
 
 @router.get("", summary="Campaigns with their status")

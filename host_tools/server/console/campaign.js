@@ -15,6 +15,10 @@ async function load(who) {
   for (const [action, allowed] of Object.entries(ACTIONS)) {
     document.getElementById(`btn-${action}`).disabled = who.role !== "operator" || !allowed.includes(c.status);
   }
+  const secs = fota.seconds, exp = st.expected_downtime;
+  document.getElementById("expected-downtime").textContent = exp ?
+    `Expected downtime per device (the application not running): median ${secs(exp.median_ms)}, worst ${secs(exp.worst_ms)}, from wave ${exp.waves.map((i) => i + 1).join(", ")} (${exp.devices} devices)` :
+    "Expected downtime per device: not known until a wave is done";
   document.querySelector("#waves tbody").innerHTML = st.waves.map((w) => {
     const pct = (n) => (w.total ? (100 * n) / w.total : 0);
     const busy = w.in_flight.map((d) => {
@@ -25,7 +29,8 @@ async function load(who) {
     return `<tr class="wave" data-wave="${w.index}" data-finished="${w.finished}" data-total="${w.total}"><td>${w.index + 1}. ${esc(w.name)}${current}</td>` +
       `<td><div class="bar" title="${w.finished}/${w.total}"><span class="ok" style="width:${pct(w.succeeded)}%"></span><span class="bad" style="width:${pct(w.failed)}%"></span>` +
       `<span class="busy" style="width:${pct(w.finished - w.succeeded - w.failed)}%"></span></div></td>` +
-      `<td>${w.finished}/${w.total}</td><td>${w.succeeded}</td><td>${w.failed}</td><td>${busy}</td></tr>`;
+      `<td>${w.finished}/${w.total}</td><td>${w.succeeded}</td><td>${w.failed}</td>` +
+      `<td class="downtime" data-median="${w.downtime.median_ms ?? ""}" data-worst="${w.downtime.worst_ms ?? ""}">${w.downtime.devices ? `${secs(w.downtime.median_ms)} / ${secs(w.downtime.worst_ms)}` : "-"}</td><td>${busy}</td></tr>`;
   }).join("");
   document.querySelector("#reasons tbody").innerHTML = Object.entries(rep.by_reason).map(([r, n]) => `<tr><td>${n}</td><td class="wrap">${esc(r)}</td></tr>`).join("") ||
     '<tr><td colspan="2" class="muted">none</td></tr>';
@@ -34,7 +39,7 @@ async function load(who) {
     '<tr><td colspan="2" class="muted">none</td></tr>';
   document.querySelector("#cdevices tbody").innerHTML = st.devices.map((d) =>
     `<tr data-device="${esc(d.device)}"><td><a href="device.html?id=${encodeURIComponent(d.device)}">${esc(d.device)}</a></td><td>${d.wave < 0 ? "-" : d.wave + 1}</td>` +
-    `<td>${esc(d.hw_rev ?? "-")}</td><td>${pill(d.status)}</td><td class="wrap">${esc(d.reason || "")}</td></tr>`).join("");
+    `<td>${esc(d.hw_rev ?? "-")}</td><td>${pill(d.status)}</td><td class="downtime" data-ms="${d.downtime_ms ?? ""}">${secs(d.downtime_ms)}</td><td class="wrap">${esc(d.reason || "")}</td></tr>`).join("");
   document.body.dataset.loaded = String(Date.now());
 }
 

@@ -84,6 +84,7 @@ const fota = (() => {
     const s = Math.max(0, Date.now() / 1000 - t);
     return s < 60 ? `${Math.round(s)} s ago` : s < 3600 ? `${Math.round(s / 60)} min ago` : s < 86400 ? `${Math.round(s / 3600)} h ago` : new Date(t * 1000).toLocaleString();
   }
+  function seconds(ms) { return ms == null ? "-" : `${(ms / 1000).toFixed(1)} s`; }  // a downtime
   function time(t) { return t ? new Date(t * 1000).toLocaleTimeString() : "-"; }
   function pill(text, cls) { return `<span class="pill ${esc(cls ?? text)}">${esc(text)}</span>`; }
   function param(name) { return new URLSearchParams(location.search).get(name); }
@@ -102,5 +103,5 @@ const fota = (() => {
     }
   }
 
-  return { api, live, esc, ago, time, pill, param, start, reload: () => reload() };
+  return { api, live, esc, ago, time, seconds, pill, param, start, reload: () => reload() };
 })();

@@ -20,8 +20,8 @@ async function load() {
   document.querySelector("#errors tbody").innerHTML = [...d.errors].reverse().map((e) =>
     `<tr><td>${time(e[2])}</td><td>${esc(e[0])}</td><td class="wrap">${esc(e[1])}</td></tr>`).join("") || '<tr><td colspan="3" class="muted">no errors</td></tr>';
   document.querySelector("#offers tbody").innerHTML = [...d.offers].reverse().map((o) =>
-    `<tr data-offer="${o.id}"><td>${o.id}</td><td>${esc(o.package)}</td><td>${pill(o.status)}</td><td class="wrap reason">${esc(o.reason || "")}</td></tr>`).join("") ||
-    '<tr><td colspan="4" class="muted">no offers</td></tr>';
+    `<tr data-offer="${o.id}"><td>${o.id}</td><td>${esc(o.package)}</td><td>${pill(o.status)}</td><td class="downtime" data-ms="${o.downtime_ms ?? ""}">${fota.seconds(o.downtime_ms)}</td><td class="wrap reason">${esc(o.reason || "")}</td></tr>`).join("") ||
+    '<tr><td colspan="5" class="muted">no offers</td></tr>';
   document.querySelector("#events tbody").innerHTML = [...d.events].reverse().map((e) => {
     const { event, offer, ...rest } = e.body;
     return `<tr class="ev-${esc(e.event)}"><td>${time(e.t)}</td><td>${esc(e.offer ?? "")}</td><td>${pill(e.event, e.event === "rolled_back" ? "ROLLED_BACK" : e.event === "committed" ? "SUCCEEDED" : "")}</td>` +
