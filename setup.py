@@ -11,7 +11,7 @@ import shutil
 from setuptools import setup
 from setuptools.command.build_py import build_py
 
-DATA_DIRS = ("firmware", "boards")
+DATA_DIRS = ("firmware", "boards", "examples")  # examples: `make demo` runs examples/sensor
 SKIP = shutil.ignore_patterns("__pycache__", "*.pyc", ".*")
 
 

@@ -1,4 +1,4 @@
-"""Where the data the host tools ship with lives: firmware/ and boards/, in a checkout or an installed wheel.
+"""Where the data the host tools ship with lives: firmware/, boards/, examples/, in a checkout or an installed wheel.
 
     resources.path("firmware")   # <checkout>/firmware, or <site-packages>/host_tools/_data/firmware
 

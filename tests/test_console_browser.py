@@ -20,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from host_tools.demos.fleet import APP, MAIN
+from host_tools.demos.fleet import MAIN, app_source, unplug_sensor
 from host_tools.image.build import BuildSpec, build_image
 from host_tools.image.package import Manifest, make_package
 from host_tools.server.identity import Identities
@@ -33,7 +33,7 @@ from simkit import session_signer
 pytestmark = [pytest.mark.fw, pytest.mark.timeout(300)]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "build" / "artifacts" / "console"
-# name, group, sensor ok: the broken sensor fails v2's self-test (rolled back)
+# name, group, sensor plugged in: the unplugged sensor fails v2's self-test (rolled back)
 BOARDS = [("b0", "canary", True), ("b1", "canary", False), ("b2", "field", True), ("b3", "field", True)]
 
 if not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)):
@@ -82,7 +82,8 @@ def start_boards(home: Path, v1: bytes, broker_port: int, identities: Identities
         board.write_file("config.json", json.dumps({"board": "sim", "chip_id": 0, "hw_rev": "A", "self_test_ms": 3000,
                                                     "server": f"mqtt://127.0.0.1:{broker_port}", "chunk_timeout_ms": 1000}
                                                    | identities.enroll(board.config["uid"]).device_config()))
-        board.write_file("sensor.json", '{"ok": true}' if sensor_ok else '{"ok": false, "error": "no I2C ACK"}')
+        if not sensor_ok:
+            unplug_sensor(board)
         run = BoardRun(board, repl_pty=False)
         run.start()
         out.append((board, run))
@@ -105,7 +106,7 @@ def test_console_overview_campaign_pause_and_rolled_back_device(serve, tmp_path)
     data, info, tokens = serve
     api = httpx.Client(base_url=info["api"], timeout=15, headers={"Authorization": f"Bearer {tokens['operator']}"})
     signer = session_signer()
-    images = [build_image(BuildSpec(board="sim", version=v, extra_modules=(("app.py", APP.format(version=v)),),
+    images = [build_image(BuildSpec(board="sim", version=v, extra_modules=(("app.py", app_source(v)),),
                                     trusted_keys=(signer.public_key,))) for v in ("1.0.0", "2.0.0")]
     manifest = Manifest(sequence=2, version="2.0.0", board="sim", chip_id=0, hw_revs=("A",), image_size=0, image_sha256=b"")
     package = make_package(images[1], manifest, signer, encoding="zlib").to_bytes()

@@ -30,6 +30,17 @@ def test_demo_runs_the_campaign_to_its_report(tmp_path, capsys, monkeypatch):
     assert "1 x ROLLED_BACK: SELF_TEST_FAILED: app" in report
     assert "1 x EXCLUDED: hardware revision B not in A" in report
     assert "console http://127.0.0.1:" in out and "/console/#token=" in out
+    # the sensor example's readings reached the broker from every board through the whole campaign
+    table = out.split("==== readings at the broker")[1].splitlines()[2:]
+    rows = {line.split()[0]: line for line in table if line.startswith("  ") and line.split()[0][:4] in ("test", "cana", "fiel")}
+    assert len(rows) == 10, table
+    for label, line in rows.items():
+        counts = [int(c) for c in line.split()[1:6]]
+        assert counts[0] >= 1 and counts[1] >= 1 and counts[-1] >= 1, line  # boot, r2, after: never silent
+        rebooted = label != "field-9"  # hardware revision B: excluded, never rebooted
+        parts = line.split()  # label, 5 counts, the reboot gaps ("1.4 s" each, or "-"), ...
+        assert (parts[7] == "s" and float(parts[6]) > 0) if rebooted else parts[6] == "-", line
+    assert "out of range (2450 mV)" in rows["canary-4"]
 
 
 @pytest.mark.host

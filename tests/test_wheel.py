@@ -23,7 +23,7 @@ import pytest
 from mqttkit import wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
-INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "host_tools", "firmware", "boards")
+INPUTS = ("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "host_tools", "firmware", "boards", "examples")
 pytestmark = [pytest.mark.fw, pytest.mark.timeout(240)]
 
 

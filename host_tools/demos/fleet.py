@@ -1,12 +1,13 @@
 """`make demo`: a staged campaign over ten virtual ESP32 boards, on embedded defaults.
 
-Makes a signing key and two firmware versions, boots ten virtual boards in three
-groups (test, canary, field) running the real agent over MQTT against `fota
-serve`'s embedded broker and SQLite registry. One field board has hardware
-revision B (the package is for A: excluded); one canary board has a broken
-sensor (v2's self-test fails on it: rolled back). The campaign runs wave by wave
-with live progress; the error gate pauses it on the canary failure, the operator
-resumes, and a report ends it.
+Makes a signing key and two firmware versions of the sensor example (examples/sensor/: a
+temperature reading a second, the update service as its guest), boots ten virtual boards in three
+groups (test, canary, field) running the real agent over MQTT against `fota serve`'s embedded
+broker and SQLite registry. One field board has hardware revision B (the package is for A:
+excluded); one canary board has lost its sensor (the self-test reads it out of range: v2 is rolled
+back). The campaign runs wave by wave with live progress; the error gate pauses it on the canary
+failure, the operator resumes, and a report ends it, then the readings the broker got from each
+board in each phase of the campaign and the gap each reboot left in them.
 
     python -m host_tools.demos.fleet [--home DIR]
 """
@@ -16,11 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
+from host_tools import resources
+from host_tools.demos.readings import Readings
 from host_tools.fleet.campaign import COMPLETED, PAUSED, CampaignSpec
 from host_tools.fleet.render import render_plan, render_report, render_status
 from host_tools.image.build import BuildSpec, build_image
@@ -30,18 +34,9 @@ from host_tools.server.service import Server, ServerConfig
 from host_tools.sim.device import SimDevice
 from host_tools.sim.runtime import BoardRun
 
-APP = '''
-VERSION = {version!r}
-
-def self_test():
-    # v2 reads its sensor first; a board whose sensor is broken fails here
-    try:
-        with open("sensor.json") as f:
-            return f.read().strip() == '{{"ok": true}}'
-    except OSError:
-        return False
-'''
-MAIN = "import app\nfrom fota import device\ndevice.run(app)\n"
+EXAMPLE = resources.path("examples") / "sensor"  # app/app.py (frozen into the image) and main.py
+MAIN = (EXAMPLE / "main.py").read_text()
+# group, hardware revision, sensor plugged in
 BOARDS = [("test", "A", True)] * 2 + [("canary", "A", True)] * 2 + [("canary", "A", False)] + \
          [("field", "A", True)] * 4 + [("field", "B", True)]
 
@@ -50,10 +45,21 @@ def banner(text: str) -> None:
     print(f"\n==== {text} ====", flush=True)
 
 
+def app_source(version: str) -> str:
+    """The example's app.py at `version` (what the README's walkthrough does with sed before each release)."""
+    return re.sub(r'^VERSION = ".*?"', f"VERSION = {version!r}", (EXAMPLE / "app" / "app.py").read_text(), count=1, flags=re.M)
+
+
+def unplug_sensor(board: SimDevice) -> None:
+    """The board's sensor is off: its ADC reads full scale (host_tools/sim/board/machine.py)."""
+    board.config["sensor"] = "unplugged"
+    (board.path / "config.json").write_text(json.dumps(board.config, indent=2) + "\n")
+
+
 def build_images(work: Path, signer) -> tuple[bytes, bytes]:
     images = []
     for version in ("1.0.0", "2.0.0"):
-        spec = BuildSpec(board="sim", version=version, extra_modules=(("app.py", APP.format(version=version)),),
+        spec = BuildSpec(board="sim", version=version, extra_modules=(("app.py", app_source(version)),),
                          trusted_keys=(signer.public_key,))
         images.append(build_image(spec))
     return images[0], images[1]
@@ -69,7 +75,8 @@ def start_boards(home: Path, v1: bytes, port: int, identities) -> tuple[list[Sim
         cred = identities.enroll(board.config["uid"]).device_config()
         board.write_file("config.json", json.dumps({"board": "sim", "chip_id": 0, "hw_rev": hw, "self_test_ms": 5000,
                                                     "server": f"mqtt://127.0.0.1:{port}", "chunk_timeout_ms": 1000, **cred}))
-        board.write_file("sensor.json", '{"ok": true}' if sensor_ok else '{"ok": false, "error": "no I2C ACK"}')
+        if not sensor_ok:
+            unplug_sensor(board)
         run = BoardRun(board, repl_pty=False)
         run.start()
         boards.append(board)
@@ -118,19 +125,25 @@ def run_demo(home: Path, *, serve: bool = False, keep: bool = True) -> int:
     print(f"broker {server.broker_url}, data {server.config.data_dir}")
     print(f"console {server.api.url}/console/#token={server.api.tokens.token_for('operator')}", flush=True)
     runs: list[BoardRun] = []
+    port = int(server.broker_url.rsplit(":", 1)[1])
+    cred = server.identities.server_credentials()
+    readings = Readings("127.0.0.1", port, cred.user, cred.password)
     try:
-        banner(f"{len(BOARDS)} virtual boards boot v1 and report in")
-        boards, runs = start_boards(home, v1, int(server.broker_url.rsplit(":", 1)[1]), server.identities)
+        banner(f"{len(BOARDS)} virtual boards boot v1, report in and publish a reading a second")
+        boards, runs = start_boards(home, v1, port, server.identities)
         for board, (group, _, _) in zip(boards, BOARDS):
             server.registry.set_groups(board.config["uid"], [group])
+        names = {b.config["uid"]: b.name for b in boards}
         deadline = time.monotonic() + 60
         while len(server.registry.devices()) < len(boards) or any(d["version"] is None for d in server.registry.devices()):
             if time.monotonic() > deadline:
                 raise SystemExit("the boards did not report in")
             time.sleep(0.2)
-        names = {b.config["uid"]: b.name for b in boards}
+        readings.wait(names, 0, max(1.0, deadline - time.monotonic()))
         for d in server.registry.devices():
-            print(f"  {names[d['id']]:<10} {d['id']}  hw {d['hw_rev']}  v{d['version']}  groups {','.join(d['groups'])}")
+            r = readings.latest(d["id"])
+            shown = "no reading yet" if r is None else f"{r.c:.1f} degC" if r.c is not None else f"sensor out of range ({r.mv} mV)"
+            print(f"  {names[d['id']]:<10} {d['id']}  hw {d['hw_rev']}  v{d['version']}  groups {','.join(d['groups']):<7} {shown}")
 
         banner("campaign r2: test -> canary -> field, error gate 25 % after 3 finished")
         pid = server.add_package(package.to_bytes())
@@ -138,16 +151,25 @@ def run_demo(home: Path, *, serve: bool = False, keep: bool = True) -> int:
                             max_in_flight=4, device_timeout_s=120)
         plan = server.campaigns.create(spec)
         print(render_plan(spec, plan))
+        readings.phase("r2")
         server.campaigns.start("r2")
         last = follow(server, "r2", names)
         if server.registry.campaign("r2")["status"] == PAUSED:
+            readings.phase("paused")
             banner("the gate paused the campaign; the operator looks, then resumes")
             time.sleep(1)
+            readings.phase("resumed")
             server.campaigns.resume("r2")
             follow(server, "r2", names, last)
 
         banner("report")
         print(render_report(server.registry, "r2"))
+
+        ended = time.monotonic()
+        readings.phase("after")
+        readings.wait(names, ended, 15)  # every board's sensor still (or again) publishing
+        banner(f"readings at the broker ({readings.topic}): per phase, and the gap each reboot left")
+        print(readings.render(names))
         if serve:
             banner("serving the console until Ctrl-C")
             print(f"console {server.api.url}/console/#token={server.api.tokens.token_for('operator')}", flush=True)
@@ -157,6 +179,7 @@ def run_demo(home: Path, *, serve: bool = False, keep: bool = True) -> int:
             except KeyboardInterrupt:
                 pass
     finally:
+        readings.close()
         for run in runs:
             run.stop()
         server.stop()

@@ -439,6 +439,8 @@ class BoardRun(BusRequests):
         env.update(self.clock.env())
         if raw:
             env["FOTA_SIM_RAW"] = "1"
+        if self.board.config.get("sensor"):  # "unplugged": machine.ADC reads full scale
+            env["FOTA_SIM_SENSOR"] = self.board.config["sensor"]
         heap = interpreter_heap(parse_size(self.heapsize), self._small_int_bits) + heap_cost(frozen, self.micropython)
         cmd = [self.micropython, "-X", f"heapsize={heap}", "-i", "-c", "import _simboot"]
         self._uart = Uart()
