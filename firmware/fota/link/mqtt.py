@@ -209,6 +209,7 @@ class MqttLink(Link):
         self._asked()
 
     def _tick(self):
+        self._install_due()
         if self._retry_at is not None:
             if not self._retry_left():
                 self._retry_due()
