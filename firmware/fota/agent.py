@@ -94,7 +94,8 @@ class Agent:
         self.power = None  # () -> the application's power level (set_power), or None: no power gate
         self._power_install = self._power_download = None
         self.deferred = None  # {"code", "stage", "detail"} of the install or download the power check put off
-        self.suspended = False  # suspend(): the board is about to sleep, no more chunks are taken
+        self.suspended = False  # suspend(): the board is about to sleep, no more chunks are asked for
+        self._frozen = False  # checkpoint() made: no chunk is taken after it (the journal is what is in flash)
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
         self._carry = bytearray(_MARGIN)  # the inflater moves its undecoded tail through it (zlib packages)
         self._zin = bytes_io(SECTOR + _MARGIN)  # the inflater's input stream, made while the heap is whole
@@ -263,7 +264,7 @@ class Agent:
         self._inflater = self._patcher = None
         self._fresh = 0
         self.approved = False
-        self.suspended = False
+        self.suspended = self._frozen = False
         if m.encoding and chunk > SECTOR:
             raise OtaError(errors.CHUNK_RANGE)
         if bs.has_download(target.info()[4], m.image_sha256.hex()):
@@ -326,7 +327,7 @@ class Agent:
 
     def on_chunk(self, offset, mv):
         """A chunk of the encoded payload at `offset`; True when it was new and stored."""
-        if self.state != DOWNLOADING or self.suspended:
+        if self.state != DOWNLOADING or self._frozen:
             return False
         try:
             if self._inflater is not None:
@@ -422,13 +423,19 @@ class Agent:
             self._fail(code, detail, report)
 
     def suspend(self):
-        """The board is about to sleep (or reset): a raw download's progress goes to the journal now and no
-        more chunks are taken, so none is fetched twice; the next offer() of it (after the wake) resumes there.
-        A zlib or delta download starts again from its stream start (its decoder lives in RAM only)."""
-        if self.state == DOWNLOADING and not self.suspended:
+        """The board is about to sleep (or reset): no more chunks are asked for (those asked for still count);
+        then checkpoint(). The next offer() of it (after the wake) resumes the download."""
+        if self.state == DOWNLOADING:
+            self.suspended = True
+
+    def checkpoint(self):
+        """A raw download's progress goes to the journal now (else every 64 KiB) and no chunk is taken after it,
+        so no chunk in flash is fetched again after a reset. A zlib or delta download starts again from its
+        stream start after a reset (its decoder is in RAM)."""
+        if self.state == DOWNLOADING:
             if self._inflater is None and self._fresh:
                 self._save_journal()
-            self.suspended = True
+            self._frozen = True
 
     def restart(self, detail):
         """The source changed under the offer: end the attempt quietly, drop what is in flash.

@@ -9,9 +9,11 @@ A sensor on a battery wakes, reads, sends, and deep-sleeps; every wake is a boot
     duty.sleep(svc, 60000)                     # DISCONNECT, machine.deepsleep(60000): never returns
 
 `cycle()` returns when the budget is spent or nothing is left to do (no offer arrived within
-`settle_ms` of connecting, or the offer is done, deferred or waits for consent). At the end of the
-budget a raw download is suspended: its chunk bitmap goes to the journal, no chunk after it is taken,
-so the next wake (the server's offer is retained) asks only for the missing ones. A zlib or delta
+`settle_ms` of connecting, or the offer is done, deferred or waits for consent). Towards the end of
+the budget a download is suspended (no more chunks asked for; those asked for are waited for, up to
+_DRAIN_MS), then a raw download's chunk bitmap goes to the journal and no chunk is taken after it, so
+the next wake (the server's offer is retained) asks only for the missing ones: no chunk in flash is
+fetched twice (one still on its way at the checkpoint is dropped and asked for again). A zlib or delta
 download restarts from its stream start at every wake (firmware/README.md "Deep-sleep duty cycles").
 The install happens in a wake with `may_install` true (and the agent's policy, window and power check).
 """
@@ -21,17 +23,19 @@ import machine
 from .compat import const, ticks_diff, ticks_ms
 
 _SETTLE_MS = const(1000)  # after connecting: time for the retained offer to arrive (docs/PROTOCOL.md)
-_RESERVE_MS = const(1500)  # of the budget, kept for the journal (~1.3 s of LittleFS at ESP32 speed) and the state
+_SAVE_MS = const(1500)  # the end of the budget: the journal (~1.3 s of LittleFS at ESP32 speed) and the state
+_DRAIN_MS = const(1500)  # before that: the chunks asked for arrive (a window of 8 at ~0.1 s of flash work each)
 _TURN_MS = const(200)  # longest turn of the link inside a cycle
 
 
-def cycle(svc, budget_ms, may_install=True, settle_ms=_SETTLE_MS, reserve_ms=_RESERVE_MS):
+def cycle(svc, budget_ms, may_install=True, settle_ms=_SETTLE_MS):
     """Serve the update link for at most `budget_ms` (from this call), then persist and report. Returns the ms
     it took. `may_install`: this wake may reboot into a downloaded update (False: it waits for a later wake)."""
     agent, link = svc.agent, svc.link
     agent.may_reboot = bool(may_install)
     start = ticks_ms()
-    serve = budget_ms - reserve_ms
+    drain = budget_ms - _SAVE_MS
+    serve = drain - _DRAIN_MS
     since = None  # ticks of the first turn found connected
     while True:
         used = ticks_diff(ticks_ms(), start)
@@ -45,7 +49,11 @@ def cycle(svc, budget_ms, may_install=True, settle_ms=_SETTLE_MS, reserve_ms=_RE
         svc.alive()
         left = serve - used
         svc.step(left if left < _TURN_MS else _TURN_MS)
-    agent.suspend()  # raw: the journal now; no chunk is taken after it
+    agent.suspend()  # no more chunks asked for
+    while link.connected and link.inflight() and ticks_diff(ticks_ms(), start) < drain:
+        svc.alive()
+        svc.step(_TURN_MS)
+    agent.checkpoint()  # raw: the journal, now; a chunk still arriving is not taken (the next wake asks again)
     while link.connected and link.busy() and ticks_diff(ticks_ms(), start) < budget_ms:
         svc.alive()
         svc.step(0)  # the progress event and the state document

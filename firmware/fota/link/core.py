@@ -71,6 +71,10 @@ class Link:
     def _begin_fetch(self, m):
         pass
 
+    def inflight(self):
+        """Chunks asked for and not yet received (a duty cycle waits for them before it sleeps)."""
+        return 0
+
     def _stop_fetch(self):
         pass
 

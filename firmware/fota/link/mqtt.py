@@ -64,6 +64,9 @@ class MqttLink(Link):
     def _stop_fetch(self):
         self._inflight = []
 
+    def inflight(self):
+        return len(self._inflight)
+
     # -- connection --------------------------------------------------------------------
     def connect(self):
         """Connect (once), subscribe, send what queued up while offline."""
