@@ -32,11 +32,15 @@ WATCHDOG = {"watchdog_ms": 10000, "app_timeout_ms": 3000}  # a watchdog for the 
 
 
 def examples() -> dict[str, str]:
-    """firmware/README.md's main.py examples by kind: "asyncio" and "loop"."""
+    """firmware/README.md's main.py examples by kind: "asyncio", "loop" and "duty" (deep sleep, tests/test_duty_e2e.py)."""
     blocks = re.findall(r"```python\n(# main\.py: .*?)```", README.read_text(), re.S)
-    found = {("asyncio" if "asyncio" in b.splitlines()[0] else "loop"): b for b in blocks}
-    assert set(found) == {"asyncio", "loop"}, list(found)
+    found = {_kind(b.splitlines()[0]): b for b in blocks}
+    assert set(found) == {"asyncio", "loop", "duty"} and len(blocks) == 3, list(found)
     return found
+
+
+def _kind(first_line: str) -> str:
+    return "asyncio" if "asyncio" in first_line else "duty" if "deep-sleep" in first_line else "loop"
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
