@@ -135,6 +135,8 @@ def status_for_event(event: dict) -> tuple[str, int | None, str | None] | None:
     code = event.get("code")
     if name == "downloading":
         return "DOWNLOADING", None, None
+    if name == "deferred" and event.get("stage") == "download":
+        return None  # a download not started (the device's power check): the offer stays as it was
     if name in ("downloaded", "deferred"):
         return "DOWNLOADED", None, None
     if name == "rebooting":

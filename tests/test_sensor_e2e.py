@@ -32,11 +32,15 @@ WATCHDOG = {"watchdog_ms": 10000, "app_timeout_ms": 3000}  # a watchdog for the 
 
 
 def examples() -> dict[str, str]:
-    """firmware/README.md's main.py examples by kind: "asyncio" and "loop"."""
+    """firmware/README.md's main.py examples by kind: "asyncio", "loop" and "duty" (deep sleep, tests/test_duty_e2e.py)."""
     blocks = re.findall(r"```python\n(# main\.py: .*?)```", README.read_text(), re.S)
-    found = {("asyncio" if "asyncio" in b.splitlines()[0] else "loop"): b for b in blocks}
-    assert set(found) == {"asyncio", "loop"}, list(found)
+    found = {_kind(b.splitlines()[0]): b for b in blocks}
+    assert set(found) == {"asyncio", "loop", "duty"} and len(blocks) == 3, list(found)
     return found
+
+
+def _kind(first_line: str) -> str:
+    return "asyncio" if "asyncio" in first_line else "duty" if "deep-sleep" in first_line else "loop"
 
 
 @pytest.fixture(params=["mosquitto", "amqtt"])
@@ -56,7 +60,8 @@ def broker(request, tmp_path):
 @pytest.fixture
 def server(tmp_path, broker):
     host, port, handle = broker
-    srv = start_server(tmp_path / "server", f"mqtt://{host}:{port}", handle)
+    url = getattr(handle, "server_url", f"mqtt://{host}:{port}")  # mosquitto: the server's own listener (docs/DEPLOY.md)
+    srv = start_server(tmp_path / "server", url, handle)
     yield srv
     srv.stop()
 
@@ -112,7 +117,7 @@ def test_readings_keep_arriving_during_a_download_in_a_64k_heap(tmp_path, broker
     # the free heap in each reading measured after a collection: what the application and the service hold
     main = examples()[form].replace('"free": gc.mem_free()', '"free": (gc.collect(), gc.mem_free())[1]')
     board = sensor_board(tmp_path, form, main, broker, server)
-    readings = Readings(broker[0], broker[1], server)
+    readings = Readings(broker[0], getattr(broker[2], "server_port", broker[1]), server)
     package = fw_package(fw_image("2.0.0", pad=120_000), version="2.0.0", sequence=2)
     try:
         with BoardRun(board, heapsize="64k", timing=ESP32_TIMING) as run:  # real flash speed: the download takes seconds
@@ -152,7 +157,7 @@ def test_a_hung_application_is_reset_by_the_watchdog_while_the_service_runs(tmp_
         '    return {"n": n,', '    if n == 5:\n        await asyncio.Event().wait()  # never set\n    return {"n": n,')
     assert "Event().wait()" in main
     board = sensor_board(tmp_path, "hang", main, broker, server)
-    readings = Readings(broker[0], broker[1], server)
+    readings = Readings(broker[0], getattr(broker[2], "server_port", broker[1]), server)
     try:
         with BoardRun(board) as run:
             wait_until(lambda: len(readings.all()) >= 5, 30, "five readings")

@@ -14,7 +14,8 @@ the image is hashed again from flash before `set_boot()`.
 
 This is the only API a link uses: the state constants below, offers (`offer`, `wanted`,
 `on_chunk`, `finish`), outcomes (`cancel`, `cancel_with`, `restart`), offers already done
-(`is_done`, `mark_done`) and the reported state (`state_json`). Persistence is the BootState's
+(`is_done`, `mark_done`) and the reported state (`state_json`). The application gates installs with
+`hold`, `may_reboot` and `set_power` (a power check: firmware/README.md "Deep-sleep duty cycles"). Persistence is the BootState's
 (fota.boot.state), which only this module and fota.boot touch.
 """
 
@@ -90,6 +91,12 @@ class Agent:
         self.tag = None
         self._hold_since = None
         self.alive_at = None  # ticks_ms of the application's last sign of life (Service.alive): downtime starts there
+        self.may_reboot = True  # False: no reboot into a new image now (a duty cycle's wake the application keeps)
+        self.power = None  # () -> the application's power level (set_power), or None: no power gate
+        self._power_install = self._power_download = None
+        self.deferred = None  # {"code", "stage", "detail"} of the install or download the power check put off
+        self.suspended = False  # suspend(): the board is about to sleep, no more chunks are asked for
+        self._frozen = False  # checkpoint() made: no chunk is taken after it (the journal is what is in flash)
         self._buf = bytearray(SECTOR)  # flash reads and the inflater's output
         self._carry = bytearray(_MARGIN)  # the inflater moves its undecoded tail through it (zlib packages)
         self._zin = bytes_io(SECTOR + _MARGIN)  # the inflater's input stream, made while the heap is whole
@@ -141,6 +148,7 @@ class Agent:
             "detail": res.get("detail"),
             "errors": errs,
             "image": self.boot_state.store.data.get("image"),  # running image's SHA-256 (hex), or None
+            "deferred": self.deferred,
         }
 
     def state_json(self, device_id, offer_id):
@@ -224,6 +232,8 @@ class Agent:
         if self.state in (DOWNLOADING, UPDATING):
             raise OtaError(errors.BUSY)
         self.tag = tag
+        if self._power_gate(self._power_download, "download"):  # not an outcome: the link tries again later
+            raise OtaError(errors.POWER)
         try:
             return self._begin(blob, chunk)
         except OtaError as e:
@@ -255,9 +265,12 @@ class Agent:
         self._inflater = self._patcher = None
         self._fresh = 0
         self.approved = False
+        self.suspended = self._frozen = False
         if m.encoding and chunk > SECTOR:
             raise OtaError(errors.CHUNK_RANGE)
-        if m.encoding == 2:  # delta: BASE_MISMATCH unless the running image is its base (slot/patch.py)
+        if bs.has_download(target.info()[4], m.image_sha256.hex()):
+            self._writer.fill()  # verified in flash before a reset or a deep sleep: complete(), finish() checks it again
+        elif m.encoding == 2:  # delta: BASE_MISMATCH unless the running image is its base (slot/patch.py)
             from .slot import patch
 
             body = memoryview(blob)[manifest.HEADER_SIZE : end]
@@ -297,7 +310,7 @@ class Agent:
 
     def wanted(self, limit=8):
         """Encoded-payload offsets to ask for next (at most `limit`)."""
-        if self.state != DOWNLOADING:
+        if self.state != DOWNLOADING or self.suspended:
             return []
         if self._inflater is not None:  # in order: the next ones after what was consumed
             inf, step = self._inflater, self._writer.chunk
@@ -315,7 +328,7 @@ class Agent:
 
     def on_chunk(self, offset, mv):
         """A chunk of the encoded payload at `offset`; True when it was new and stored."""
-        if self.state != DOWNLOADING:
+        if self.state != DOWNLOADING or self._frozen:
             return False
         try:
             if self._inflater is not None:
@@ -350,6 +363,7 @@ class Agent:
     # Before anything is erased: is this an app image for this chip? Then drop a stale otadata entry.
     def _first_write(self, mv):
         check_image_start(mv, self.identity.chip_id, self.manifest.sequence)
+        self.boot_state.forget_download()  # another image is going into the slot
         if self.boot_state.erase_stale():
             self.report("otadata", erased="stale entry for " + self._target.info()[4])
 
@@ -409,6 +423,21 @@ class Agent:
                 self._save_journal()
             self._fail(code, detail, report)
 
+    def suspend(self):
+        """The board is about to sleep (or reset): no more chunks are asked for (those asked for still count);
+        then checkpoint(). The next offer() of it (after the wake) resumes the download."""
+        if self.state == DOWNLOADING:
+            self.suspended = True
+
+    def checkpoint(self):
+        """A raw download's progress goes to the journal now (else every 64 KiB) and no chunk is taken after it,
+        so no chunk in flash is fetched again after a reset. A zlib or delta download starts again from its
+        stream start after a reset (its decoder is in RAM)."""
+        if self.state == DOWNLOADING:
+            if self._inflater is None and self._fresh:
+                self._save_journal()
+            self._frozen = True
+
     def restart(self, detail):
         """The source changed under the offer: end the attempt quietly, drop what is in flash.
 
@@ -433,11 +462,41 @@ class Agent:
             self._hold_since = ticks_ms()  # a duration: ticks, which no clock setting moves
 
     def may_install(self):
-        if self.policy != AUTO and not self.approved:
+        if not self.may_reboot or (self.policy != AUTO and not self.approved):
             return False
         if self._hold_since is not None and ticks_diff(ticks_ms(), self._hold_since) < self.max_hold_s * 1000:
             return False
         return confirm.in_window(self.window, self.now())
+
+    def set_power(self, fn, install=None, download=None):
+        """The application's power check: fn() -> its level (battery mV, or a scale of its own; an exception
+        counts as too low). An install waits while the level is below `install`, a download is not started
+        below `download` (None: no gate). Each deferral is reported once (event `deferred`, code POWER) and
+        kept in the state (`deferred`) until the gate passes."""
+        self.power = fn
+        self._power_install = install
+        self._power_download = download
+
+    # True when the power check is below `minimum` now: the deferral is recorded (reported when it is new).
+    def _power_gate(self, minimum, stage):
+        if self.power is None or minimum is None:
+            return False
+        try:
+            level = self.power()
+            short = level is None or level < minimum
+        except Exception as e:  # noqa: BLE001 - the application's check failing is a failing check
+            level, short = repr(e)[:40], True
+        if not short:
+            if self.deferred is not None and self.deferred["stage"] == stage:
+                self.deferred = None
+            return False
+        new = self.deferred is None or self.deferred["stage"] != stage
+        self.deferred = {"code": errors.POWER, "stage": stage, "detail": "power %s < %s" % (level, minimum)}
+        if new:
+            info = self.deferred
+            self.report("deferred", code=errors.POWER, name="POWER", stage=stage, detail=info["detail"],
+                        version=self.manifest.version if stage == "install" else None)
+        return True
 
     def install(self):
         """Reboot into the downloaded image now, if the policy, busy-lock and window allow."""
@@ -445,6 +504,8 @@ class Agent:
             raise OtaError(errors.INCOMPLETE)
         if not self.may_install():
             self.report("deferred", version=self.manifest.version)
+            return errors.LWM2M_DEFERRED
+        if self._power_gate(self._power_install, "install"):
             return errors.LWM2M_DEFERRED
         self.boot_state.stage(self._target, self.manifest, self.version(), self.tag, confirm.last_action(self.alive_at))
         code = confirm.set_boot(self.boot_state, self._target, self._boot_event)  # resets unless refused

@@ -16,7 +16,8 @@ config.json: {"board": "esp32_generic", "chip_id": 0, "hw_rev": "A",
               "user": "<broker username>", "password": "<broker password>", "key": "<report key, hex>",
               "wifi": {"ssid": "...", "key": "..."}, "prefix": "fota", "self_test_ms": 30000,
               "app_timeout_ms": 30000 (the application's alive() at least this often, or no watchdog feed),
-              "watchdog_ms": <optional: arm machine.WDT at start even without a self-test>}
+              "watchdog_ms": <optional: arm machine.WDT at start even without a self-test>,
+              "power_install": <optional: no install while app.power() is below>, "power_download": <... no download>}
 """
 
 import json
@@ -88,6 +89,8 @@ def build(app, cfg):
                   roots=getattr(trusted_keys, "ROOTS", ()))
     if hasattr(app, "self_test"):
         agent.add_check("app", app.self_test)
+    if hasattr(app, "power"):  # the application's power check (firmware/README.md "Deep-sleep duty cycles")
+        agent.set_power(app.power, cfg.get("power_install"), cfg.get("power_download"))
     host, port, _tls = parse_server(cfg["server"])
     client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30),  # TLS: use_tls() after boot()
                         user=cfg.get("user"), password=cfg.get("password"))

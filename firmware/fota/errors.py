@@ -64,6 +64,8 @@ FAULT = const(38)  # an exception escaped a step of the device's service loop: l
 # Delta updates (issue 20; docs/FORMAT.md "Delta payloads").
 BASE_MISMATCH = const(39)  # a delta's base is not the running image (SHA-256): refused before any erase
 PATCH = const(40)  # the decoded patch is corrupt: reads outside the base, output beyond image_size
+# Sensors on batteries (issue 22; firmware/README.md "Deep-sleep duty cycles").
+POWER = const(41)  # the application's power check is below the configured level: install deferred, download not started
 
 # LwM2M Object 5, resource 5 "Update Result" (OMA LwM2M core, appendix E.6).
 LWM2M_INITIAL = const(0)
@@ -122,6 +124,7 @@ _NAMES = (
     "FAULT",
     "BASE_MISMATCH",
     "PATCH",
+    "POWER",
 )
 
 # LwM2M update result indexed by code: one byte each, index 0 unused.
@@ -134,12 +137,14 @@ _NAMES = (
 # Issue 14: secure_version and key-list refusals are integrity failures (5), a package that
 # rolled back here before "update failed" (8). Issue 12: a deadline is a lost connection (4), a fault 8.
 # Issue 20: a delta for another base is an unsupported package (6), a corrupt patch an integrity failure (5).
+# Issue 22: a power deferral is "deferred" (11): no failure, the update goes on when the power check passes.
 _LWM2M = (
     b"\x00\x06\x06\x06\x05\x05\x06\x06\x06\x06\x06\x08\x08\x08\x02\x06"
     b"\x05\x05\x08\x06\x08\x08\x08\x08\x08\x05\x0a\x03\x04\x08\x08"
     b"\x05\x08\x05\x05\x05\x05"
     b"\x04\x08"
     b"\x06\x05"
+    b"\x0b"
 )
 
 

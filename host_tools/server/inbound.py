@@ -65,12 +65,14 @@ class DeviceState:
     offer: int | None = None
     errors: tuple[tuple[int, str | None, int | None], ...] = ()
     image: str | None = None  # SHA-256 (hex) of the running image, once an update installed it (issue 20)
+    deferred: dict | None = None  # {"code", "stage", "detail"}: an install or download the power check put off (issue 22)
 
     def as_dict(self) -> dict:
         """The document as the registry records it (lists, not tuples)."""
         return {"board": self.board, "hw_rev": self.hw_rev, "version": self.version, "seq": self.seq, "slot": self.slot,
                 "state": self.state, "progress": list(self.progress) if self.progress else None, "result": self.result,
-                "code": self.code, "detail": self.detail, "offer": self.offer, "errors": [list(e) for e in self.errors], "image": self.image}
+                "code": self.code, "detail": self.detail, "offer": self.offer, "errors": [list(e) for e in self.errors], "image": self.image,
+                "deferred": dict(self.deferred) if self.deferred else None}
 
 
 @dataclass(frozen=True)
@@ -155,7 +157,17 @@ def parse_state(payload: bytes | bytearray | memoryview) -> DeviceState:
     return DeviceState(board=_text(body, "board", 32), hw_rev=_text(body, "hw_rev", 16), version=_text(body, "version", 32),
                        seq=_int(body, "seq"), slot=_text(body, "slot", 16), state=_int(body, "state", 0, 3), progress=progress,
                        result=_int(body, "result", 0, 255), code=_int(body, "code", 0, 0xFFFF), detail=_text(body, "detail"),
-                       offer=_int(body, "offer"), errors=tuple(_error_entry(e) for e in errs), image=_digest(body, "image"))
+                       offer=_int(body, "offer"), errors=tuple(_error_entry(e) for e in errs), image=_digest(body, "image"),
+                       deferred=_deferred(body.get("deferred")))
+
+
+def _deferred(value: object) -> dict | None:
+    """The state's `deferred` ({"code", "stage", "detail"}) typed and bounded, or None."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise InboundError("deferred is not an object")
+    return {"code": _int(value, "code", 0, 0xFFFF), "stage": _text(value, "stage", 16), "detail": _text(value, "detail")}
 
 
 def _digest(body: dict, key: str) -> str | None:

@@ -87,6 +87,7 @@ class Registry:
         self._db.script(SCHEMA_TEMPLATE.format(**SCHEMA_TYPES[self._db.kind]))
         self._add_column("offers", "published", "INTEGER DEFAULT 1")  # registries made before it: all published
         self._add_column("offers", "downtime_ms", "INTEGER")  # the `committed` event's (issue 22); NULL: not reported
+        self._add_column("devices", "deferred", "TEXT")  # issue 22: the device's power deferral (JSON), or NULL
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
         """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS leaves it as it was)."""
@@ -121,6 +122,8 @@ class Registry:
              state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
              state.get("detail"), json.dumps(state.get("errors") or []), time.time()),
         )
+        self._exec("UPDATE devices SET deferred = ? WHERE id = ?",
+                   (json.dumps(state["deferred"]) if state.get("deferred") else None, device))
         if state.get("image"):  # the running image's digest: the base a delta campaign offers from (issue 20)
             self._exec("INSERT INTO device_images (device, sha, reported) VALUES (?,?,?) ON CONFLICT(device) DO UPDATE"
                        " SET sha=excluded.sha, reported=excluded.reported", (device, state["image"], time.time()))

@@ -157,6 +157,16 @@ class BootState:
                                        "sha": m.image_sha256.hex(), "size": m.image_size}
         self.store.save()
 
+    # The image `sha` (hex) is verified in `slot` already: downloaded, not yet installed (a reset or a deep sleep came first).
+    def has_download(self, slot, sha):
+        d = self.store.data.get("download")
+        return bool(d) and d.get("slot") == slot and d.get("sha") == sha
+
+    def forget_download(self):
+        if self.store.data.get("download"):
+            self.store.data["download"] = None
+            self.store.save()
+
     # -- offers with an outcome: never tried again, even if the server still offers them
     def is_done(self, offer_id):
         return offer_id in self.store.data.get("offers_done", ())

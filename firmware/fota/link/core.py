@@ -17,7 +17,7 @@ link.report` connects the agent.
 import json
 
 from .. import errors
-from ..agent import DOWNLOADING
+from ..agent import DOWNLOADED, DOWNLOADING
 from ..backoff import Backoff
 from ..compat import const, ticks_add, ticks_diff, ticks_ms
 from ..errors import OtaError
@@ -26,6 +26,7 @@ from .wire import OFFER_HEAD, parse_command, parse_offer
 _MAX_EVENTS = const(16)  # events kept while offline (oldest dropped)
 _MAX_RESTARTS = const(3)  # source changes tolerated per offer before the attempt is failed
 _DEADLINE_MS = const(1800000)  # an attempt's overall deadline (threats table: slow retrieval): 30 min
+_POWER_RETRY_MS = const(60000)  # an install the power check put off is tried again this often
 _OUTCOMES = ("committed", "rolled_back")  # events that end an offer after the reboot
 
 
@@ -55,6 +56,7 @@ class Link:
         self._sink = self._chunk  # bound once: handed to transports that push chunks
         self.deadline_ms = deadline_ms  # an attempt's whole time (slow retrieval ends with DEADLINE); 0: none
         self._attempt_at = 0
+        self._install_at = 0  # ticks of the last try of an install the power check put off
 
     # -- transport hooks ------------------------------------------------------
     def _send_event(self, text):
@@ -68,6 +70,10 @@ class Link:
 
     def _begin_fetch(self, m):
         pass
+
+    def inflight(self):
+        """Chunks asked for and not yet received (a duty cycle waits for them before it sleeps)."""
+        return 0
 
     def _stop_fetch(self):
         pass
@@ -158,13 +164,17 @@ class Link:
         try:
             m = self.agent.offer(self._offer_blob, self._chunk_size, tag=self.offer_id)
         except OtaError as e:
-            if e.code == errors.BUSY:  # an install under way: not an outcome; the offer is tried again later
-                self._resume = True
+            if e.code in (errors.BUSY, errors.POWER):  # an install under way, or too little power to start: not an
+                self._resume = True                     # outcome; the offer is tried again later
                 self._retry_at = ticks_add(ticks_ms(), self._retry.next_ms())
+                self._state_due = True
                 return
             self._done(e.code)
             return
         self._attempt_at = ticks_ms()
+        if self.agent.complete():  # verified in flash before a reset or a deep sleep: verify and install now
+            self._complete = True
+            return
         self._begin_fetch(m)
 
     # The offer has an outcome: it is never tried again, even if the server still offers it.
@@ -194,6 +204,7 @@ class Link:
         except OtaError as e:
             self._done(e.code)
             return
+        self._install_at = ticks_ms()
         self._state_due = True
 
     def _heard(self):
@@ -240,6 +251,23 @@ class Link:
         if self._resume and self.offer_id is not None:
             self._start_attempt()
         self._resume = False
+
+    def busy(self):
+        """Work in hand: a download (not suspended), a verify, reports not yet sent. A duty cycle sleeps without."""
+        agent = self.agent
+        return bool(self._complete or self._flush_due() or (agent.state == DOWNLOADING and not agent.suspended))
+
+    # An install the power check put off: tried again every _POWER_RETRY_MS (deep-sleeping boards try at each wake).
+    def _install_due(self):
+        agent = self.agent
+        if agent.state != DOWNLOADED or agent.deferred is None or ticks_diff(ticks_ms(), self._install_at) < _POWER_RETRY_MS:
+            return
+        self._install_at = ticks_ms()
+        self._state_due = True
+        try:
+            agent.install()  # resets into the new image when the power check passes
+        except OtaError as e:
+            self._done(e.code)
 
     # The source changed under the offer (a new ETag): what is in flash may be of the old one.
     def _source_changed(self):

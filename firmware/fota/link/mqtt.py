@@ -64,6 +64,9 @@ class MqttLink(Link):
     def _stop_fetch(self):
         self._inflight = []
 
+    def inflight(self):
+        return len(self._inflight)
+
     # -- connection --------------------------------------------------------------------
     def connect(self):
         """Connect (once), subscribe, send what queued up while offline."""
@@ -209,6 +212,7 @@ class MqttLink(Link):
         self._asked()
 
     def _tick(self):
+        self._install_due()
         if self._retry_at is not None:
             if not self._retry_left():
                 self._retry_due()

@@ -20,9 +20,10 @@ def audit_of(request: Request):
 
 
 def device_row(row: dict, now: float | None = None) -> dict:
-    """A registry device row for the API: JSON columns decoded, `online` and `state_name` added."""
+    """A registry device row for the API: JSON columns decoded (`deferred`: the device's power deferral
+    {"code", "stage", "detail"} or null), `online` and `state_name` added."""
     out = dict(row)
-    for key in ("progress", "errors"):
+    for key in ("progress", "errors", "deferred"):
         value = out.get(key)
         out[key] = json.loads(value) if isinstance(value, str) and value else value
     out["errors"] = out.get("errors") or []
