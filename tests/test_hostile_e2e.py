@@ -49,7 +49,8 @@ class HostilePeer(threading.Thread):
         self.rng = random.Random(12)
 
     def _client(self, user: str | None, password: str | None) -> paho.Client:
-        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"hostile-{user}-{self.rng.random()}")
+        # a device's client id is its login (the brokers refuse any other: no taking over a neighbour's session)
+        c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=user or f"hostile-anon-{self.rng.random()}")
         if user:
             c.username_pw_set(user, password)
         c.connect_async(self.host, self.port)
