@@ -71,7 +71,7 @@ class Link:
     def _begin_fetch(self, m):
         pass
 
-    def inflight(self):
+    def inflight(self) -> int:
         """Chunks asked for and not yet received (a duty cycle waits for them before it sleeps)."""
         return 0
 
