@@ -29,7 +29,7 @@ from esp32model import LINKS, Esp32Model, proc_cpu_s, tcp_bytes  # noqa: E402
 from host_tools.sim.flash import ESP32_TIMING  # noqa: E402
 from host_tools.sim.interpreter import check_micropython  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
-from simkit import fw_image, fw_package, new_board  # noqa: E402
+from simkit import LARGEST_BLOCK, fw_image, fw_package, new_board  # noqa: E402
 
 AGENT_MAIN = r"""
 import app, gc, time, json
@@ -51,20 +51,7 @@ def on_chunk(offset, mv):
     return r
 agent.on_chunk = on_chunk
 
-def largest():  # the largest block the heap can still give: bisect on bytearray sizes
-    lo = 0
-    hi = gc.mem_free()
-    while hi - lo > 16:
-        mid = (lo + hi) // 2
-        gc.collect()
-        try:
-            b = bytearray(mid)
-            lo = mid
-        except MemoryError:
-            hi = mid
-        b = None
-    gc.collect()
-    return lo
+""" + LARGEST_BLOCK + r"""
 
 big0 = largest()
 free0 = gc.mem_free()

@@ -33,27 +33,14 @@ from host_tools.sim.flash import ESP32_TIMING  # noqa: E402
 from host_tools.sim.interpreter import check_micropython  # noqa: E402
 from host_tools.sim.runtime import BoardRun  # noqa: E402
 from mqttkit import device_id, mqtt_board, start_server, wait_final, wait_until  # noqa: E402
-from simkit import fw_package, session_signer  # noqa: E402
+from simkit import LARGEST_BLOCK, fw_package, session_signer  # noqa: E402
 
 SAMPLER = r"""
 import asyncio
 import gc
 
 
-def largest():  # the largest block the heap can still give: bisect on bytearray sizes
-    lo = 0
-    hi = gc.mem_free()
-    while hi - lo > 16:
-        mid = (lo + hi) // 2
-        gc.collect()
-        try:
-            b = bytearray(mid)
-            lo = mid
-        except MemoryError:
-            hi = mid
-        b = None
-    gc.collect()
-    return lo
+""" + LARGEST_BLOCK + r"""
 
 
 low = [1 << 30, 1 << 30]

@@ -74,3 +74,22 @@ def fw_package(image: bytes, *, version: str, sequence: int, encoding: str = "ra
     m = Manifest(sequence=sequence, version=version, board=fields.pop("board", "sim"), chip_id=fields.pop("chip_id", 0),
                  hw_revs=fields.pop("hw_revs", ("A",)), image_size=0, image_sha256=b"", **fields)
     return make_package(image, m, signer or session_signer(), encoding=encoding).to_bytes()
+
+
+# MicroPython source of largest(): the largest block the heap can still give (a bisection on bytearray sizes),
+# for the main.py of heap tests and benches (needs `import gc` before it).
+LARGEST_BLOCK = """
+def largest():
+    lo, hi = 0, gc.mem_free()
+    while hi - lo > 16:
+        mid = (lo + hi) // 2
+        gc.collect()
+        try:
+            b = bytearray(mid)
+            lo = mid
+        except MemoryError:
+            hi = mid
+        b = None
+    gc.collect()
+    return lo
+"""

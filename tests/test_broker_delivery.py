@@ -63,6 +63,16 @@ def recv_exact(s: socket.socket, n: int) -> bytes:
     return out
 
 
+def server_listening(ids, port: int, got: list[bytes]) -> mqtt.Client:
+    """The server's login, subscribed (QoS 1) to DEVICE's events: every payload delivered goes to `got`."""
+    sub = client(port, ids.creds["server"], "server", lambda c, u, m: got.append(bytes(m.payload)))
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
+    sub.subscribe(f"fota/{DEVICE}/events", 1)
+    assert subscribed.wait(10)
+    return sub
+
+
 @pytest.fixture(params=["amqtt", "mosquitto"])
 def broker(request, tmp_path):
     ids = Identities(Registry(tmp_path / "r.sqlite"))
@@ -84,11 +94,7 @@ def broker(request, tmp_path):
 def test_qos1_messages_acknowledged_just_before_a_disconnect_are_all_delivered(broker):
     ids, (server_port, port) = broker
     got: list[bytes] = []
-    sub = client(server_port, ids.creds["server"], "server", lambda c, u, m: got.append(bytes(m.payload)))
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe(f"fota/{DEVICE}/events", 1)
-    assert subscribed.wait(10)
+    sub = server_listening(ids, server_port, got)
     sent = []
     try:
         for r in range(ROUNDS):
@@ -110,11 +116,7 @@ def test_messages_are_delivered_while_other_clients_subscribe(broker):
     being broadcast was lost (seen as stray tracebacks in `make demo`): a fleet connecting while reports flow."""
     ids, (server_port, port) = broker
     got: list[bytes] = []
-    sub = client(server_port, ids.creds["server"], "server", lambda c, u, m: got.append(bytes(m.payload)))
-    subscribed = threading.Event()
-    sub.on_subscribe = lambda *a: subscribed.set()
-    sub.subscribe(f"fota/{DEVICE}/events", 1)
-    assert subscribed.wait(10)
+    sub = server_listening(ids, server_port, got)
     sent = [f"m{i}".encode() for i in range(240)]
     clients: list[mqtt.Client] = []
 

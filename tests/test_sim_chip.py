@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from host_tools.sim.runtime import BoardRun, BoardRunError
-from simkit import app_image, new_board
+from simkit import LARGEST_BLOCK, app_image, new_board
 
 pytestmark = pytest.mark.fw
 MPREMOTE = str(Path(sys.executable).with_name("mpremote"))
@@ -124,19 +124,7 @@ def test_app_code_never_runs_on_the_host_for_heap_accounting(tmp_path):
 
 HEAP_MAIN = r"""
 import gc, os
-def largest():  # the largest block the heap can still give: bisect on bytearray sizes
-    lo, hi = 0, gc.mem_free()
-    while hi - lo > 16:
-        mid = (lo + hi) // 2
-        gc.collect()
-        try:
-            b = bytearray(mid)
-            lo = mid
-        except MemoryError:
-            hi = mid
-        b = None
-    gc.collect()
-    return lo
+""" + LARGEST_BLOCK + r"""
 names = ["/none%d.mpy" % i for i in range(10)]
 gc.collect()
 a = gc.mem_alloc()

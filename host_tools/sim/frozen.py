@@ -94,17 +94,8 @@ def frozen_dir(home: Path, image: bytes, unpack) -> Path:
     return target
 
 
-def _romfs_uint(value: int) -> bytes:
-    out = [value & 0x7F]
-    value >>= 7
-    while value:
-        out.insert(0, 0x80 | (value & 0x7F))
-        value >>= 7
-    return bytes(out)
-
-
 def _romfs_record(kind: int, payload: bytes) -> bytes:
-    return _romfs_uint(kind) + _romfs_uint(len(payload)) + payload
+    return _encode_uint(kind) + _encode_uint(len(payload)) + payload
 
 
 def _romfs_dir(directory: Path) -> bytes:
@@ -112,17 +103,17 @@ def _romfs_dir(directory: Path) -> bytes:
     for path in sorted(directory.iterdir()):
         name = path.name.encode("ascii")
         if path.is_dir():
-            out += _romfs_record(_ROMFS_DIR, _romfs_uint(len(name)) + name + _romfs_dir(path))
+            out += _romfs_record(_ROMFS_DIR, _encode_uint(len(name)) + name + _romfs_dir(path))
         elif path.suffix == ".mpy":
             data = _romfs_record(_ROMFS_DATA, path.read_bytes())
-            out += _romfs_record(_ROMFS_FILE, _romfs_uint(len(name)) + name + data)
+            out += _romfs_record(_ROMFS_FILE, _encode_uint(len(name)) + name + data)
     return bytes(out)
 
 
 def romfs_image(directory: Path) -> bytes:
     """The .mpy files under `directory` as a ROMFS image (extmod/vfs_rom.c; mpremote's romfs writer writes the same)."""
     body = _romfs_dir(directory)
-    size = _romfs_uint(len(body))
+    size = _encode_uint(len(body))
     if (3 + len(size) + len(body)) % 2:
         size = b"\x80" + size  # the image's length is even
     return _ROMFS_HEADER + size + body
@@ -138,7 +129,7 @@ def _read_uint(data: bytes, pos: int) -> tuple[int, int]:
             return value, pos
 
 
-def _encode_uint(value: int) -> bytes:
+def _encode_uint(value: int) -> bytes:  # big-endian base-128: .mpy's varuint and ROMFS's lengths alike
     out = [value & 0x7F]
     value >>= 7
     while value:
