@@ -317,6 +317,24 @@ def test_downtime_per_device_per_wave_and_expected_from_the_waves_done(registry_
         assert out["downtime"] == rep["downtime"] and out["expected_downtime"] == rep["expected_downtime"]
 
 
+def test_the_report_lists_devices_whose_power_check_defers_the_install(registry_target):
+    """Issue 22: a device's state carries `deferred` while its power check puts the install off; the campaign
+    report names those devices (their offers wait as DOWNLOADED), and forgets them once the state no longer has it."""
+    from host_tools.fleet.render import render_report_data
+
+    f = Fleet(registry_target, n=3, groups={"d00": ["test"], "d01": ["test"]})
+    f.runner.create(CampaignSpec(name="c", package="pkg", waves=["test", "100%"], min_sample=10))
+    f.runner.start("c")
+    f.runner.tick()
+    state = {"board": "sim", "hw_rev": "A", "version": "1.0.0", "state": 2, "result": 11, "code": 41}
+    f.reg.record_state("d01", state | {"deferred": {"code": 41, "stage": "install", "detail": "power 3400 < 3600"}})
+    rep = report(f.reg, "c")
+    assert rep["deferred"] == [{"device": "d01", "stage": "install", "code": 41, "name": "POWER", "detail": "power 3400 < 3600"}]
+    assert "d01            install deferred: POWER (power 3400 < 3600)" in render_report_data(rep, "c")
+    f.reg.record_state("d01", state | {"state": 3, "result": 0, "code": 0})
+    assert report(f.reg, "c")["deferred"] == []
+
+
 def test_a_registry_from_before_downtime_gets_the_column(tmp_path):
     import sqlite3
 

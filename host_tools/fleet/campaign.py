@@ -22,6 +22,7 @@ the full package, once (`fallbacks` in the stored spec and in the report).
 from __future__ import annotations
 
 import hashlib
+import json
 import statistics
 import time
 from collections.abc import Callable
@@ -462,6 +463,19 @@ def downtime(rows: list[dict], camp: dict | None) -> tuple[list[dict], dict | No
     return per_wave, stats and stats | {"waves": [i for i in done if per_wave[i]["devices"]]}
 
 
+def deferred(rows: list[dict], devices: dict[str, dict]) -> list[dict]:
+    """The campaign's devices whose power check puts an install or download off (their state's `deferred`,
+    issue 22): device, stage, code, its name, detail. Their offers wait as DOWNLOADED (or not started)."""
+    out = []
+    for row in rows:
+        text = (devices.get(row["device"]) or {}).get("deferred")
+        if text:
+            d = json.loads(text)
+            out.append({"device": row["device"], "stage": d.get("stage"), "code": d.get("code"),
+                        "name": firmware_errors().name(d.get("code")), "detail": d.get("detail")})
+    return out
+
+
 def report(registry: Registry, name: str, *, stale_after_s: float = STALE_AFTER_S, now: float | None = None) -> dict:
     """Outcomes by status; failures by reason and by hardware revision; devices unheard of for `stale_after_s`;
     the application's downtime per device (`downtime_ms` in each row) and per wave, and what to expect from it."""
@@ -487,7 +501,7 @@ def report(registry: Registry, name: str, *, stale_after_s: float = STALE_AFTER_
                "full": sum(1 for r in rows if r["offer"] is not None and packages.get(r["offer"]) not in deltas)}
     per_wave, expected = downtime(rows, camp)
     return {"campaign": camp, "by_status": by_status, "by_reason": by_reason, "by_hw_rev": by_hw, "devices": rows,
-            "downtime": per_wave, "expected_downtime": expected,
+            "downtime": per_wave, "expected_downtime": expected, "deferred": deferred(rows, devices),
             "offered": offered if deltas else None, "fallbacks": spec.get("fallbacks") or {},
             "stale_after_s": stale_after_s,
             "unreachable": unreachable(rows, devices, stale_after_s, time.time() if now is None else now)}

@@ -111,6 +111,10 @@ def render_report_data(data: dict, name: str) -> str:
         lines.append(f"  offered: {data['offered']['delta']} delta, {data['offered']['full']} full package;"
                      f" {len(fallbacks)} fell back from a delta to the full package")
         lines += [f"    {device}: delta {f['delta']} refused ({f.get('reason') or f.get('code')})" for device, f in sorted(fallbacks.items())]
+    waiting = data.get("deferred") or []
+    if waiting:
+        lines.append("  waiting for their power check (deferred on the device; installed once it passes):")
+        lines += [f"    {w['device']:<14} {w['stage']} deferred: {w['name']} ({w.get('detail') or '-'})" for w in waiting]
     stale = data.get("unreachable") or []
     if stale:
         days = (data.get("stale_after_s") or 0) / 86400
