@@ -252,7 +252,7 @@ def gateway(tmp_path, server):
     def start(devices: list[str]) -> Gateway:
         cred = server.identities.enroll_gateway(f"test{len(gws)}", devices)  # its broker login: these devices' topics
         gw = Gateway(GatewayConfig(upstream=server.broker_url, data_dir=tmp_path / "gw", devices=devices, coap_port=0,
-                                   client_id=f"fota-gateway-{len(gws)}", auth=(cred.user, cred.password)))
+                                   auth=(cred.user, cred.password)))  # its client id: its login
         gw.start()
         gws.append(gw)
         return gw

@@ -184,6 +184,7 @@ def test_forged_and_replayed_reports_over_coap_and_through_a_gateway_change_noth
     gw = Gateway(GatewayConfig(upstream=stack.broker_url, data_dir=tmp_path / "gw", devices=[A], coap_port=0,
                                auth=(cred.user, cred.password)))
     gw.start()
+    stopped = False
     try:
         for n, base in ((100, stack.coap.url), (200, gw.coap.url)):  # the server's CoAP, then relayed by the gateway
             genuine = sealed(stack, A, "events", {"event": "downloading", "offer": offer_a}, n)
@@ -199,8 +200,11 @@ def test_forged_and_replayed_reports_over_coap_and_through_a_gateway_change_noth
             want = (rejected + 3, replayed + 1)
             wait_until(lambda: (ids.rejected, ids.replayed) == want, 10, f"forgeries via {base}")  # noqa: B023
             assert reg.offer(offer_a).status == "DOWNLOADING" and reg.device(A) is None
-        # the gateway's login only reaches its devices' topics
-        gwc = Client(stack, cred.user, cred.password)
+        # the gateway's login only reaches its devices' topics (its client id is its login: the gateway itself
+        # stops first, or this connection and its reconnects would take over each other's session)
+        gw.stop()
+        stopped = True
+        gwc = Client(stack, cred.user, cred.password, client_id=cred.user)
         spy = as_server(stack)
         gwc.pub(f"fota/{B}/events", sealed(stack, B, "events", {"event": "committed", "offer": 1}, 1))
         gwc.pub(f"fota/{A}/offer", b"an offer from the gateway", retain=True)
@@ -209,7 +213,8 @@ def test_forged_and_replayed_reports_over_coap_and_through_a_gateway_change_noth
         gwc.close()
         spy.close()
     finally:
-        gw.stop()
+        if not stopped:
+            gw.stop()
 
 
 def test_a_revoked_device_can_no_longer_connect_or_report_while_the_others_continue(stack):
@@ -245,10 +250,14 @@ def test_a_neighbour_device_cannot_take_over_another_devices_session(stack):
     """MQTT: a CONNECT with a connected client id closes the older connection. A, with its own valid login (and
     anyone with a wrong one), connects again and again with B's client id: B stays connected and keeps working."""
     reg = stack.registry
+    gw = stack.identities.enroll_gateway("lab2", [A])  # a gateway's login is bound to its own client id too
+    if stack.mosq:
+        stack.mosq.sync(stack.identities)
     b = as_device(stack, B, subs=(f"fota/{B}/offer",))
     assert b.rc == 0
     time.sleep(0.3)
     for attempt in range(3):
+        Client(stack, gw.user, gw.password, client_id=B).close()
         a = as_device(stack, A, client_id=B)
         if a.rc == 0:  # mosquitto: connected, but under its own id (use_username_as_clientid); it can act only as A
             a.pub(f"fota/{B}/state", sealed(stack, B, "state", STATE | {"id": B, "version": "6.6.6"}, 50 + attempt,

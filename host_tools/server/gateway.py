@@ -46,7 +46,7 @@ class GatewayConfig:
     coap_host: str = "127.0.0.1"
     coap_port: int = 5683  # 0: a free port
     ca_file: str | None = None
-    client_id: str = "fota-gateway"
+    client_id: str | None = None  # None: its login (both brokers bind a gateway's client id to it), else "fota-gateway"
     auth: tuple[str, str] | None = None  # the gateway's broker login (fota gateway-enroll), (user, password)
     window: int = 16  # chunk requests outstanding upstream (one P/D/get carries at most 16)
     chunk_timeout_s: float = 2.0  # no data for this long: ask again for what is missing
@@ -144,7 +144,8 @@ class Gateway:
         self._ticker: threading.Thread | None = None
         host, port, tls = parse_broker_url(config.upstream)
         self._host, self._port = host, port
-        self._client = paho_client(config.client_id, tls, config.ca_file, self._connected, self._on_connect, self._on_message,
+        client_id = config.client_id or (config.auth[0] if config.auth else "fota-gateway")
+        self._client = paho_client(client_id, tls, config.ca_file, self._connected, self._on_connect, self._on_message,
                                    config.auth)
         self.coap = CoapService(self, host=config.coap_host, port=config.coap_port, prefix=config.prefix)
 

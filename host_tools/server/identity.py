@@ -187,12 +187,12 @@ class Identities:
         return ok
 
     def check_login(self, user: str | None, password: str | bytes | None, client_id: str | None) -> bool:
-        """check_password, and a device's client id is its own id: a device that connects with another's
-        client id would close that device's connection (MQTT's session takeover), again and again."""
+        """check_password, and a device's or gateway's client id is its own id: one that connects with
+        another's client id would close that one's connection (MQTT's session takeover), again and again."""
         if not self.check_password(user, password):
             return False
         row = self._row(user) if user else None
-        if row is not None and row["kind"] == "device" and client_id != user:
+        if row is not None and row["kind"] in ("device", "gateway") and client_id != user:
             self.refused_logins += 1
             return False
         return True
