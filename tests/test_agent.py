@@ -122,15 +122,18 @@ def test_whole_update_runs_in_a_64k_heap(tmp_path):
     assert "MemoryError" not in run.transcript()
 
 
-def test_download_resumes_after_a_power_cut_without_starting_over(tmp_path):
+@pytest.mark.parametrize("encoding, cut_chunk", [("raw", 20), ("zlib", 28)])
+def test_download_resumes_after_a_power_cut_without_starting_over(tmp_path, encoding, cut_chunk):
+    """raw: the journal's chunk bitmap; zlib: the journal names the resume point at 64 KiB (host_tools/image/resume.py),
+    and the second attempt inflates from there with a fresh decoder (its `have` counts the image's 4 KiB chunks)."""
     from agentkit import events as evts
     from host_tools.sim.flash import PowerPlan
     from host_tools.sim.runtime import BoardRun
 
-    pkg = fw_package(fw_image("2.0.0", pad=96000), version="2.0.0", sequence=2)
+    pkg = fw_package(fw_image("2.0.0", pad=96000), version="2.0.0", sequence=2, encoding=encoding)
     board = make_board(tmp_path, "resume", pkg)
-    # ops: 2 for the first boot's otadata, then erase + write per 4 KiB chunk: cut in chunk 20
-    with BoardRun(board, plan=PowerPlan(cut_before=2 + 2 * 20)) as run:
+    # ops: 2 for the first boot's otadata, then erase + write per 4 KiB sector (and the journal's, from 64 KiB on)
+    with BoardRun(board, plan=PowerPlan(cut_before=2 + 2 * cut_chunk)) as run:
         run.wait_event("power_loss")
         run.power_on()
         from agentkit import wait_done

@@ -13,8 +13,9 @@ A sensor on a battery wakes, reads, sends, and deep-sleeps; every wake is a boot
 the budget a download is suspended (no more chunks asked for; those asked for are waited for, up to
 _DRAIN_MS), then a raw download's chunk bitmap goes to the journal and no chunk is taken after it, so
 the next wake (the server's offer is retained) asks only for the missing ones: no chunk in flash is
-fetched twice (one still on its way at the checkpoint is dropped and asked for again). A zlib or delta
-download restarts from its stream start at every wake (firmware/README.md "Deep-sleep duty cycles").
+fetched twice (one still on its way at the checkpoint is dropped and asked for again). A zlib download
+goes on from the last resume point its journal names (every 64 KiB of image); a delta download restarts
+from its stream start at every wake (firmware/README.md "Deep-sleep duty cycles").
 The install happens in a wake with `may_install` true (and the agent's policy, window and power check).
 """
 
