@@ -281,7 +281,7 @@ class Agent:
 
             self._inflater = Inflater(self._inflated, m, self._carry, self._buf, self._zin, self._take_room())
         else:
-            j = bs.journal(m.image_sha256.hex(), target.info()[4])
+            j = bs.journal(m.image_sha256.hex(), target.info()[4], self._buf)
             if j:
                 self._writer.resume(j)
         self.state = DOWNLOADING
