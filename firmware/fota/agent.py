@@ -419,7 +419,7 @@ class Agent:
         report=False records the failure without a "failed" event: the link chose to end it.
         """
         if self.state == DOWNLOADING:
-            if self._writer is not None and self._inflater is None:
+            if self._writer is not None and self._inflater is None and self._writer.count:  # nothing in flash: nothing to keep
                 self._save_journal()
             self._fail(code, detail, report)
 

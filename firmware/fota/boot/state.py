@@ -32,8 +32,8 @@ _DESC_AT = const(0x20)  # esp_app_desc_t in an app image (docs/FORMAT.md "Anti-r
 _DESC_MAGIC = const(0xABCD5432)  # esp_app_desc_t.magic_word; secure_version follows (+4)
 _KEY_LIST_MAX = const(512)  # docs/FORMAT.md "Key lists"
 _JOURNAL_MAX = const(4096)  # the journal's JSON: two hex bitmaps (a 2.5 MB slot: ~400 bytes in 4 KiB chunks, ~1.4 KB in 1 KiB)
-_NVS_NAMESPACE = "fota"
-_NVS_JOURNAL = "journal"
+_NVS_NAMESPACE = const("fota")
+_NVS_JOURNAL = const("journal")
 
 
 # (otadata Partition or None, its two entries, the ota_N app partitions in N order)
