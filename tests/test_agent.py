@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from agentkit import CONFIG, events, make_board, run_until_done, status, v2_package
+from agentkit import CONFIG, events, make_board, nvs_values, run_until_done, status, v2_package
 from host_tools.esp import espidf
 from simkit import fw_image, fw_package
 
@@ -112,7 +112,7 @@ def test_tampered_chunk_fails_the_digest_and_never_sets_boot(tmp_path):
     assert "REFUSED 16" in run.transcript()  # DIGEST_MISMATCH
     assert otadata_states(board)[1] == 0xFFFFFFFF  # set_boot never ran
     assert [e.kind for e in run.events].count("boot") == 1
-    assert board.read_file("fota_journal.json") is None
+    assert ("fota", "journal") not in nvs_values(board)  # the journal (an NVS blob) was dropped
 
 
 def test_whole_update_runs_in_a_64k_heap(tmp_path):

@@ -282,7 +282,7 @@ class Agent:
         elif m.encoding == 1:
             self._zlib_begin(m, chunk, target.info()[4])
         else:
-            j = bs.journal(m.image_sha256.hex(), target.info()[4])
+            j = bs.journal(m.image_sha256.hex(), target.info()[4], self._buf)
             if j:
                 self._writer.resume(j)
         self.state = DOWNLOADING
@@ -297,7 +297,7 @@ class Agent:
         stride, points = resume_table(m)
         self._stride, self._points = stride, points
         self._point = 0
-        j = self.boot_state.journal("z" + m.encoded_sha256.hex(), slot) if points else None
+        j = self.boot_state.journal("z" + m.encoded_sha256.hex(), slot, self._buf) if points else None
         if j:
             k = j.get("z")
             if isinstance(k, int) and 0 < k <= points:
@@ -449,7 +449,7 @@ class Agent:
         report=False records the failure without a "failed" event: the link chose to end it.
         """
         if self.state == DOWNLOADING:
-            if self._writer is not None and self._inflater is None:
+            if self._writer is not None and self._inflater is None and self._writer.count:  # nothing in flash: nothing to keep
                 self._save_journal()
             self._fail(code, detail, report)
 

@@ -24,7 +24,7 @@ import machine
 from .compat import const, ticks_diff, ticks_ms
 
 _SETTLE_MS = const(1000)  # after connecting: time for the retained offer to arrive (docs/PROTOCOL.md)
-_SAVE_MS = const(1500)  # the end of the budget: the journal (~1.3 s of LittleFS at ESP32 speed) and the state
+_SAVE_MS = const(1500)  # the end of the budget: the journal (an NVS commit; ~1.3 s as a LittleFS file) and the state
 _DRAIN_MS = const(1500)  # before that: the chunks asked for arrive (a window of 8 at ~0.1 s of flash work each)
 _TURN_MS = const(200)  # longest turn of the link inside a cycle
 
