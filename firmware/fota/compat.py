@@ -48,3 +48,15 @@ def bytes_io(size):
         return io.BytesIO(size)
     except TypeError:  # CPython
         return io.BytesIO()
+
+
+# esp32.NVS("fota"): where the download journal and the report counter live (small values rewritten often:
+# one atomic nvs_commit each, where a LittleFS file cost ~1 s of flash work at ESP32 speed). None without it
+# (CPython, a port or board without NVS): the callers then keep a file.
+def nvs():
+    try:
+        import esp32
+
+        return esp32.NVS("fota")
+    except (ImportError, AttributeError, OSError):  # OSError: no nvs partition
+        return None

@@ -20,7 +20,7 @@ except ImportError:  # CPython: importable for tests and tools; the board suppli
     esp32 = None
 
 from .. import errors
-from ..compat import const
+from ..compat import const, nvs
 from ..errors import OtaError
 from . import otadata, store
 
@@ -32,7 +32,6 @@ _DESC_AT = const(0x20)  # esp_app_desc_t in an app image (docs/FORMAT.md "Anti-r
 _DESC_MAGIC = const(0xABCD5432)  # esp_app_desc_t.magic_word; secure_version follows (+4)
 _KEY_LIST_MAX = const(512)  # docs/FORMAT.md "Key lists"
 _JOURNAL_MAX = const(4096)  # the journal's JSON: two hex bitmaps (a 2.5 MB slot: ~400 bytes in 4 KiB chunks, ~1.4 KB in 1 KiB)
-_NVS_NAMESPACE = const("fota")
 _NVS_JOURNAL = const("journal")
 
 
@@ -86,7 +85,8 @@ class BootState:
         self.wdt = None  # the self-test's watchdog (confirm.py arms it; it cannot be stopped)
         self._layout = (None, [], [], -1)  # (otadata part, entries, slots, target index) of the last prepare()
         self._image_seq = None  # the running image's secure_version, read once
-        self._nvs = None  # the journal's esp32.NVS, opened at first use (False: none, the file is used)
+        self._nvs = None  # the journal's esp32.NVS (None: none, the file is used), opened at first use
+        self._nvs_opened = False
 
     # -- what is recorded ---------------------------------------------------------
     def version(self, default):
@@ -205,13 +205,9 @@ class BootState:
     # (~600 flash reads and an erase: bench/agent.py). Without esp32.NVS (CPython, a board without an
     # nvs partition) the file at journal_path, replaced atomically.
     def _journal_nvs(self):
-        if self._nvs is None:
-            self._nvs = False
-            if esp32 is not None and hasattr(esp32, "NVS"):
-                try:
-                    self._nvs = esp32.NVS(_NVS_NAMESPACE)
-                except OSError:  # no nvs partition
-                    pass
+        if not self._nvs_opened:
+            self._nvs_opened = True
+            self._nvs = nvs()
         return self._nvs
 
     # The journal saved for image `image_id` in `slot`, or None; `buf` (4 KiB, the agent's flash buffer) takes the blob.
@@ -220,7 +216,7 @@ class BootState:
         if nv:
             buf = buf or bytearray(_JOURNAL_MAX)
             try:
-                j = json.loads(memoryview(buf)[: nv.get_blob(_NVS_JOURNAL, buf)])
+                j = json.loads(memoryview(buf)[: nv.get_blob(_NVS_JOURNAL, buf)])  # pyright: ignore[reportArgumentType] - MicroPython's json reads any buffer
             except (OSError, ValueError):  # none saved, or unreadable: start from chunk 0
                 j = None
         else:

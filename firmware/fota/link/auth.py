@@ -23,24 +23,13 @@ import hashlib
 import os
 from binascii import hexlify
 
-from ..compat import const
+from ..compat import const, nvs
 
 _BLOCK = const(64)  # RFC 2104 B: the SHA-256 block size
 _IPAD = const(0x36)  # RFC 2104 ipad byte
 _OPAD = const(0x5C)  # RFC 2104 opad byte
 _RESERVE = const(32)  # counters recorded per write of the counter (flash wear: one write per 32 reports)
-_NVS_NAMESPACE = "fota"  # the journal's namespace too (boot/state.py)
 _NVS_COUNTER = "ctr"
-
-
-def _nvs():
-    """esp32.NVS of the counter, or None (CPython, a build without it, no nvs partition)."""
-    try:
-        import esp32
-
-        return esp32.NVS(_NVS_NAMESPACE)
-    except (ImportError, AttributeError, OSError):
-        return None
 
 
 def _pad(key, byte):
@@ -105,7 +94,7 @@ class Signer:
     def counter(self):
         """The next counter (reads the file once, reserves a block when the last one is used up)."""
         if self._next < 0:
-            self._nv = _nvs()
+            self._nv = nvs()
             self._next = self._end = self._read()
         if self._next >= self._end:
             self._record(self._next + _RESERVE)  # raises OSError: the report is not sent, it stays queued
