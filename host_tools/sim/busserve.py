@@ -14,17 +14,19 @@ import time
 
 from host_tools.esp import espidf
 from host_tools.sim.flash import PowerLoss
+from host_tools.sim.nvslog import Nvs, NvsError
 
 OP_READ, OP_WRITE, OP_ERASE, OP_RESET, OP_WDT_ARM, OP_WDT_FEED, OP_LINK, OP_IDLE, OP_VERIFY = range(1, 10)
 OP_RTC_SET = 10  # the board set its RTC (host_tools/sim/chipclock.py)
 OP_READY = 11  # _boot is done: Ctrl-C may reach the interpreter from now on
+OP_NVS = 12  # esp32.NVS: ESP-IDF's nvs_* in C on a chip, here in the supervisor (host_tools/sim/nvslog.py)
 REQ = struct.Struct("<BII")
 RSP = struct.Struct("<iI")
 
 
 class BusRequests:
     """The supervisor's answers to bus requests (a mixin of BoardRun: it provides flash, clock, _bus, _console,
-    _event, _power_lost and _reset_request)."""
+    _event, _power_lost and _reset_request, and sets _nvs = _new_nvs() for each process)."""
 
     def _on_bus(self) -> None:
         data = self._bus.recv(65536 + REQ.size)
@@ -34,7 +36,7 @@ class BusRequests:
         self._bus_buf += data
         while len(self._bus_buf) >= REQ.size:
             op, a, b = REQ.unpack_from(self._bus_buf)
-            need = REQ.size + (b if op == OP_WRITE else 0)
+            need = REQ.size + (b if op in (OP_WRITE, OP_NVS) else 0)
             if len(self._bus_buf) < need:
                 return
             payload = bytes(self._bus_buf[REQ.size : need])
@@ -91,7 +93,21 @@ class BusRequests:
         if op == OP_READY:
             self._ready = True
             return 0, b""
+        if op == OP_NVS:
+            try:
+                out = self._nvs.request(a, payload)
+            except NvsError as e:
+                return -e.code, b""
+            return (len(out), out) if isinstance(out, bytes) else (0, b"")
         return -0x102, b""
+
+    def _new_nvs(self) -> Nvs:
+        """The nvs partition's state for a new process (pending changes die with the last one)."""
+        try:
+            part = self.board.table(self.flash).find("nvs")
+        except Exception:  # noqa: BLE001 - no table, or no nvs partition in it: NVS() fails as on a chip
+            return Nvs(self.flash, None)
+        return Nvs(self.flash, part.offset, part.size)
 
     def _verify_image(self, addr: int, size: int):
         def readinto(offset, buf):

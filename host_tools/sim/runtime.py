@@ -99,6 +99,7 @@ class BoardRun(BusRequests):
         self._child_fd = -1
         self._bus: socket.socket | None = None
         self._bus_buf = bytearray()
+        self._nvs = None  # the running process's nvs partition (busserve.BusRequests._new_nvs)
         self._slot = None
         self._raw_mode = False
         self._wdt_timeout = 0.0
@@ -453,6 +454,7 @@ class BoardRun(BusRequests):
         child.close()
         os.set_blocking(master, False)
         self._child_fd, self._bus, self._bus_buf = master, parent, bytearray()
+        self._nvs = self._new_nvs()
         self._sel.register(master, selectors.EVENT_READ, "child")
         self._sel.register(parent, selectors.EVENT_READ, "bus")
         self.state = "running"

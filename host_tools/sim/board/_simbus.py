@@ -27,6 +27,7 @@ OP_IDLE = const(8)
 OP_VERIFY = const(9)  # esp_image_verify() runs in C on a chip: here in the supervisor, off the heap
 OP_RTC_SET = const(10)  # settimeofday(): (device seconds, microseconds); see _simclock
 OP_READY = const(11)  # _boot is done: Ctrl-C may reach the interpreter from now on
+OP_NVS = const(12)  # esp32.NVS's nvs_* calls: ESP-IDF's C on a chip, the supervisor here (host_tools/sim/nvslog.py)
 
 _bus = None
 

@@ -5,7 +5,6 @@ Mirrors `ports/esp32/esp32_partition.c` over ESP-IDF's `esp_partition_*` and
 Errors are raised as `OSError(-esp_err_t)`, exactly as `check_esp_err()` does.
 """
 
-import binascii
 import gc
 import hashlib
 import struct
@@ -36,12 +35,7 @@ _ESP_ERR_INVALID_ARG = const(0x102)
 _ESP_ERR_INVALID_SIZE = const(0x104)
 _ESP_ERR_NOT_FOUND = const(0x105)
 _ESP_ERR_OTA_VALIDATE_FAILED = const(0x1503)
-# nvs.h
-_ESP_ERR_NVS_NOT_FOUND = const(0x1102)
-_ESP_ERR_NVS_NOT_ENOUGH_SPACE = const(0x1105)
-_ESP_ERR_NVS_KEY_TOO_LONG = const(0x1109)
-_ESP_ERR_NVS_INVALID_LENGTH = const(0x110C)
-_NVS_KEY_MAX = const(15)  # NVS_KEY_NAME_MAX_SIZE 16 with the NUL (Item::MAX_KEY_LENGTH)
+# nvs.h: raised by the supervisor (host_tools/sim/nvslog.py), named in _ERR_NAMES
 _SUBTYPE_ANY = const(0xFF)
 _SUBTYPE_FACTORY = const(0x00)
 _SUBTYPE_OTA_MIN = const(0x10)
@@ -402,92 +396,35 @@ def idf_heap_info(capabilities):
     return out
 
 
-# NVS: key-value pairs in the board's "nvs" partition. The layout is this board's, not ESP-IDF's NVS
-# pages: an append-only log of records, each `<BBBBHI` (magic, type, namespace length, key length, value
-# length, CRC32 of what follows) then namespace, key and value; a commit record ends each commit and only
-# records followed by a valid commit record count, so a commit cut by a power loss is not applied.
-# Erased flash (0xFF) ends the log; when a commit does not fit, the partition is erased and the live
-# values rewritten (one commit).
-_REC_MAGIC = const(0xA5)
-_T_ERASE = const(0)
-_T_I32 = const(1)
+# NVS: esp32_nvs.c over ESP-IDF's nvs_* calls, which run in C on a chip (their page cache and pending writes are in
+# ESP-IDF's heap, not MicroPython's): each call is one bus request the supervisor answers on the board's flash
+# (host_tools/sim/nvslog.py: the log's layout, commits, power cuts). Here only the argument checks and the copy.
+_NVS_OPEN = const(1)  # nvslog.OPEN, GET, SET, ERASE_KEY, COMMIT
+_NVS_GET = const(2)
+_NVS_SET = const(3)
+_NVS_ERASE_KEY = const(4)
+_NVS_COMMIT = const(5)
+_T_I32 = const(1)  # nvslog.T_I32, T_BLOB
 _T_BLOB = const(2)
-_T_COMMIT = const(3)
-_HDR = "<BBBBHI"
-_HDR_SIZE = const(10)
-
-_nvs_part = None
-_nvs_end = 0
-_committed = None  # {(namespace, key): (type, value)}
-_pending = {}  # namespace -> {key: (type, value) or None for erased}
+_nvs_req = bytearray(36)  # namespace and key (15 bytes each at most) behind their two lengths, made once
 
 
-def _nvs_load():
-    global _nvs_part, _nvs_end, _committed
-    if _committed is not None:
-        return
-    part = _first(1, _SUBTYPE_ANY, "nvs")
-    if part is None:
-        _check(0x110F)  # ESP_ERR_NVS_PART_NOT_FOUND (nvs_flash_init failed at boot on a chip)
-    state, batch, pos, end = {}, [], 0, 0
-    hdr = bytearray(_HDR_SIZE)
-    while pos + _HDR_SIZE <= part.size:
-        _read(part, pos, hdr)
-        magic, typ, nlen, klen, vlen, crc = struct.unpack(_HDR, hdr)
-        if magic != _REC_MAGIC or pos + _HDR_SIZE + nlen + klen + vlen > part.size:
-            break
-        body = bytearray(nlen + klen + vlen)
-        _read(part, pos + _HDR_SIZE, body)
-        if binascii.crc32(hdr[:6] + body) != crc:
-            break
-        pos += _HDR_SIZE + len(body)
-        if typ == _T_COMMIT:
-            for rec in batch:
-                _apply(state, *rec)
-            batch, end = [], pos
-        else:
-            batch.append(
-                (str(body[:nlen], "utf-8"), str(body[nlen : nlen + klen], "utf-8"), typ, bytes(body[nlen + klen :]))
-            )
-    _nvs_part, _nvs_end, _committed = part, end, state
-
-
-def _apply(state, ns, key, typ, value):
-    for t in (_T_I32, _T_BLOB):
-        if typ == _T_ERASE or t == typ:
-            state.pop((ns, key, t), None)
-    if typ != _T_ERASE:
-        state[(ns, key, typ)] = value
-
-
-def _record(ns, key, typ, value):
+def _nvs(op, typ, ns, key, value=b"", into=None):
     n, k = ns.encode(), key.encode()
-    hdr = struct.pack("<BBBBH", _REC_MAGIC, typ, len(n), len(k), len(value))
-    body = n + k + value
-    return hdr + struct.pack("<I", binascii.crc32(hdr + body)) + body
-
-
-def _nvs_commit(ns):
-    global _nvs_end
-    changes = _pending.pop(ns, None)
-    if not changes:
-        return
-    log = b"".join(_record(*c) for c in changes) + _record("", "", _T_COMMIT, b"")
-    state = dict(_committed)
-    for c in changes:
-        _apply(state, *c)
-    part = _nvs_part
-    if _nvs_end + len(log) > part.size:
-        log = b"".join(_record(ns_, k, t, v) for (ns_, k, t), v in state.items()) + _record("", "", _T_COMMIT, b"")
-        if len(log) > part.size:
-            _pending[ns] = changes
-            _check(_ESP_ERR_NVS_NOT_ENOUGH_SPACE)
-        _erase(part, 0, part.size)
-        _nvs_end = 0
-    _write(part, _nvs_end, log)
-    _nvs_end += len(log)
-    _committed.clear()
-    _committed.update(state)
+    head = len(n) + len(k) + 2
+    if head > len(_nvs_req) or len(n) > 255 or len(k) > 255:  # longer than NVS takes: the supervisor says so
+        payload = bytes((min(len(n), 255), min(len(k), 255))) + n[:255] + k[:255] + value
+    else:
+        _nvs_req[0], _nvs_req[1] = len(n), len(k)
+        _nvs_req[2 : 2 + len(n)] = n
+        _nvs_req[2 + len(n) : head] = k
+        payload = memoryview(_nvs_req)[:head]
+        if value:
+            payload = bytes(payload) + value
+    try:
+        return _simbus.bus().call(_simbus.OP_NVS, op | typ << 8, len(payload), payload=payload, into=into)
+    except OSError as e:
+        _check(-e.args[0])
 
 
 def _str(obj):
@@ -507,38 +444,8 @@ class NVS:
             raise TypeError("function doesn't take keyword arguments")
         if len(args) != 1:
             raise TypeError("function takes 1 positional arguments but %d were given" % len(args))
-        ns = _str(args[0])
-        _nvs_load()
-        if len(ns) > _NVS_KEY_MAX:  # the namespace is itself an entry: Page::writeItem refuses the name
-            _check(_ESP_ERR_NVS_KEY_TOO_LONG)
-        self._ns = ns
-
-    def _get(self, key, typ):
-        key = _str(key)
-        changes = _pending.get(self._ns, ())
-        for _ns, k, t, value in reversed(changes):
-            if k == key and (t == typ or t == _T_ERASE):
-                if t == _T_ERASE:
-                    _check(_ESP_ERR_NVS_NOT_FOUND)
-                return value
-        value = _committed.get((self._ns, key, typ))
-        if value is None:
-            _check(_ESP_ERR_NVS_NOT_FOUND)
-        return value
-
-    def _has(self, key):
-        for typ in (_T_I32, _T_BLOB):
-            try:
-                self._get(key, typ)
-                return True
-            except OSError:
-                pass
-        return False
-
-    def _set(self, key, typ, value):
-        if len(key) > _NVS_KEY_MAX:
-            _check(_ESP_ERR_NVS_KEY_TOO_LONG)
-        _pending.setdefault(self._ns, []).append((self._ns, key, typ, bytes(value)))
+        self._ns = _str(args[0])
+        _nvs(_NVS_OPEN, 0, self._ns, "")
 
     def set_i32(self, key, value):
         key = _str(key)
@@ -546,36 +453,29 @@ class NVS:
             raise TypeError("can't convert %s to int" % type(value).__name__)
         if not -0x80000000 <= value <= 0x7FFFFFFF:
             raise OverflowError("overflow converting long int to machine word")
-        self._set(key, _T_I32, struct.pack("<i", value))
+        _nvs(_NVS_SET, _T_I32, self._ns, key, struct.pack("<i", value))
 
     def get_i32(self, key):
-        return struct.unpack("<i", self._get(key, _T_I32))[0]
+        return struct.unpack("<i", _nvs(_NVS_GET, _T_I32, self._ns, _str(key), struct.pack("<I", 4)))[0]
 
     def set_blob(self, key, value):
         key = _str(key)
         if isinstance(value, str):
             value = value.encode()
-        self._set(key, _T_BLOB, memoryview(value))
+        _nvs(_NVS_SET, _T_BLOB, self._ns, key, bytes(memoryview(value)))
 
     def get_blob(self, key, buf):
         key = _str(key)
         if isinstance(buf, (bytes, str)):
             raise TypeError("object with buffer protocol required")
         out = memoryview(buf)
-        value = self._get(key, _T_BLOB)
-        if len(value) > len(out):
-            _check(_ESP_ERR_NVS_INVALID_LENGTH)
-        out[: len(value)] = value
-        return len(value)
+        return _nvs(_NVS_GET, _T_BLOB, self._ns, key, struct.pack("<I", len(out)), into=out)
 
     def erase_key(self, key):
-        key = _str(key)
-        if not self._has(key):
-            _check(_ESP_ERR_NVS_NOT_FOUND)
-        _pending.setdefault(self._ns, []).append((self._ns, key, _T_ERASE, b""))
+        _nvs(_NVS_ERASE_KEY, 0, self._ns, _str(key))
 
     def commit(self):
-        _nvs_commit(self._ns)
+        _nvs(_NVS_COMMIT, 0, self._ns, "")
 
     def __repr__(self):
         return "<NVS namespace>"
