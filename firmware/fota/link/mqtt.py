@@ -15,14 +15,18 @@ import gc
 from .. import errors
 from ..agent import DOWNLOADING
 from ..backoff import Backoff
-from ..compat import sleep_ms, ticks_diff, ticks_ms
+from ..compat import const, sleep_ms, ticks_diff, ticks_ms
 from ..errors import OtaError
 from .core import Link
 from .wire import DATA_HEAD, GET_HEAD, GET_MAX, pack_get, parse_data
 
+# Chunks asked for and not yet received (config.json "window"). They wait in the broker and the TCP receive
+# window, not in the heap: one chunk at a time is read into the client's buffer. bench/mqtt.py measures it.
+WINDOW = const(8)
+
 
 class MqttLink(Link):
-    def __init__(self, agent, client, device_id, *, prefix="fota", window=8, chunk_timeout_ms=3000,
+    def __init__(self, agent, client, device_id, *, prefix="fota", window=WINDOW, chunk_timeout_ms=3000,
                  max_timeouts=8, retry_base_ms=2000, retry_cap_ms=300000, deadline_ms=1800000):
         super().__init__(agent, device_id, max_misses=max_timeouts + 1, retry_base_ms=retry_base_ms,
                          retry_cap_ms=retry_cap_ms, deadline_ms=deadline_ms)
@@ -206,8 +210,9 @@ class MqttLink(Link):
         want = want[: max(0, self.window - len(self._inflight))]
         if not want:
             return
-        n = pack_get(self._req, self.offer_id, want)
-        self.client.publish(self.t_get, memoryview(self._req)[:n], qos=0)
+        for i in range(0, len(want), GET_MAX):  # a get names at most GET_MAX offsets (docs/PROTOCOL.md)
+            n = pack_get(self._req, self.offer_id, want[i : i + GET_MAX])
+            self.client.publish(self.t_get, memoryview(self._req)[:n], qos=0)
         self._inflight.extend(want)
         self._asked()
 
