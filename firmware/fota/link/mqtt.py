@@ -33,12 +33,13 @@ class MqttLink(Link):
         self.client = client
         base = prefix + "/" + device_id + "/"
         self._base = base.encode()
-        self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", base + "get"
+        self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", (base + "get").encode()
         self.t_data, self.t_events, self.t_cmd = base + "data", base + "events", base + "cmd"
         self.t_app = base + "app/"  # the application's telemetry: P/D/app/<name> (docs/PROTOCOL.md)
         self.t_keys = base + "keys"  # a root-signed key list on its own, retained (docs/PROTOCOL.md "Key lists")
         self._suffix = {b"offer": self._on_offer, b"data": self._on_data, b"cmd": self._on_cmd, b"keys": self._on_keys}
         self._key_list = None  # a key list received, taken in the next step (callbacks only enqueue)
+        self._topic = self._handler = None  # the last topic and its handler (None: not this device's)
         self.window = window
         self.chunk_timeout_ms = chunk_timeout_ms
         self.max_timeouts = max_timeouts
@@ -166,11 +167,14 @@ class MqttLink(Link):
             pass
 
     # -- messages ----------------------------------------------------------------------
+    # The client hands an unchanged topic over as the same object: a run of chunks is dispatched without allocating.
     def _on_message(self, topic, payload, retained):
-        cut = topic.rfind(b"/")
-        if bytes(topic[: cut + 1]) != self._base:
-            return  # not this device's topic (a broker may misroute; never act on another device's offer)
-        handler = self._suffix.get(bytes(topic[cut + 1 :]))
+        if topic is not self._topic:
+            cut = topic.rfind(b"/")
+            # not this device's topic: a broker may misroute; never act on another device's offer
+            mine = bytes(topic[: cut + 1]) == self._base
+            self._topic, self._handler = topic, self._suffix.get(bytes(topic[cut + 1 :])) if mine else None
+        handler = self._handler
         if handler:
             self._in_callback = True
             try:
