@@ -33,7 +33,7 @@ class MqttLink(Link):
         self.client = client
         base = prefix + "/" + device_id + "/"
         self._base = base.encode()
-        self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", (base + "get").encode()
+        self.t_state, self.t_offer, self.t_get = base + "state", base + "offer", base + "get"
         self.t_data, self.t_events, self.t_cmd = base + "data", base + "events", base + "cmd"
         self.t_app = base + "app/"  # the application's telemetry: P/D/app/<name> (docs/PROTOCOL.md)
         self.t_keys = base + "keys"  # a root-signed key list on its own, retained (docs/PROTOCOL.md "Key lists")
