@@ -36,6 +36,13 @@ from host_tools.server.registry import Offer, Registry
 OFFER_CACHE_S = 2.0  # how long a chunk request may be answered from an offer read earlier
 
 
+def _no_delay(client) -> None:
+    """Packets (chunks, PUBACKs) go out at once, not after the broker's delayed ACK (Nagle)."""
+    sock = client.socket()
+    if sock is not None and hasattr(sock, "setsockopt"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class MqttService:
     """One paho client, its network thread, and the handlers for device topics."""
 
@@ -116,15 +123,14 @@ class MqttService:
                 client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
+        _no_delay(client)
         p = self.prefix
         if self.serve:
             client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1)])
         self._connected.set()
 
     def _on_chunks_connect(self, client, userdata, flags, reason, properties) -> None:
-        sock = client.socket()
-        if sock is not None and hasattr(sock, "setsockopt"):  # chunks go out at once (no Nagle delay)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(client)
         p = self.prefix
         client.subscribe(f"$share/{self.share}/{p}/+/get" if self.share else f"{p}/+/get", 0)
         self._chunks_connected.set()
