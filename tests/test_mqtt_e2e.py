@@ -141,6 +141,24 @@ def test_power_cut_during_download_resumes_without_starting_over(tmp_path, broke
     assert offer.status == "SUCCEEDED"
 
 
+def test_a_window_wider_than_one_get_request_is_asked_for_in_several(tmp_path, fota_mosquitto):
+    # a get names at most 16 offsets (docs/PROTOCOL.md): a window of 24 goes out as two requests, and every
+    # chunk is asked for and served once (a window past 16 used to overflow the request and fault the attempt)
+    mosquitto = fota_mosquitto
+    srv = start_server(tmp_path / "server", mosquitto.server_url, mosquitto)
+    try:
+        board = mqtt_board(tmp_path, "wide", host=mosquitto.host, port=mosquitto.port, ids=srv.identities,
+                           broker=mosquitto, window=24)
+        big = fw_package(fw_image("2.0.0", pad=200_000), version="2.0.0", sequence=2)
+        chunks = -(-len(parse_package(big).payload) // 4096)
+        with BoardRun(board):
+            wait_until(lambda: srv.registry.device(device_id(board)), 30, "device state")
+            offer = wait_final(srv, srv.deploy(big, [device_id(board)])[0])
+        assert offer.status == "SUCCEEDED" and srv.mqtt.chunks_served == chunks
+    finally:
+        srv.stop()
+
+
 def test_broker_restart_mid_download_completes(tmp_path, fota_mosquitto):
     mosquitto = fota_mosquitto
     srv = start_server(tmp_path / "server", mosquitto.server_url, mosquitto)

@@ -81,7 +81,7 @@ def build(app, cfg):
     from .mqtt.client import MQTTClient
     import trusted_keys  # pyright: ignore[reportMissingImports] - generated at provisioning (fota keys export)
 
-    from .link.mqtt import MqttLink
+    from .link.mqtt import WINDOW, MqttLink
 
     device_id = cfg.get("device_id") or machine.unique_id().hex()
     ident = Identity(cfg["board"], cfg.get("chip_id", 0), cfg["hw_rev"], getattr(app, "VERSION", "0"))
@@ -95,7 +95,7 @@ def build(app, cfg):
     client = MQTTClient(device_id, host, port, keepalive=cfg.get("keepalive", 30),  # TLS: use_tls() after boot()
                         user=cfg.get("user"), password=cfg.get("password"))
     link = MqttLink(agent, client, device_id, prefix=cfg.get("prefix", "fota"),
-                    chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", 8),
+                    chunk_timeout_ms=cfg.get("chunk_timeout_ms", 3000), window=cfg.get("window", WINDOW),
                     deadline_ms=cfg.get("attempt_deadline_ms", 1800000))
     agent.reporter = link.report
     return agent, link

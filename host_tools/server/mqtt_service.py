@@ -13,6 +13,9 @@ client id of its own. Chunk requests come through the MQTT 5 shared subscription
 (Identities.open_report in one transaction with what the report changes): a shared subscription would
 lose the reports a worker had received but not acknowledged when it died (mosquitto 2.0 hands them to
 no other member), and devices do not send a report twice.
+
+Chunk requests have a connection and a network thread of their own (client id `<client_id>-chunks`): a
+report's database transaction (an fsync) never holds up the chunks a downloading device waits for.
 """
 
 from __future__ import annotations
@@ -31,6 +34,13 @@ from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Offer, Registry
 
 OFFER_CACHE_S = 2.0  # how long a chunk request may be answered from an offer read earlier
+
+
+def _no_delay(client) -> None:
+    """Packets (chunks, PUBACKs) go out at once, not after the broker's delayed ACK (Nagle)."""
+    sock = client.socket()
+    if sock is not None and hasattr(sock, "setsockopt"):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 class MqttService:
@@ -64,14 +74,25 @@ class MqttService:
             auth = (cred.user, cred.password)
         self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth,
                                    v5=share is not None)
+        self._chunks_connected = threading.Event()
+        self._chunks = paho_client(f"{client_id}-chunks", tls, ca_file, self._chunks_connected, self._on_chunks_connect,
+                                   self._on_chunk_request, auth, v5=share is not None) if serve else None
 
     def start(self, timeout: float = 10) -> None:
         start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
+        if self._chunks is not None:
+            try:
+                start_client(self._chunks, self.host, self.port, self._chunks_connected, timeout, ServerError,
+                             "the MQTT broker")
+            except ServerError:
+                self._client.disconnect()
+                self._client.loop_stop()
+                raise
 
     def alive(self) -> bool:
-        """False once paho's network thread ended although stop() was not called (the service died)."""
-        thread = self._client._thread  # paho keeps no public handle on its loop thread
-        return self._stopped or (thread is not None and thread.is_alive())
+        """False once one of paho's network threads ended although stop() was not called (the service died)."""
+        threads = [c._thread for c in (self._client, self._chunks) if c is not None]  # paho keeps no public handle
+        return self._stopped or all(t is not None and t.is_alive() for t in threads)
 
     def republish_offers(self) -> int:
         """Publish every device's newest offer without an outcome again (retained): after a restart,
@@ -96,18 +117,36 @@ class MqttService:
 
     def stop(self) -> None:
         self._stopped = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        for client in (self._client, self._chunks):
+            if client is not None:
+                client.disconnect()
+                client.loop_stop()
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
-        sock = client.socket()
-        if sock is not None and hasattr(sock, "setsockopt"):  # chunks go out at once (no Nagle delay)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _no_delay(client)
         p = self.prefix
         if self.serve:
-            get = f"$share/{self.share}/{p}/+/get" if self.share else f"{p}/+/get"
-            client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1), (get, 0)])
+            client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1)])
         self._connected.set()
+
+    def _on_chunks_connect(self, client, userdata, flags, reason, properties) -> None:
+        _no_delay(client)
+        p = self.prefix
+        client.subscribe(f"$share/{self.share}/{p}/+/get" if self.share else f"{p}/+/get", 0)
+        self._chunks_connected.set()
+
+    # The chunk connection's network thread: like _on_message, nothing a peer sends may raise out of here.
+    def _on_chunk_request(self, client, userdata, msg) -> None:
+        try:
+            parsed = protocol.parse_topic(self.prefix, msg.topic)
+            if parsed is None or parsed[1] != "get":
+                return
+            self._serve_chunks(inbound.device_id(parsed[0]), inbound.parse_get(msg.payload))
+        except inbound.InboundError as exc:
+            self.malformed += 1  # a malformed request serves nothing
+            self.stats.refused("get", exc)
+        except Exception as exc:  # noqa: BLE001 - the service outlives any one message (counted, logged)
+            self.stats.failed("get", exc)
 
     # paho's network thread: nothing a peer sends may raise out of here (the thread would end).
     def _on_message(self, client, userdata, msg) -> None:
@@ -117,9 +156,7 @@ class MqttService:
             if parsed is None:
                 return
             device, kind = inbound.device_id(parsed[0]), parsed[1]
-            if kind == "get":
-                self._serve_chunks(device, inbound.parse_get(msg.payload))
-            elif kind == "state" and msg.payload:
+            if kind == "state" and msg.payload:
                 with self.registry.db.transaction():  # the report is taken with what it changes, or not at all
                     if (body := self._authentic(device, kind, msg.payload)) is not None:
                         self.registry.record_state(device, inbound.parse_state(body).as_dict())
@@ -173,7 +210,7 @@ class MqttService:
             data = self.store.chunk(offer.package, offset, offer.chunk)
             if not data:
                 continue
-            self._client.publish(topic, protocol.encode_data(req.offer_id, offset, data), qos=0)
+            self._chunks.publish(topic, protocol.encode_data(req.offer_id, offset, data), qos=0)
             self.bytes_served += len(data)
             self.chunks_served += 1
 

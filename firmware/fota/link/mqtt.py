@@ -15,14 +15,18 @@ import gc
 from .. import errors
 from ..agent import DOWNLOADING
 from ..backoff import Backoff
-from ..compat import sleep_ms, ticks_diff, ticks_ms
+from ..compat import const, sleep_ms, ticks_diff, ticks_ms
 from ..errors import OtaError
 from .core import Link
 from .wire import DATA_HEAD, GET_HEAD, GET_MAX, pack_get, parse_data
 
+# Chunks asked for and not yet received (config.json "window"). They wait in the broker and the TCP receive
+# window, not in the heap: one chunk at a time is read into the client's buffer. bench/mqtt.py measures it.
+WINDOW = const(8)
+
 
 class MqttLink(Link):
-    def __init__(self, agent, client, device_id, *, prefix="fota", window=8, chunk_timeout_ms=3000,
+    def __init__(self, agent, client, device_id, *, prefix="fota", window=WINDOW, chunk_timeout_ms=3000,
                  max_timeouts=8, retry_base_ms=2000, retry_cap_ms=300000, deadline_ms=1800000):
         super().__init__(agent, device_id, max_misses=max_timeouts + 1, retry_base_ms=retry_base_ms,
                          retry_cap_ms=retry_cap_ms, deadline_ms=deadline_ms)
@@ -35,6 +39,7 @@ class MqttLink(Link):
         self.t_keys = base + "keys"  # a root-signed key list on its own, retained (docs/PROTOCOL.md "Key lists")
         self._suffix = {b"offer": self._on_offer, b"data": self._on_data, b"cmd": self._on_cmd, b"keys": self._on_keys}
         self._key_list = None  # a key list received, taken in the next step (callbacks only enqueue)
+        self._topic = self._handler = None  # the last topic and its handler (None: not this device's)
         self.window = window
         self.chunk_timeout_ms = chunk_timeout_ms
         self.max_timeouts = max_timeouts
@@ -167,11 +172,14 @@ class MqttLink(Link):
             pass
 
     # -- messages ----------------------------------------------------------------------
+    # The client hands an unchanged topic over as the same object: a run of chunks is dispatched without allocating.
     def _on_message(self, topic, payload, retained):
-        cut = topic.rfind(b"/")
-        if bytes(topic[: cut + 1]) != self._base:
-            return  # not this device's topic (a broker may misroute; never act on another device's offer)
-        handler = self._suffix.get(bytes(topic[cut + 1 :]))
+        if topic is not self._topic:
+            cut = topic.rfind(b"/")
+            # not this device's topic: a broker may misroute; never act on another device's offer
+            mine = bytes(topic[: cut + 1]) == self._base
+            self._topic, self._handler = topic, self._suffix.get(bytes(topic[cut + 1 :])) if mine else None
+        handler = self._handler
         if handler:
             self._in_callback = True
             try:
@@ -211,8 +219,9 @@ class MqttLink(Link):
         want = want[: max(0, self.window - len(self._inflight))]
         if not want:
             return
-        n = pack_get(self._req, self.offer_id, want)
-        self.client.publish(self.t_get, memoryview(self._req)[:n], qos=0)
+        for i in range(0, len(want), GET_MAX):  # a get names at most GET_MAX offsets (docs/PROTOCOL.md)
+            n = pack_get(self._req, self.offer_id, want[i : i + GET_MAX])
+            self.client.publish(self.t_get, memoryview(self._req)[:n], qos=0)
         self._inflight.extend(want)
         self._asked()
 

@@ -289,20 +289,22 @@ class MQTTClient:
             self.close()
             raise MQTTError(CONNECTION_CLOSED)
 
-    # Fixed header (section 2.2): returns the first byte, leaves the remaining length in _rl.
+    # Fixed header (section 2.2): returns the first byte, leaves the remaining length in _rl. Every packet has
+    # at least two bytes (type, one length byte): one read for both, then one per further length byte.
     def _read_fixed(self):
         buf = self._buf
-        self._read(1)
+        self._read(2)
         b0 = buf[0]
-        n = shift = 0
-        while True:
-            self._read(1)
-            n |= (buf[0] & 0x7F) << shift
-            if not buf[0] & 0x80:
-                break
+        b = buf[1]
+        n = b & 0x7F
+        shift = 0
+        while b & 0x80:
             shift += 7
-            if shift > 21:
+            if shift > 21:  # a fifth length byte (section 2.2.3: at most four)
                 raise MQTTError(PROTOCOL_ERROR)
+            self._read(1)
+            b = buf[0]
+            n |= (b & 0x7F) << shift
         self._rl = n
         return b0
 
