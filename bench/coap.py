@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -60,6 +63,19 @@ def aiocoap_fetch(url: str, ack_ms: int) -> tuple[float, bytes | None]:
     return asyncio.run(fetch())
 
 
+def device_fetch(port: int, offer: int, size: int, window: int, ack_ms: int, qblock: bool) -> tuple[float, str]:
+    """The device's client alone (bench/coap_fetch.py under micropython): (seconds, SHA-256 hex of what it got)."""
+    cmd = [str(check_micropython().path), "-X", "heapsize=4M", str(ROOT / "bench" / "coap_fetch.py"),
+           *(str(v) for v in (port, offer, size, window, ack_ms, int(qblock)))]
+    out = subprocess.run(cmd, env=dict(os.environ, MICROPYPATH=str(ROOT / "firmware")), capture_output=True, text=True,
+                         timeout=1200)
+    line = next((x for x in out.stdout.splitlines() if x.startswith("FETCH ")), None)
+    if line is None:
+        raise SystemExit(f"the device's fetch failed: {out.stdout[-500:]} {out.stderr[-1000:]}")
+    _, ms, digest, *_ = line.split()
+    return int(ms) / 1000, digest
+
+
 def dropped(proxy: UdpProxy) -> int:
     return proxy.stats["up"].dropped + proxy.stats["down"].dropped
 
@@ -95,6 +111,8 @@ def device_update(home: Path, server, port: int, package: bytes, tag: str, ack_m
         cpu = sampler.between(started, time.monotonic())
         if offer.status != "SUCCEEDED":
             raise SystemExit(f"{tag}: the update ended {offer.status} ({offer.reason}); console:\n{run.transcript()[-2000:]}")
+        if run.flash.faults:  # strict flash: a block programmed over different data
+            raise SystemExit(f"{tag}: flash faults {run.flash.faults[:3]}")
     ms = [e["body"]["ms"] for e in server.registry.events(device_id(board)) if e["event"] == "downloaded"]
     return ms[-1] / 1000, total, cpu
 
@@ -135,10 +153,15 @@ def main() -> int:
                             print(f"aiocoap at {loss:.0%} loss: the transfer failed after {ref_s:.1f} s")
                             ref_s = None
                     ref_drops = dropped(proxy)
+                    fetch_s, digest = device_fetch(proxy.port, probe_offer, len(payload), args.window, args.ack_ms,
+                                                   args.qblock)
+                    if digest != hashlib.sha256(payload).hexdigest():
+                        raise SystemExit("the device's client fetched other bytes than the package's payload")
+                    before = dropped(proxy)
                     dev_s, total, cpu = device_update(home, server, proxy.port, package, f"b{i}", args.ack_ms, args.window,
                                                       args.qblock)
-                    dev_drops = dropped(proxy) - ref_drops
-                rows.append((loss, dev_s, total, dev_drops, ref_s, ref_drops, cpu))
+                    dev_drops = dropped(proxy) - before
+                rows.append((loss, dev_s, total, dev_drops, ref_s, ref_drops, cpu, fetch_s))
         finally:
             server.stop()
     blocks = -(-len(payload) // 1024)
@@ -146,18 +169,23 @@ def main() -> int:
               f"Block2, window {args.window}")
     print(f"image {len(image)} bytes ({blocks} blocks of 1 KiB), CoAP on loopback, ACK_TIMEOUT {args.ack_ms} ms, "
           f"device: {scheme}; flash at host speed")
-    print(f"{'loss':>6} {'device s':>9} {'MB/s':>6} {'dropped':>8} {'aiocoap s':>10} {'MB/s':>6} {'dropped':>8} "
-          f"{'aiocoap/device':>15} {'device/device 0%':>17} {'offer->committed s':>19}")
+    print(f"{'loss':>6} {'device s':>9} {'MB/s':>6} {'dropped':>8} {'fetch s':>8} {'aiocoap s':>10} {'MB/s':>6} "
+          f"{'dropped':>8} {'aiocoap/fetch':>14} {'aiocoap/device':>15} {'device/device 0%':>17} {'offer->committed s':>19}")
     base = next((r[1] for r in rows if r[0] == 0), None)
-    for loss, dev_s, total, dev_drops, ref_s, ref_drops, _ in rows:
-        ref = (f"{ref_s:10.2f} {len(payload) / ref_s / 1e6:6.2f} {ref_drops:8d} {ref_s / dev_s:15.2f}" if ref_s else
-               f"{'-':>10} {'-':>6} {'-':>8} {'-':>15}")
+    for loss, dev_s, total, dev_drops, ref_s, ref_drops, _, fetch_s in rows:
+        ref = (f"{ref_s:10.2f} {len(payload) / ref_s / 1e6:6.2f} {ref_drops:8d} {ref_s / fetch_s:14.2f} {ref_s / dev_s:15.2f}"
+               if ref_s else f"{'-':>10} {'-':>6} {'-':>8} {'-':>14} {'-':>15}")
         own = f"{dev_s / base:17.2f}" if base else f"{'-':>17}"
-        print(f"{loss * 100:5.0f}% {dev_s:9.2f} {len(payload) / dev_s / 1e6:6.2f} {dev_drops:8d} {ref} {own} {total:19.2f}")
-    print("device s: download measured on the device (offer checked -> digest verified from flash), into the emulated flash;")
-    print(f"aiocoap s: aiocoap's client (Block2, NSTART 1) fetching the same resource through the same proxy (loss up to "
-          f"{args.ref_upto:.0%}); aiocoap/device: how many times faster the device is; device/device 0%: the slowdown of "
-          f"the device under loss")
+        print(f"{loss * 100:5.0f}% {dev_s:9.2f} {len(payload) / dev_s / 1e6:6.2f} {dev_drops:8d} {fetch_s:8.2f} {ref} {own} "
+              f"{total:19.2f}")
+    print("device s: the update's download measured on the device (offer checked -> digest verified from flash: agent, "
+          "emulated flash over the board's bus, the digest read back), dropped: its datagrams lost on the way;")
+    print("every update: SUCCEEDED, and the strict flash saw no block programmed over different data;")
+    print("fetch s: the device's CoAP client alone (bench/coap_fetch.py under micropython, the same receiver and checks, "
+          "into RAM) fetching the same resource through the same proxy;")
+    print(f"aiocoap s: aiocoap's client (Block2, NSTART 1) fetching it the same way (loss up to {args.ref_upto:.0%}); "
+          f"aiocoap/fetch and aiocoap/device: how many times faster the device's client and the device's download are; "
+          f"device/device 0%: the download's slowdown under loss")
     model = Esp32Model.measure(check_micropython().path)
     print(model.describe())
     if args.qblock:
@@ -168,7 +196,7 @@ def main() -> int:
         print(f"  modelled ESP32 time of the {len(image)}-byte CoAP update (board CPU from offer to reset; {blocks} blocks, "
               f"{args.window} in flight, a round trip per window; lost exchanges wait RFC 7252's default timers, one after "
               f"another: an upper bound when more than one block is in flight):")
-    for loss, *_, cpu in rows:
+    for loss, *_, cpu, _fetch in rows:
         for link in LINKS:
             if args.qblock:
                 q = 1 - (1 - loss) ** 2  # the request for a block or the block itself is lost

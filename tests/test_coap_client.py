@@ -16,7 +16,7 @@ from pathlib import Path
 
 import aiocoap
 import pytest
-from aiocoap.optiontypes import BlockOption
+from aiocoap.optiontypes import BlockOption, UintOption
 
 from conftest import FIRMWARE, MICROPYTHON
 from host_tools.server.coap_service import CoapService, Payload, payload_etag, qblock_burst, qblock_values
@@ -447,6 +447,54 @@ def test_qblock2_bursts_deliver_every_block_once_also_under_loss(run_device, ser
         assert int(requests) <= 24 // 3 + 2 and lost == "0" and len(backend.reads) >= 24
     else:
         assert proxy.stats["up"].dropped and proxy.stats["down"].dropped and int(lost) > 0
+
+
+def qblock_server(data: bytes, bad_block: int | None = None):
+    """A Q-Block2 server that answers each asked block after hostile extras: a block never asked for,
+    one with another token, and the previous answer again; `bad_block` always comes short."""
+    etag = hashlib.sha256(data).digest()[:8]
+    mid = [100]
+
+    def behave(server, msg, addr, raw):
+        if not msg.code.is_request():
+            return  # the device's RST of a hostile extra it could not frame
+        values = qblock_values(msg) or []
+        for good in qblock_burst(values, len(data), etag, lambda o, n: data[o : o + n]):
+            if good.code != aiocoap.CONTENT:
+                server.state["odd"] = raw.hex()
+                continue
+            num = good.opt.get_option(31)[0].value >> 4
+            extras = [(cm.block2(900, 1, 6), msg.token, bytes(1024)), (cm.block2(num, 0, 6), b"zzzz", bytes(1024))]
+            if num == bad_block:
+                good.payload = good.payload[:100]
+            for value, token, payload in extras:
+                bogus = aiocoap.Message(code=aiocoap.CONTENT, payload=payload, etag=etag, size2=len(data))
+                bogus.opt.add_option(UintOption(31, value))
+                bogus.mtype, bogus.mid, bogus.token = aiocoap.NON, mid[0], token
+                mid[0] += 1
+                server.send(bogus.encode(), addr)
+            good.mtype, good.mid, good.token = aiocoap.NON, mid[0], msg.token
+            mid[0] += 1
+            server.send(good.encode(), addr)
+            if server.state.get("last"):
+                server.send(server.state["last"], addr)  # a duplicate (same message id) of the previous answer
+            server.state["last"] = good.encode()
+
+    return behave
+
+
+def test_qblock2_answers_not_asked_for_are_dropped_and_a_bad_block_never_reaches_the_sink(run_device):
+    data = bytes((i * 31 + 7) & 0xFF for i in range(9000))  # 9 blocks
+    with Scripted(qblock_server(data)) as s:
+        out = run_device({"do": "qblock", "port": s.port, "path": "fota/o/7", "size": len(data), "ack": 60, "rx": 10,
+                          "window": 10})
+        odd = s.state.get("odd")
+    digest_, twice, *_ = said(out, "QBLOCK")[0][0].split()
+    assert digest_ == sha(data) and twice == "0" and odd is None, odd  # and nothing beyond the end was asked for
+    with Scripted(qblock_server(data, bad_block=1)) as s:  # block 1 always 100 bytes with M set
+        out = run_device({"do": "qblock", "port": s.port, "path": "fota/o/7", "size": len(data), "ack": 60, "rx": 10,
+                          "window": 10})
+    assert said(out, "ERROR") == [[str(cm.BAD_RESPONSE)]]
 
 
 @pytest.mark.parametrize("run_device", [pytest.param("micropython", marks=pytest.mark.fw)], indirect=True)

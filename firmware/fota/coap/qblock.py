@@ -134,7 +134,7 @@ class QBlock2(Block2):
         """
         if self.inflight:
             now = ticks_ms()
-            due = self._probe if ticks_diff(self._probe, self._deadline) < 0 else self._deadline
+            due = self._probe if self._srtt and ticks_diff(self._probe, self._deadline) < 0 else self._deadline
             left = ticks_diff(due, now)
             if left < timeout_ms:
                 timeout_ms = left if left > 0 else 0
