@@ -13,8 +13,9 @@ for `fota gateway`.
 
 Q-Block2 (RFC 9177) bursts on `o/<offer id>`: a GET with one Q-Block2 option per block (up to
 MAX_PAYLOADS, ascending) gets one 2.05 per block, in that order, each with Q-Block2, ETag and Size2,
-all sent as NON responses with the request's token (`qblock_burst`), aiocoap's own response suppressed. Devices use it to ask for many blocks, and the missing ones
-again, per request (firmware/fota/coap/qblock.py); aiocoap's client uses Block2.
+all sent as NON responses with the request's token (`qblock_burst`), aiocoap's own response
+suppressed. Devices use it to ask for many blocks, and the missing ones again, per request
+(firmware/fota/coap/qblock.py); aiocoap's client uses Block2.
 
 Block2 is done here, not by aiocoap: aiocoap's automatic block-wise renders the whole body
 and keeps it per client for 93 s (a block asked for later gets 4.08) and sets no ETag. Here

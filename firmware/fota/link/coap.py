@@ -33,7 +33,7 @@ _SERVER_ERROR = const(0xA0)  # 5.00 and above: the server failed, try again
 
 class CoapLink(Link):
     def __init__(self, agent, client, device_id, *, prefix="fota", chunk=1024, window=1, poll_ms=5000,
-                 max_failures=4, retry_base_ms=2000, retry_cap_ms=300000, qblock=False, report_ms=1000):
+                 max_failures=4, retry_base_ms=2000, retry_cap_ms=300000, qblock=False, report_ms=5000):
         super().__init__(agent, device_id, max_misses=max_failures, chunk=chunk, retry_base_ms=retry_base_ms,
                          retry_cap_ms=retry_cap_ms)
         self.client = client  # a CoapClient with at least `window` slots
@@ -48,7 +48,8 @@ class CoapLink(Link):
         self._next_poll = ticks_ms()
         self._offer_buf = bytearray(OFFER_MAX)
         self.report_ms = report_ms  # while downloading, progress goes out at most this often (coalesced)
-        self._reported = ticks_ms()
+        self._reported = ticks_ms()  # when progress last went out
+        self._progressed = False  # progress went out in this download (the first goes out at once)
         # chunk: a power of two, 16..1024, the block size asked for
         self._ahead = 1 if qblock else 0  # Q-Block2: blocks beyond those outstanding (lost ones stay behind)
         if qblock:
@@ -65,7 +66,7 @@ class CoapLink(Link):
             q.pop()
         super().report(event, info)
 
-    # Queued reports wait while a download runs when all they say is progress and the last went out
+    # Queued reports wait while a download runs when all they say is progress and progress went out
     # less than report_ms ago: each flush is two confirmable POSTs (event, state) during which no
     # block moves, and under loss each waits out its own retransmissions.
     def _reports_wait(self):
@@ -74,7 +75,7 @@ class CoapLink(Link):
         for e in self._events:
             if e.get("event") != "progress":
                 return False
-        return ticks_diff(ticks_ms(), self._reported) < self.report_ms
+        return self._progressed and ticks_diff(ticks_ms(), self._reported) < self.report_ms
 
     # -- core.Link hooks: where events, state and blocks go ---------------------------
     def _send_event(self, text):
@@ -89,6 +90,7 @@ class CoapLink(Link):
         return not self._rx.inflight and self.agent.state != DOWNLOADING
 
     def _begin_fetch(self, m):
+        self._progressed = False
         pinned = self.agent.source(self.offer_id)
         self._rx.begin(path_options(self.prefix + "/o/" + str(self.offer_id)), szx_for(self.chunk), self._sink,
                        size=m.encoded_size, etag=bytes.fromhex(pinned) if pinned else None)
@@ -127,8 +129,10 @@ class CoapLink(Link):
         now = ticks_ms()
         try:
             if self._flush_due() and not self._rx.inflight and not self._reports_wait():
+                progress = self._events and self._events[-1].get("event") == "progress"
                 self._flush()
-                self._reported = ticks_ms()
+                if progress and self.agent.state == DOWNLOADING:
+                    self._reported, self._progressed = ticks_ms(), True
             if self._complete:
                 self._finish()
             elif self._past_deadline():
