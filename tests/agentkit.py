@@ -134,3 +134,36 @@ def events(run: BoardRun, kind: str) -> list[dict]:
 
 def v2_package(behaviour: str = "ok", **kw) -> bytes:
     return fw_package(fw_image("2.0.0", behaviour), version="2.0.0", sequence=kw.pop("sequence", 2), **kw)
+
+
+def nvs_values(board) -> dict[tuple[str, str], bytes]:
+    """The committed blobs and i32s in a virtual board's nvs partition ((namespace, key) -> raw value): the
+    board's record log (host_tools/sim/board/esp32.py "NVS"), read from flash.bin as the board reads it."""
+    import binascii
+    import struct
+
+    from host_tools.esp.partition_table import PartitionTable
+
+    flash = board.flash_path.read_bytes()
+    at = board.config["partition_table_offset"]
+    nvs = PartitionTable.from_binary(flash[at : at + 0xC00]).find("nvs")
+    data = flash[nvs.offset : nvs.offset + nvs.size]
+    state: dict[tuple[str, str], bytes] = {}
+    batch: list[tuple[int, str, str, bytes]] = []
+    pos = 0
+    while pos + 10 <= len(data):
+        magic, typ, nlen, klen, vlen, crc = struct.unpack_from("<BBBBHI", data, pos)
+        body = data[pos + 10 : pos + 10 + nlen + klen + vlen]
+        if magic != 0xA5 or len(body) != nlen + klen + vlen or binascii.crc32(data[pos : pos + 6] + body) != crc:
+            break
+        pos += 10 + len(body)
+        if typ == 3:  # commit: the records before it count
+            for t, ns, key, value in batch:
+                if t == 0:
+                    state.pop((ns, key), None)
+                else:
+                    state[(ns, key)] = value
+            batch = []
+        else:
+            batch.append((typ, body[:nlen].decode(), body[nlen : nlen + klen].decode(), body[nlen + klen :]))
+    return state

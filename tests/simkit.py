@@ -49,8 +49,11 @@ def self_test():
 
 
 @cache
-def fw_image(version: str, behaviour: str = "ok", pad: int = 0, *, secure_version: int = 0) -> bytes:
+def fw_image(version: str, behaviour: str = "ok", pad: int = 0, *, secure_version: int = 0, like_code: bool = False) -> bytes:
     """A sim image with firmware/ frozen, an `app` module and the test key trusted.
+
+    pad: bytes of frozen data, a 256-byte pattern (deflates about 50:1); like_code: seeded random words
+    instead, which deflate about 2:1 as code does (a zlib chunk then inflates to ~2 chunks of image).
 
     secure_version 0: make_package stamps the package's sequence into it (the image in the slot then differs
     from these bytes); give the sequence (`fota build --sequence N`) for the exact image the device will hold.
@@ -61,11 +64,22 @@ def fw_image(version: str, behaviour: str = "ok", pad: int = 0, *, secure_versio
     step = 24 * 1024  # frozen data in modules of ~24 KiB (mpy-cross's own heap is small)
     for i in range(0, pad, step):
         n = min(step, pad - i)
-        data = bytes((j * 7 + i // step) & 0xFF for j in range(n))
+        data = _words(n, i) if like_code else bytes((j * 7 + i // step) & 0xFF for j in range(n))
         modules.append((f"pad{i // step}.py", f"DATA = {data!r}\n"))
     spec = BuildSpec(board="sim", version=version, extra_modules=tuple(modules), trusted_keys=(session_signer().public_key,),
                      secure_version=secure_version)
     return build_image(spec)
+
+
+def _words(n: int, seed: int) -> bytes:
+    import random
+
+    rng = random.Random(seed)
+    words = [bytes(rng.randrange(256) for _ in range(rng.randrange(2, 9))) for _ in range(400)]
+    out = bytearray()
+    while len(out) < n:
+        out += rng.choice(words)
+    return bytes(out[:n])
 
 
 def fw_package(image: bytes, *, version: str, sequence: int, encoding: str = "raw", signer=None, **fields) -> bytes:

@@ -169,9 +169,12 @@ def test_flash_errors_become_FLASH():
 
 # -- inflater (deflate.DeflateIO stood in for by zlib, pulling input a byte at a time) ---------
 
+_RAW, _ZLIB = 1, 2  # MicroPython's deflate.RAW, deflate.ZLIB
+
+
 class _DeflateIO:
     def __init__(self, stream, fmt, wbits=0):
-        self.src, self.d = stream, zlib.decompressobj(wbits or 15)
+        self.src, self.d = stream, zlib.decompressobj(-(wbits or 15) if fmt == _RAW else (wbits or 15))
         self.one = bytearray(1)
 
     def readinto(self, b):
@@ -194,7 +197,7 @@ class _DeflateIO:
 @pytest.fixture
 def deflate(monkeypatch):
     mod = types.ModuleType("deflate")
-    mod.ZLIB, mod.DeflateIO = 1, _DeflateIO
+    mod.RAW, mod.ZLIB, mod.DeflateIO = _RAW, _ZLIB, _DeflateIO
     monkeypatch.setitem(sys.modules, "deflate", mod)
     return mod
 
@@ -234,6 +237,55 @@ def test_inflater_refuses_a_bad_stream(deflate, damage):
         for off in range(0, len(encoded), 1024):
             inf.feed(off, memoryview(encoded)[off : off + 1024])
     assert e.value.code == errors.INFLATE
+
+
+def _resumable(data: bytes):
+    import struct
+
+    from host_tools.image.resume import deflate_resumable
+
+    encoded, stride, points = deflate_resumable(data, 10)
+    m = types.SimpleNamespace(encoded_size=len(encoded), image_size=len(data), zlib_wbits=10,
+                              resume=struct.pack(f"<{1 + len(points)}I", stride, *points))
+    return encoded, stride, points, m
+
+
+def test_inflater_goes_on_from_each_resume_point_with_a_fresh_decoder(deflate):
+    data = image(5 * 65536 + 777)[:20000] * 17  # compressible, 340,000 bytes: five points
+    encoded, stride, points, m = _resumable(data)
+    assert inflate_mod.resume_table(m) == (stride, 5) and stride == 65536
+    for k in range(1, 6):
+        part = NorPartition(size=84 * SECTOR)
+        before = SlotWriter(part, len(data), 1024)
+        before.write_at(0, memoryview(data)[: k * stride])  # what an earlier attempt left in flash
+        w = SlotWriter(part, len(data), 1024)
+        w.resume_prefix(k * stride)
+        inf = inflate_mod.Inflater(w.write_at, m, bytearray(SECTOR + inflate_mod.MARGIN), bytearray(SECTOR),
+                                   chunk=1024, point=k)
+        assert inf.next == points[k - 1] // 1024 * 1024 and inf.decoded == k * stride and inf.sha is None
+        for off in range(inf.next, len(encoded), 1024):
+            assert inf.feed(off, memoryview(encoded)[off : off + 1024])
+        assert inf.finished() and inf.decoded == len(data), k
+        assert w.sha256(bytearray(SECTOR)) == hashlib.sha256(data).digest()
+
+
+@pytest.mark.parametrize("damage", ["falling", "past-payload", "odd-stride", "short", "past-image"])
+def test_a_resume_table_that_does_not_hold_together_is_not_used(damage):
+    import struct
+
+    data = image(3 * 65536 + 5)
+    _, stride, points, m = _resumable(data)
+    table = [stride, *points]
+    if damage == "falling":
+        table[1], table[2] = table[2], table[1]
+    elif damage == "past-payload":
+        table[-1] = m.encoded_size
+    elif damage == "odd-stride":
+        table[0] = stride + 512
+    elif damage == "past-image":
+        table[0] = stride * 2
+    m.resume = struct.pack(f"<{len(table)}I", *table)[: 6 if damage == "short" else None]
+    assert inflate_mod.resume_table(m) == (0, 0)
 
 
 # -- store and boot state --------------------------------------------------------------------

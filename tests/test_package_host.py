@@ -83,6 +83,22 @@ def test_package_roundtrip_and_verify(encoding):
         assert back.manifest.encoded_size < len(image) and back.manifest.zlib_wbits == 10
 
 
+def test_zlib_resume_points_are_signed_and_verify_checks_each():
+    from dataclasses import replace
+
+    from host_tools.image.package import sign_manifest
+
+    signer = KmsSigner()
+    image = app_image("2.0.0") + bytes(range(256)) * 600  # > 64 KiB of image: at least one resume point
+    pkg = make_package(image, manifest(), signer, encoding="zlib")
+    m = pkg.manifest
+    assert m.resume_stride == 65536 and len(m.resume_points) == (m.image_size - 1) // 65536
+    assert "resume points" in " ".join(verify_package(pkg, [signer.public_key]).notes)
+    wrong = sign_manifest(replace(m, resume_points=tuple(p + 1 for p in m.resume_points)), pkg.payload, signer)
+    report = verify_package(parse_package(wrong.to_bytes()), [signer.public_key])
+    assert any("resume point 1" in p for p in report.problems), report.problems
+
+
 @pytest.mark.parametrize("where", ["header", "manifest", "signature", "payload"])
 def test_any_flipped_bit_fails_verification(where):
     signer = KmsSigner()

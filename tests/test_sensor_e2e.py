@@ -140,10 +140,10 @@ def test_readings_keep_arriving_during_a_download_in_a_64k_heap(tmp_path, broker
     assert ns == list(range(ns[0], ns[0] + len(ns))), ns  # none lost before the reboot
     times = [t for t, _ in first]
     gap = max(b - a for a, b in zip(times, times[1:]))
-    # a reading every 500 ms, download or not; the longest gaps (1.6-1.9 s here) are turns the application waits
-    # for: the journal rewrite every 64 KiB (~1.3 s of LittleFS at ESP32 flash speed) and the final verify
-    # (firmware/README.md "Embedding", "What blocks")
-    assert len(during) >= 4 and gap < 2.5, (len(during), gap)
+    # a reading every 500 ms, download or not: no turn of the service holds the application up for long (0.60-0.65 s
+    # gaps measured; they were 1.6-1.9 s while a report waited for its PUBACK behind the chunks and the journal and
+    # the report counter were LittleFS files: firmware/README.md "Embedding", "What blocks")
+    assert len(during) >= 4 and gap < 1.25, (len(during), gap)
     free = min(r["free"] for _, r in first + after)
     print(f"\n{form}: {len(during)} readings during the download, longest gap {gap:.2f} s, "
           f"least free heap {free} B (64k chip heap, 64-bit port)")

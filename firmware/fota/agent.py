@@ -109,6 +109,9 @@ class Agent:
         self._target = None
         self._fresh = 0
         self._started = 0
+        self._stride = 0  # zlib: decoded bytes between the package's resume points (0: none)
+        self._point = 0  # zlib: the last resume point the journal names
+        self._points = 0  # zlib: how many the package has
 
     # The self-test's watchdog: keep feeding it after a commit (an ESP32 watchdog cannot be stopped).
     @property
@@ -263,7 +266,7 @@ class Agent:
         self._target = target
         self._writer = SlotWriter(target, m.image_size, chunk)
         self._inflater = self._patcher = None
-        self._fresh = 0
+        self._fresh = self._stride = self._point = 0
         self.approved = False
         self.suspended = self._frozen = False
         if m.encoding and chunk > SECTOR:
@@ -277,17 +280,32 @@ class Agent:
             self._inflater, self._patcher = patch.begin(m, body, self._inflated, self._carry, self._buf, self._zin,
                                                         self._take_room())
         elif m.encoding == 1:
-            from .slot.inflate import Inflater
-
-            self._inflater = Inflater(self._inflated, m, self._carry, self._buf, self._zin, self._take_room())
+            self._zlib_begin(m, chunk, target.info()[4])
         else:
-            j = bs.journal(m.image_sha256.hex(), target.info()[4])
+            j = bs.journal(m.image_sha256.hex(), target.info()[4], self._buf)
             if j:
                 self._writer.resume(j)
         self.state = DOWNLOADING
         self._started = ticks_ms()
         self.report("downloading", version=m.version, size=m.encoded_size, have=self._writer.count)
         return m
+
+    # A zlib download starts at the last resume point its journal names (slot/inflate.py), else at 0.
+    def _zlib_begin(self, m, chunk, slot):
+        from .slot.inflate import Inflater, resume_table
+
+        stride, points = resume_table(m)
+        self._stride, self._points = stride, points
+        self._point = 0
+        j = self.boot_state.journal("z" + m.encoded_sha256.hex(), slot, self._buf) if points else None
+        if j:
+            k = j.get("z")
+            if isinstance(k, int) and 0 < k <= points:
+                self._point = k
+        self._inflater = Inflater(self._inflated, m, self._carry, self._buf, self._zin, self._take_room(), chunk,
+                                  self._point)
+        if self._point:
+            self._writer.resume_prefix(self._point * stride)
 
     # A root-signed key list sent on its own (docs/PROTOCOL.md "Key lists"): kept when it verifies
     # against the roots and is newer than the newest seen (or the kept copy is lost); packages without
@@ -358,7 +376,14 @@ class Agent:
     def _inflated(self, offset, mv):
         if offset == 0:
             self._first_write(mv)
-        self._writer.write_at(offset, mv)
+        w = self._writer
+        w.write_at(offset, mv)
+        w.count = (w.written + w.chunk - 1) // w.chunk  # progress in chunks of the image
+        if self._stride and self._patcher is None and not self._frozen:
+            k = w.written // self._stride
+            if self._point < k <= self._points:  # flash holds the image up to a new resume point
+                self._point = k
+                self._save_journal()
 
     # Before anything is erased: is this an app image for this chip? Then drop a stale otadata entry.
     def _first_write(self, mv):
@@ -368,7 +393,11 @@ class Agent:
             self.report("otadata", erased="stale entry for " + self._target.info()[4])
 
     def _save_journal(self):
-        self.boot_state.save_journal(self._writer.journal(), self.manifest.image_sha256.hex(), self._target.info()[4])
+        m = self.manifest
+        if self._inflater is None:
+            self.boot_state.save_journal(self._writer.journal(), m.image_sha256.hex(), self._target.info()[4])
+        else:
+            self.boot_state.save_journal({"z": self._point}, "z" + m.encoded_sha256.hex(), self._target.info()[4])
         self._fresh = 0
         self.report("progress", have=self._writer.count, total=self._writer.chunks)
 
@@ -404,7 +433,8 @@ class Agent:
                 raise OtaError(errors.INFLATE)
             if self._patcher is not None and not self._patcher.finished():
                 raise OtaError(errors.PATCH)
-            if self._inflater.sha.digest() != m.encoded_sha256:
+            sha = self._inflater.sha  # None after a resume point: the image digest below is the check
+            if sha is not None and sha.digest() != m.encoded_sha256:
                 raise OtaError(errors.ENCODED_DIGEST)
         if self._writer.sha256(self._buf) != m.image_sha256:
             raise OtaError(errors.DIGEST_MISMATCH)
@@ -419,7 +449,7 @@ class Agent:
         report=False records the failure without a "failed" event: the link chose to end it.
         """
         if self.state == DOWNLOADING:
-            if self._writer is not None and self._inflater is None:
+            if self._writer is not None and self._inflater is None and self._writer.count:  # nothing in flash: nothing to keep
                 self._save_journal()
             self._fail(code, detail, report)
 
@@ -431,8 +461,9 @@ class Agent:
 
     def checkpoint(self):
         """A raw download's progress goes to the journal now (else every 64 KiB) and no chunk is taken after it,
-        so no chunk in flash is fetched again after a reset. A zlib or delta download starts again from its
-        stream start after a reset (its decoder is in RAM)."""
+        so no chunk in flash is fetched again after a reset. A zlib download's journal names its last resume point
+        (written as flash passes each): after a reset it goes on from there. A delta download starts again from
+        its stream start (its patch state is in RAM)."""
         if self.state == DOWNLOADING:
             if self._inflater is None and self._fresh:
                 self._save_journal()

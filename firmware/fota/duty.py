@@ -13,8 +13,9 @@ A sensor on a battery wakes, reads, sends, and deep-sleeps; every wake is a boot
 the budget a download is suspended (no more chunks asked for; those asked for are waited for, up to
 _DRAIN_MS), then a raw download's chunk bitmap goes to the journal and no chunk is taken after it, so
 the next wake (the server's offer is retained) asks only for the missing ones: no chunk in flash is
-fetched twice (one still on its way at the checkpoint is dropped and asked for again). A zlib or delta
-download restarts from its stream start at every wake (firmware/README.md "Deep-sleep duty cycles").
+fetched twice (one still on its way at the checkpoint is dropped and asked for again). A zlib download
+goes on from the last resume point its journal names (every 64 KiB of image); a delta download restarts
+from its stream start at every wake (firmware/README.md "Deep-sleep duty cycles").
 The install happens in a wake with `may_install` true (and the agent's policy, window and power check).
 """
 
@@ -23,7 +24,7 @@ import machine
 from .compat import const, ticks_diff, ticks_ms
 
 _SETTLE_MS = const(1000)  # after connecting: time for the retained offer to arrive (docs/PROTOCOL.md)
-_SAVE_MS = const(1500)  # the end of the budget: the journal (~1.3 s of LittleFS at ESP32 speed) and the state
+_SAVE_MS = const(1500)  # the end of the budget: the journal (an NVS commit; ~1.3 s as a LittleFS file) and the state
 _DRAIN_MS = const(1500)  # before that: the chunks asked for arrive (a window of 8 at ~0.1 s of flash work each)
 _TURN_MS = const(200)  # longest turn of the link inside a cycle
 

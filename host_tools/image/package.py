@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from host_tools.errors import EXIT_VERIFY_FAILED, FotaError
 from host_tools.image.delta import DELTA_WBITS, DeltaError, decode_delta, encode_delta
 from host_tools.image.keys import PublicKey, Signer
+from host_tools.image.resume import check_resume_points, deflate_resumable
 
 MAGIC = b"FOTA"
 FORMAT_VERSION = 1
@@ -34,6 +35,7 @@ T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING, T_ENCODED_SIZE, T_ENCODED_SHA256 = 0x0
 T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES = 0x0B, 0x0C, 0x0D, 0x80, 0x81
 T_KEY_LIST = 0x0E  # the root-signed key list (host_tools/image/keylist.py), critical
 T_BASE = 0x0F  # a delta's base: base_size u32 | base_sha256 [32] | patch_size u32, critical (issue 20)
+T_RESUME = 0x82  # zlib resume points: stride u32 | encoded offset u32 per point, informational ("Resume points")
 
 
 class PackageError(FotaError):
@@ -69,6 +71,8 @@ class Manifest:
     base_size: int | None = None  # delta: the exact image the patch applies to (its size and SHA-256)
     base_sha256: bytes | None = None
     patch_size: int | None = None  # delta: bytes of the inflated patch records
+    resume_stride: int | None = None  # zlib: decoded bytes between two resume points
+    resume_points: tuple[int, ...] = ()  # zlib: the encoded offset at which decoded k * stride starts (k = 1, 2, ...)
     unknown: tuple[tuple[int, bytes], ...] = field(default_factory=tuple)
 
     def encode(self) -> bytes:
@@ -100,6 +104,8 @@ class Manifest:
             out += _tlv(T_CREATED, struct.pack("<I", self.created))
         if self.notes is not None:
             out += _tlv(T_NOTES, self.notes.encode())
+        if self.resume_stride is not None:
+            out += _tlv(T_RESUME, struct.pack(f"<{1 + len(self.resume_points)}I", self.resume_stride, *self.resume_points))
         for tag, value in self.unknown:
             out += _tlv(tag, value)
         return bytes(out)
@@ -140,8 +146,7 @@ def encode_payload(image: bytes, encoding: str, wbits: int = DEFAULT_WBITS) -> b
     if encoding == "raw":
         return image
     if encoding == "zlib":
-        comp = zlib.compressobj(9, zlib.DEFLATED, wbits)
-        return comp.compress(image) + comp.flush()
+        return deflate_resumable(image, wbits)[0]
     raise PackageError(f"unknown encoding {encoding!r} (raw or zlib)")
 
 
@@ -160,12 +165,14 @@ def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: 
                            hint="they must be equal: rebuild with `fota build --sequence N` or sign with that sequence")
     if stamped is not None:
         image = stamp_secure_version(image, manifest.sequence)
-    patch_size = None
+    patch_size, stride, points = None, None, ()
     if encoding == "delta":
         if base is None:
             raise PackageError("a delta package needs the base image", hint="pass --base OLD.bin (or OLD.fota)")
         wbits = max(wbits, DELTA_WBITS)
         payload, patch_size = encode_delta(base, image, wbits)
+    elif encoding == "zlib":
+        payload, stride, points = deflate_resumable(image, wbits)
     else:
         payload = encode_payload(image, encoding, wbits)
     manifest = replace(
@@ -179,6 +186,8 @@ def make_package(image: bytes, manifest: Manifest, signer: Signer, *, encoding: 
         base_size=len(base) if patch_size is not None and base is not None else None,
         base_sha256=hashlib.sha256(base).digest() if patch_size is not None and base is not None else None,
         patch_size=patch_size,
+        resume_stride=stride,
+        resume_points=points,
     )
     return sign_manifest(manifest, payload, signer)
 
@@ -246,10 +255,14 @@ def decode_manifest(body: bytes) -> Manifest:
 
     known = {T_SEQUENCE, T_VERSION, T_BOARD, T_CHIP_ID, T_HW_REV, T_IMAGE_SIZE, T_IMAGE_SHA256, T_ENCODING,
              T_ENCODED_SIZE, T_ENCODED_SHA256, T_ZLIB_WBITS, T_MIN_VERSION, T_EXPIRES, T_CREATED, T_NOTES,
-             T_KEY_LIST, T_BASE}
+             T_KEY_LIST, T_BASE, T_RESUME}
     try:
         wbits = one(T_ZLIB_WBITS, False)
         base = one(T_BASE, False)
+        resume = one(T_RESUME, False)
+        if resume is not None and (len(resume) < 4 or len(resume) % 4):
+            raise PackageError(f"manifest record 0x{T_RESUME:02x} is {len(resume)} bytes, not 4 + 4 per point")
+        table = struct.unpack(f"<{len(resume) // 4}I", resume) if resume is not None else ()
         if base is not None and len(base) != 40:
             raise PackageError(f"manifest record 0x{T_BASE:02x} is {len(base)} bytes, not 40")
         return Manifest(
@@ -272,6 +285,8 @@ def decode_manifest(body: bytes) -> Manifest:
             base_size=None if base is None else struct.unpack_from("<I", base)[0],
             base_sha256=None if base is None else base[4:36],
             patch_size=None if base is None else struct.unpack_from("<I", base, 36)[0],
+            resume_stride=table[0] if table else None,
+            resume_points=tuple(table[1:]),
             unknown=tuple((t, v) for t, vs in sorted(fields.items()) if t not in known for v in vs),
         )
     except (struct.error, UnicodeDecodeError, IndexError) as exc:
@@ -378,6 +393,12 @@ def verify_package(package: Package, trusted: list[PublicKey], *, slot_size: int
         return report
     if len(image) != m.image_size or hashlib.sha256(image).digest() != m.image_sha256:
         report.problems.append("image size or SHA-256 does not match the manifest")
+    if m.resume_stride is not None:
+        problem = check_resume_points(package.payload, image, m.zlib_wbits or 15, m.resume_stride, m.resume_points)
+        if problem:
+            report.problems.append(problem)
+        else:
+            report.notes.append(f"{len(m.resume_points)} resume points, every {m.resume_stride} decoded bytes")
     if slot_size is not None and m.image_size > slot_size:
         report.problems.append(f"image of {m.image_size} bytes does not fit the {slot_size}-byte slot")
     try:

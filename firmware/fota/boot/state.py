@@ -31,6 +31,9 @@ _OFFERS_KEPT = const(8)  # offers with an outcome remembered (never tried again)
 _DESC_AT = const(0x20)  # esp_app_desc_t in an app image (docs/FORMAT.md "Anti-rollback")
 _DESC_MAGIC = const(0xABCD5432)  # esp_app_desc_t.magic_word; secure_version follows (+4)
 _KEY_LIST_MAX = const(512)  # docs/FORMAT.md "Key lists"
+_JOURNAL_MAX = const(4096)  # the journal's JSON: two hex bitmaps (a 2.5 MB slot: ~400 bytes in 4 KiB chunks, ~1.4 KB in 1 KiB)
+_NVS_NAMESPACE = const("fota")
+_NVS_JOURNAL = const("journal")
 
 
 # (otadata Partition or None, its two entries, the ota_N app partitions in N order)
@@ -83,6 +86,7 @@ class BootState:
         self.wdt = None  # the self-test's watchdog (confirm.py arms it; it cannot be stopped)
         self._layout = (None, [], [], -1)  # (otadata part, entries, slots, target index) of the last prepare()
         self._image_seq = None  # the running image's secure_version, read once
+        self._nvs = None  # the journal's esp32.NVS, opened at first use (False: none, the file is used)
 
     # -- what is recorded ---------------------------------------------------------
     def version(self, default):
@@ -195,8 +199,32 @@ class BootState:
         self.store.save()
 
     # -- the download journal (which chunks and sectors are in flash) --------------------
-    def journal(self, image_id, slot):
-        j = store.read_json(self.journal_path)
+    # Rewritten every 64 KiB of a raw download, so it lives where a small value is cheap to replace:
+    # an NVS blob (ESP-IDF NVS: a commit is atomic and appends a few 32-byte entries to a page). The
+    # same JSON in a LittleFS file costs a copy-on-write block and several metadata commits per save
+    # (~600 flash reads and an erase: bench/agent.py). Without esp32.NVS (CPython, a board without an
+    # nvs partition) the file at journal_path, replaced atomically.
+    def _journal_nvs(self):
+        if self._nvs is None:
+            self._nvs = False
+            if esp32 is not None and hasattr(esp32, "NVS"):
+                try:
+                    self._nvs = esp32.NVS(_NVS_NAMESPACE)
+                except OSError:  # no nvs partition
+                    pass
+        return self._nvs
+
+    # The journal saved for image `image_id` in `slot`, or None; `buf` (4 KiB, the agent's flash buffer) takes the blob.
+    def journal(self, image_id, slot, buf=None):
+        nv = self._journal_nvs()
+        if nv:
+            buf = buf or bytearray(_JOURNAL_MAX)
+            try:
+                j = json.loads(memoryview(buf)[: nv.get_blob(_NVS_JOURNAL, buf)])
+            except (OSError, ValueError):  # none saved, or unreadable: start from chunk 0
+                j = None
+        else:
+            j = store.read_json(self.journal_path)
         if j and j.get("id") == image_id and j.get("slot") == slot:
             return j
         return None
@@ -204,10 +232,24 @@ class BootState:
     def save_journal(self, j, image_id, slot):
         j["id"] = image_id
         j["slot"] = slot
-        store.write_atomic(self.journal_path, json.dumps(j))
+        text = json.dumps(j)
+        nv = self._journal_nvs()
+        if nv:
+            nv.set_blob(_NVS_JOURNAL, text)
+            nv.commit()
+        else:
+            store.write_atomic(self.journal_path, text)
 
     def drop_journal(self):
-        store.remove(self.journal_path)
+        nv = self._journal_nvs()
+        if nv:
+            try:
+                nv.erase_key(_NVS_JOURNAL)
+                nv.commit()
+            except OSError:  # ESP_ERR_NVS_NOT_FOUND: none saved
+                pass
+        else:
+            store.remove(self.journal_path)
 
     # -- slots and otadata ------------------------------------------------------------
     def prepare(self):

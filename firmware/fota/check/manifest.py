@@ -67,6 +67,8 @@ _T_KEY_LIST = const(0x0E)  # the root-signed key list (fota.check.keylist), chec
 _T_LAST = const(0x0F)  # highest critical type this device knows (0x0F: a delta's base, read by slot.patch)
 _T_INFO = const(0x80)  # 0x80..0xFF: informational, skipped
 _T_CREATED = const(0x80)  # u32 Unix time the package was signed: the device's signed time floor
+_T_RESUME = const(0x82)  # zlib resume points: stride u32 | encoded offset u32 each (FORMAT.md "Resume points")
+_RESUME_MAX_LEN = const(196)  # 4 + 4 * 48 points
 _ENC_RAW = const(0)
 _ENC_ZLIB = const(1)
 _ENC_DELTA = const(2)  # zlib-compressed patch records applied to the running image (slot/patch.py)
@@ -117,6 +119,7 @@ class Manifest:
         self.min_version = None
         self.expires = None
         self.created = None
+        self.resume = None  # record 0x82 as bytes (stride, encoded offsets), read by slot.inflate.resume_table
 
 
 class Device:
@@ -246,6 +249,8 @@ def parse_manifest(body):
         if tag >= _T_INFO:
             if tag == _T_CREATED and pos - start == 4:
                 setattr(m, "created", int.from_bytes(mv[start:pos], "little"))  # noqa: B010 - as the fields above are set; pyright types attributes from __init__
+            elif tag == _T_RESUME and pos - start <= _RESUME_MAX_LEN:
+                setattr(m, "resume", bytes(mv[start:pos]))  # noqa: B010 - checked where it is used (slot.inflate)
             continue  # informational (notes, future): not used here
         bit = 1 << tag
         if seen & bit and tag != _T_HW_REV:

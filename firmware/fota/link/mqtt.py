@@ -45,11 +45,16 @@ class MqttLink(Link):
         client.set_callback(self._on_message)
 
     # -- core.Link hooks: where events, state and requests go ---------------------------
+    # QoS 1. While a download streams the PUBACK is not waited for: chunks asked for arrive before it, and
+    # each is flash work (~0.1 s at ESP32 speed), so waiting made one report a turn of ~0.5 s that the
+    # application waited for. Such a report (progress, the state) is then sent at most once on this
+    # connection: a new connection sends the state again. Outside a download (rebooting, committed,
+    # failed) the PUBACK is waited for: the device may reset right after.
     def _send_event(self, text):
-        self.client.publish(self.t_events, text, qos=1)
+        self.client.publish(self.t_events, text, qos=1, wait=self.agent.state != DOWNLOADING)
 
     def _send_state(self, text):
-        self.client.publish(self.t_state, text, retain=True, qos=1)
+        self.client.publish(self.t_state, text, retain=True, qos=1, wait=self.agent.state != DOWNLOADING)
 
     def _may_send(self):
         return not self._in_callback  # callbacks only enqueue: the buffer is the client's

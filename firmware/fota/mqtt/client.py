@@ -161,8 +161,9 @@ class MQTTClient:
             raise MQTTError(SUBSCRIBE_REFUSED)
         return self._rx_code
 
-    # QoS 0 returns once written; QoS 1 waits for the PUBACK (incoming PUBLISH still reach the callback).
-    def publish(self, topic, payload, retain=False, qos=0):
+    # QoS 0 returns once written; QoS 1 waits for the PUBACK (incoming PUBLISH still reach the callback),
+    # unless wait is False: then the packet identifier is returned and its PUBACK is handled when it comes.
+    def publish(self, topic, payload, retain=False, qos=0, wait=True):
         if qos != 0 and qos != 1:
             raise ValueError("qos")
         topic = to_bytes(topic)
@@ -179,8 +180,9 @@ class MQTTClient:
         if i:
             self._write(hdr, i)
         self._write(payload, len(payload))
-        if qos:
+        if qos and wait:
             self._wait_ack(_PUBACK, pid)
+        return pid
 
     # Handle every complete packet available (at most `limit` when > 0: a caller sharing the CPU gets it
     # back while a download streams), waiting up to timeout_ms for the first; returns the count.

@@ -29,6 +29,13 @@ it arrives; the image itself is hashed from flash at the end.
                    room=reserve())                  # optional: made early; the caller drops its reference
     inf.feed(offset, memoryview(chunk))   # chunks up to len(buf) bytes
     inf.finished()                        # all of encoded_size consumed, stream ended at its last byte
+
+Resume points (docs/FORMAT.md "Resume points", manifest record 0x82): the packager ends every `stride`
+decoded bytes with a full flush and lists the encoded offset after each. An Inflater made with
+`point=k` starts there: `next` is the chunk holding that offset (the bytes before it in that chunk are
+skipped), `decoded` is k * stride, and the decoder is a raw one (no zlib header; the 4-byte Adler-32
+trailer is taken without being checked: the image is hashed from flash). The encoded stream's SHA-256
+cannot be taken from the middle, so `sha` is None then.
 """
 
 # pyright: reportAttributeAccessIssue=false
@@ -39,12 +46,15 @@ import hashlib
 
 from ..compat import bytes_io, const
 from ..errors import CHUNK_RANGE, INFLATE, OtaError
+from .writer import SECTOR
 
 
 MARGIN = const(1024)
 _STEP = const(256)
 _STATE = const(1024)  # >= sizeof(mp_obj_deflateio_read_t): uzlib's state with its two trees (~850 B at 64 bits)
 _ROOM_WBITS = const(11)  # the window reserve() holds: zlib packages use 10, delta ones 11 (host_tools/image)
+_RESUME_MAX = const(48)  # points a resume record may list (host_tools/image/resume.py RESUME_MAX)
+_TRAILER = const(4)  # RFC 1950's Adler-32 after the last deflate block
 
 
 def reserve(wbits=_ROOM_WBITS):
@@ -52,8 +62,32 @@ def reserve(wbits=_ROOM_WBITS):
     return bytearray(_STATE + (1 << wbits))
 
 
+def resume_table(m):
+    """(stride, points) of the manifest's resume record, or (0, 0) when it has none this device can use
+    (record 0x82 is informational: a table that does not hold together is ignored, never trusted)."""
+    r = m.resume
+    if r is None or len(r) < 8 or len(r) % 4 or len(r) > 4 * (_RESUME_MAX + 1):
+        return 0, 0
+    stride = int.from_bytes(r[0:4], "little")
+    n = len(r) // 4 - 1
+    if stride < SECTOR or stride % SECTOR or n * stride >= m.image_size:
+        return 0, 0
+    prev = 0
+    for k in range(1, n + 1):
+        at = resume_offset(m, k)
+        if at <= prev or at >= m.encoded_size:
+            return 0, 0
+        prev = at
+    return stride, n
+
+
+def resume_offset(m, k):
+    """The encoded offset of resume point k (1-based; resume_table() said it exists)."""
+    return int.from_bytes(m.resume[4 * k : 4 * k + 4], "little")
+
+
 class Inflater:
-    def __init__(self, out, m, carry, buf, stream=None, room=None):
+    def __init__(self, out, m, carry, buf, stream=None, room=None, chunk=SECTOR, point=0):
         import deflate  # MicroPython only; not needed to import this module
 
         if len(carry) < MARGIN or len(buf) % _STEP:
@@ -62,19 +96,29 @@ class Inflater:
         self.encoded_size = m.encoded_size
         self.image_size = m.image_size
         self.next = 0
-        self.sha = hashlib.sha256()
+        self.decoded = 0
+        self._skip = 0  # bytes of the first chunk before the resume point
+        self._trailer = 0  # bytes after the last deflate block that the decoder does not read
+        fmt = deflate.ZLIB
+        if point:
+            at = resume_offset(m, point)
+            self.next = at - at % chunk
+            self._skip = at - self.next
+            self.decoded = point * resume_table(m)[0]
+            self._trailer = _TRAILER
+            fmt = deflate.RAW
+        self.sha = None if point else hashlib.sha256()
         self._cap = len(buf) + MARGIN
         self._in = bytes_io(self._cap) if stream is None else stream  # one kept by the caller: stale bytes are fine
         self._in.seek(0)
         self._end = 0  # where the bytes that arrived end in self._in; stale bytes may follow
         self._tail = memoryview(carry)[:MARGIN]
-        self._dec = deflate.DeflateIO(self._in, deflate.ZLIB, m.zlib_wbits)
+        self._dec = deflate.DeflateIO(self._in, fmt, m.zlib_wbits)
         need = _STATE + (1 << m.zlib_wbits)  # the decoder's, until its first read (its only reference then)
         self._room = room if room is not None and len(room) >= need else bytearray(need)
         self._out = memoryview(buf)
         self._steps = [self._out[i : i + _STEP] for i in range(0, len(buf), _STEP)]
         self._fill = 0
-        self.decoded = 0
         self._ended = False
 
     # Take the chunk at encoded `offset`. True if it was the next one and was used.
@@ -83,16 +127,22 @@ class Inflater:
             return False
         if offset + len(mv) > self.encoded_size:
             raise OtaError(CHUNK_RANGE)
-        if self._ended:  # bytes after the end of the zlib stream
-            raise OtaError(INFLATE)
-        self.sha.update(mv)
-        self._push(mv)
         self.next += len(mv)
+        if self._ended:  # only a raw decoder's trailer can follow the last block (its place was checked)
+            if not self._trailer:
+                raise OtaError(INFLATE)
+            return True
+        if self.sha is not None:
+            self.sha.update(mv)
+        if self._skip:
+            mv = mv[self._skip :]
+            self._skip = 0
+        self._push(mv)
         self._drain(self.next == self.encoded_size)
         return True
 
     def finished(self):
-        return self._ended and self.next == self.encoded_size and self._in.tell() == self._end
+        return self._ended and self.next == self.encoded_size
 
     def _push(self, mv):
         s = self._in
@@ -138,9 +188,10 @@ class Inflater:
                 raise OtaError(INFLATE)
             if self._fill == len(self._out):
                 self._flush()
-        if self._ended and s.tell() != self._end:  # bytes after the end of the zlib stream
+        # the stream must end where the manifest says: bytes after it (or a decoder short of them) are an error
+        if self._ended and self.next - (self._end - s.tell()) != self.encoded_size - self._trailer:
             raise OtaError(INFLATE)
-        if final and self._fill:
+        if (final or self._ended) and self._fill:
             self._flush()
 
     def _flush(self):

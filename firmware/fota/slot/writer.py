@@ -59,6 +59,14 @@ class SlotWriter:
         self.count = sum(1 for i in range(self.chunks) if _bit(self.got, i))
         return True
 
+    # The image's first `size` bytes (a multiple of SECTOR) are in flash already (a zlib download resumed
+    # at a resume point): their sectors count as erased; those after it are erased again before a write.
+    def resume_prefix(self, size):
+        for sector in range(size // SECTOR):
+            _set(self.erased, sector)
+        self.written = size
+        self.count = size // self.chunk
+
     # Every chunk is in flash already (an image verified there before a reset): nothing left to write.
     def fill(self):
         for i in range(len(self.got)):
