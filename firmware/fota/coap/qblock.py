@@ -21,11 +21,13 @@ ACK_RANDOM_FACTOR, doubled per timeout in a row, MAX_RETRANSMIT of them end the 
 TIMEOUT, RFC 7252 4.8) is everything outstanding asked for again.
 
 Congestion control (RFC 7252 4.7 and 4.8.1 allow more than NSTART outstanding only with it;
-RFC 8085 3.1): `cwnd` blocks may be outstanding. It starts at MAX_PAYLOADS (RFC 9177 7.2: the
-burst a server may send before it hears from the client), grows by one after `cwnd` blocks
-arrived, up to `window`, and halves, down to MAX_PAYLOADS, once per round trip with a loss
-(a loss of a block asked for after the last decrease; RFC 6582's one reduction per window).
-A timeout puts it back to MAX_PAYLOADS.
+RFC 8085 3.1): `cwnd` blocks may be outstanding. It starts at min(window, MAX_PAYLOADS) (RFC 9177
+7.2: the burst a server may send before it hears from the client), grows by one after `cwnd`
+blocks arrived, up to `window`, and halves, never below that start, once per round trip with a
+loss (a loss of a block asked for after the last decrease; RFC 6582's one reduction per window).
+A timeout puts it back to the start. When nothing arrives for two round trips, the oldest
+outstanding block is asked for again (a tail probe, RFC 8985). The client's read buffer should
+hold `window` answers (CoapClient rx_blocks): a burst read whole is not cut.
 """
 
 from ..compat import const, getrandbits, ticks_add, ticks_diff, ticks_ms
