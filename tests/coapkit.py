@@ -26,9 +26,10 @@ agent = Agent(Identity("sim", 0, net.get("hw_rev", "A"), app.VERSION), trusted_k
               self_test_ms=net.get("self_test_ms", 3000))
 agent.add_check("app", app.self_test)
 window = net.get("window", 1)
-client = CoapClient(net["host"], net["port"], slots=window, ack_timeout_ms=net.get("ack_timeout_ms", 2000),
-                    max_retransmit=net.get("max_retransmit", 4))
-link = CoapLink(agent, client, dev, window=window, poll_ms=net.get("poll_ms", 5000),
+qblock = net.get("qblock", False)  # Q-Block2 bursts: one exchange slot (offer, reports), a read buffer of rx_blocks
+client = CoapClient(net["host"], net["port"], slots=1 if qblock else window, ack_timeout_ms=net.get("ack_timeout_ms", 2000),
+                    max_retransmit=net.get("max_retransmit", 4), rx_blocks=net.get("rx_blocks", window if qblock else 0))
+link = CoapLink(agent, client, dev, window=window, poll_ms=net.get("poll_ms", 5000), qblock=qblock,
                 max_failures=net.get("max_failures", 4), retry_base_ms=net.get("retry_base_ms", 2000))
 agent.reporter = link.report
 agent.boot()

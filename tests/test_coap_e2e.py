@@ -68,9 +68,11 @@ def test_update_succeeds_only_after_the_self_test_committed(tmp_path, server, en
 
 
 @pytest.mark.fw
-def test_zlib_update_fits_a_64k_heap(tmp_path, server):
-    board = coap_board(tmp_path, "heap", ids=server.identities, port=server.coap.port)
-    with BoardRun(board, heapsize="64k") as run:
+@pytest.mark.parametrize("link, heap", [({}, "64k"), ({"qblock": True, "window": 16}, "96k")], ids=["block2", "qblock2"])
+def test_zlib_update_fits_a_small_heap(tmp_path, server, link, heap):
+    # Q-Block2 reads a window of answers at once: 16 blocks (18 KiB) of read buffer on top
+    board = coap_board(tmp_path, "heap", ids=server.identities, port=server.coap.port, **link)
+    with BoardRun(board, heapsize=heap) as run:
         connected(server, board)
         offer = wait_final(server, server.deploy(pkg(pad=20_000, encoding="zlib"), [device_id(board)])[0], 60)
     assert offer.status == "SUCCEEDED", f"{offer.status} {offer.code} {offer.reason}; board:\n{run.transcript()[-3000:]}"
@@ -129,11 +131,13 @@ def test_power_cut_during_download_resumes_by_block(tmp_path, server):
 
 
 @pytest.mark.fw
-def test_lossy_link_completes_without_rewriting_flash(tmp_path, server):
+@pytest.mark.parametrize("link", [{"window": 2}, {"qblock": True, "window": 16}], ids=["block2", "qblock2"])
+def test_lossy_link_completes_without_rewriting_flash(tmp_path, server, link):
     lossy = Impairment(loss=0.2, duplicate=0.05, reorder=0.05, jitter_ms=2)
     image = fw_image("2.0.0", "ok", 60_000, secure_version=2)  # built for sequence 2: the package carries it unchanged
     with UdpProxy(("127.0.0.1", server.coap.port), up=lossy, down=lossy, seed=20) as proxy:
-        board = coap_board(tmp_path, "lossy", ids=server.identities, port=proxy.port, window=2, ack_timeout_ms=100, max_failures=8)
+        board = coap_board(tmp_path, "lossy", ids=server.identities, port=proxy.port, ack_timeout_ms=100, max_failures=8,
+                           **link)
         with BoardRun(board) as run:
             connected(server, board)
             offer_id = server.deploy(fw_package(image, version="2.0.0", sequence=2), [device_id(board)])[0]

@@ -11,6 +11,12 @@ for `fota gateway`.
     ...
     svc.stop()
 
+Q-Block2 (RFC 9177) bursts on `o/<offer id>`: a GET with one Q-Block2 option per block (up to
+MAX_PAYLOADS, ascending) gets one 2.05 per block, in that order, each with Q-Block2, ETag and Size2,
+all sent as NON responses with the request's token (`qblock_burst`), aiocoap's own response
+suppressed. Devices use it to ask for many blocks, and the missing ones again, per request
+(firmware/fota/coap/qblock.py); aiocoap's client uses Block2.
+
 Block2 is done here, not by aiocoap: aiocoap's automatic block-wise renders the whole body
 and keeps it per client for 93 s (a block asked for later gets 4.08) and sets no ETag. Here
 every block is read on demand, carries ETag = SHA-256(payload)[:8] and Size2 = payload size.
@@ -29,7 +35,9 @@ import aiocoap
 from aiocoap import error as coap_error
 from aiocoap import resource
 from aiocoap.numbers.codes import Code
-from aiocoap.optiontypes import BlockOption
+from aiocoap.numbers.optionnumbers import OptionNumber
+from aiocoap.numbers.types import NON
+from aiocoap.optiontypes import BlockOption, UintOption
 
 from host_tools import protocol
 from host_tools.errors import FotaError
@@ -43,6 +51,7 @@ from host_tools.server.registry import Registry
 ETAG_LEN = 8
 FORMAT_OCTETS = 42
 MAX_SZX = 6  # 1024-byte blocks (7 is BERT, which CoAP over UDP does not have)
+MAX_PAYLOADS = 10  # RFC 9177 7.2: blocks sent for one request before the client is heard from again
 Block = BlockOption.BlockwiseTuple
 
 
@@ -152,6 +161,46 @@ def block_response(request: aiocoap.Message, size: int, etag: bytes, read: Calla
     return msg
 
 
+def qblock_values(request: aiocoap.Message) -> list[int] | None:
+    """The request's Q-Block2 option values (RFC 9177 4.4), or None when it has none."""
+    opts = request.opt.get_option(OptionNumber.Q_BLOCK2)
+    if not opts:
+        return None
+    return [int.from_bytes(o.value, "big") if isinstance(o.value, bytes) else int(o.value) for o in opts]
+
+
+def qblock_burst(values: list[int], size: int, etag: bytes, read: Callable[[int, int], bytes],
+                 max_szx: int = MAX_SZX) -> list[aiocoap.Message]:
+    """The 2.05 responses to a Q-Block2 GET, one per block asked for, in the order asked (the first
+    MAX_PAYLOADS; blocks beyond the end are left out). No block at all: one 4.02 (as for Block2)."""
+    out = []
+    for v in values[:MAX_PAYLOADS]:
+        szx = min(v & 7, max_szx, MAX_SZX)
+        num = (v >> 4) << ((v & 7) - szx)  # a smaller size than asked: the block where the asked one starts
+        start = num << (szx + 4)
+        if start >= size:
+            continue
+        data = read(start, 16 << szx)
+        more = start + len(data) < size
+        msg = aiocoap.Message(code=Code.CONTENT, payload=data, etag=etag, size2=size, content_format=FORMAT_OCTETS)
+        msg.opt.add_option(UintOption(OptionNumber.Q_BLOCK2, (num << 4) | (8 if more else 0) | szx))
+        out.append(msg)
+    return out or [aiocoap.Message(code=Code.BAD_OPTION)]
+
+
+# Send `msg` as a NON response to `request` now, beside aiocoap's own response (a Q-Block2 burst).
+# The message id comes from aiocoap's message layer when it can be reached (udp6: the interface's
+# MessageManager), so it never repeats one aiocoap just used; False: it could not be sent.
+def send_non_response(request: aiocoap.Message, msg: aiocoap.Message) -> bool:
+    iface = getattr(request.remote, "interface", None)
+    next_mid = getattr(getattr(iface, "_ctx", None), "_next_message_id", None)
+    if iface is None or next_mid is None:
+        return False
+    msg.mtype, msg.token, msg.remote, msg.mid = NON, request.token, request.remote, next_mid()
+    iface.send(msg)
+    return True
+
+
 class FotaResource(resource.Resource, resource.PathCapable):
     """Everything under /<prefix>/: the remaining path picks the resource."""
 
@@ -186,6 +235,9 @@ class FotaResource(resource.Resource, resource.PathCapable):
             payload = self.backend.payload(int(path[1]))
             if payload is None:
                 return aiocoap.Message(code=Code.NOT_FOUND)
+            values = qblock_values(request)
+            if values is not None:
+                return self._burst(request, values, payload)
             msg = block_response(request, payload.size, payload.etag, payload.read, self.max_szx)
             self.blocks_served += 1
             self.bytes_served += len(msg.payload)
@@ -197,6 +249,23 @@ class FotaResource(resource.Resource, resource.PathCapable):
             etag = hashlib.sha256(blob).digest()[:ETAG_LEN]
             return block_response(request, len(blob), etag, lambda o, n: blob[o : o + n], self.max_szx)
         return aiocoap.Message(code=Code.NOT_FOUND)
+
+    # Every block goes out from here, in the order asked (aiocoap could send its own response after
+    # blocks of the next request, and the device reads order); aiocoap's response is then suppressed
+    # (RFC 7967 No-Response for 2.xx: nothing for a NON request, an empty ACK for a CON one).
+    def _burst(self, request: aiocoap.Message, values: list[int], payload: Payload) -> aiocoap.Message:
+        msgs = qblock_burst(values, payload.size, payload.etag, payload.read, self.max_szx)
+        if msgs[0].code != Code.CONTENT:
+            return msgs[0]
+        for i, msg in enumerate(msgs):
+            if not send_non_response(request, msg):
+                return msgs[i]  # no way past aiocoap (another transport): this block as its response, the rest asked again
+            self._served(msg)
+        return aiocoap.Message(code=Code.CONTENT, no_response=2)
+
+    def _served(self, msg: aiocoap.Message) -> None:
+        self.blocks_served += 1
+        self.bytes_served += len(msg.payload)
 
     async def render_post(self, request):
         path = request.opt.uri_path

@@ -12,8 +12,9 @@ from pathlib import Path
 
 from aiocoap import Message
 from aiocoap.numbers.codes import Code
+from aiocoap.numbers.optionnumbers import OptionNumber
 from aiocoap.numbers.types import Type
-from aiocoap.optiontypes import BlockOption
+from aiocoap.optiontypes import BlockOption, UintOption
 
 from host_tools import protocol
 from host_tools.image.package import parse_package
@@ -35,6 +36,17 @@ def mqtt_packet(kind: int, body: bytes) -> bytes:
         if not n:
             break
     return bytes([kind]) + bytes(rl) + body
+
+
+def qblock2_burst() -> bytes:
+    """Two NON 2.05 answers of a Q-Block2 burst (issue 18) as one read: blocks 4 and 5 of 5200 bytes."""
+    out = b""
+    for num, more, n in ((4, True, 1024), (5, False, 80)):
+        m = Message(mtype=Type.NON, code=Code.CONTENT, mid=40 + num, token=b"\1\2\3" + bytes([num]), payload=bytes(n),
+                    etag=b"\xaa" * 8, size2=5200, content_format=42)
+        m.opt.add_option(UintOption(OptionNumber.Q_BLOCK2, (num << 4) | (8 if more else 0) | 6))
+        out += m.encode()
+    return out
 
 
 def main() -> None:
@@ -60,6 +72,7 @@ def main() -> None:
     put("coap", "not_found", Message(mtype=Type.ACK, code=Code.NOT_FOUND, mid=5, token=b"abcd").encode())
     opts = Message(mtype=Type.NON, code=Code.CHANGED, mid=9, token=b"wxyz", uri_path=("fota", "x" * 20, "y" * 300))
     put("coap", "long_options", opts.encode())
+    put("coap", "qblock2_burst", qblock2_burst())
     # issue 12: a full receive buffer whose last byte is an option header needing an extension byte
     put("coap", "attack_option_at_end", block.encode()[:11] + bytes(1152 - 12) + b"\xd0")
 

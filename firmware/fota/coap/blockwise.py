@@ -71,6 +71,10 @@ class Block2:
             for a in self._asm:
                 a[1] = -1
 
+    def hungry(self):
+        """fill() could ask for more now."""
+        return len(self.inflight) < self.cwnd
+
     # Ask for the blocks of the units at `offsets` (or the blocks themselves when unit=0).
     def fill(self, offsets):
         per = self.unit // self.bs if self.unit > self.bs else 1

@@ -7,6 +7,8 @@
     ex = c.start(GET, path_options("fota/o/7"), block=block2(5, 0, 6))   # one exchange of a window
     done = c.poll(100)                            # an exchange that ended (or None); c.msg is its answer
     c.free(done)
+    st = c.stream()                               # NON requests sharing a token prefix (coap/qblock.py)
+    c.send_stream(GET, path_options("fota/o/7"), qblocks, 10)   # every response to them: poll() -> st
 
 Every request is confirmable. The first timeout is random in [ack_timeout, ack_timeout *
 ack_random_factor], doubled on each of at most `max_retransmit` retransmissions (section 4.2);
@@ -14,6 +16,9 @@ then the exchange ends with TIMEOUT. An empty ACK means a separate response will
 awaited for `separate_ms` more, and ACKed when it comes as CON. Responses match requests by
 token (piggybacked ones by message id too); a CON/NON seen before (message id kept in a small
 ring) is ACKed again but handed over once. `slots` exchanges can be outstanding (NSTART).
+A stream (one at a time) is the exception: its requests are NON, each with a new message id and
+a token of the stream's 3 random bytes plus a counter; every response with that token prefix is
+handed over and the stream stays open until free(); its timing is the caller's (qblock.py).
 
 Memory: one request buffer per slot and one receive buffer of `buf_size` bytes per slot, all
 allocated here; a response is parsed in place and `msg` / payload() stay valid until the next
@@ -30,25 +35,8 @@ import select
 import socket
 
 from .message import (
-    ACK,
-    CON,
-    CONTENT,
-    EMPTY,
-    FORMAT_JSON,
-    MAX_SZX,
-    NO_SLOT,
-    POST,
-    RST,
-    TIMEOUT,
-    TOKEN_LEN,
-    BAD_RESPONSE,
-    ETAG_CHANGED,
-    RESET,
-    CoapError,
-    Msg,
-    encode,
-    encode_empty,
-    path_options,
+    ACK, CON, CONTENT, EMPTY, FORMAT_JSON, MAX_SZX, NON, NO_SLOT, POST, RST, TIMEOUT, TOKEN_LEN, BAD_RESPONSE,
+    ETAG_CHANGED, RESET, CoapError, Msg, encode, encode_empty, path_options,
 )
 
 from .blockwise import Block2
@@ -62,6 +50,7 @@ _FREE = const(0)
 _WAIT_ACK = const(1)  # sent, retransmitting until an ACK (or the response) comes
 _WAIT_SEPARATE = const(2)  # empty ACK seen: the response comes in a message of its own
 _DONE = const(3)
+_STREAM = const(4)  # a body in non-confirmable requests and responses (RFC 9177): no timers here, see qblock.py
 _SEEN = const(8)  # message ids of received CON/NON kept for de-duplication
 _REQ_SIZE = const(96)  # header, token, Uri-Path of a fota resource, Block2, Size2
 
@@ -84,7 +73,7 @@ class Exchange:
 
 class CoapClient:
     def __init__(self, host, port=5683, *, slots=1, ack_timeout_ms=_ACK_TIMEOUT_MS, ack_random_factor=1.5,
-                 max_retransmit=_MAX_RETRANSMIT, separate_ms=None, buf_size=1152, req_size=_REQ_SIZE):
+                 max_retransmit=_MAX_RETRANSMIT, separate_ms=None, buf_size=1152, req_size=_REQ_SIZE, rx_blocks=0):
         self.host = host
         self.port = port
         self.ack_timeout_ms = ack_timeout_ms
@@ -97,13 +86,15 @@ class CoapClient:
         self.retransmissions = 0  # counters for tests and benchmarks
         self.duplicates = 0
         self.merged = 0  # messages found after another one in the same read
-        self._rx = bytearray(buf_size * slots)  # room for the answers of a whole window at once
+        self._rx = bytearray(buf_size * (rx_blocks or slots))  # room for the answers of a whole window at once
         self._rxmv = memoryview(self._rx)
         self._pos = self._lim = 0  # the part of the last read not yet handled
         self._full = False  # the last read filled the buffer
         self._readinto = None
         self._ctl = bytearray(4)  # empty ACK / RST
         self._ex = [Exchange(req_size) for _ in range(slots)]
+        self._st = None  # the stream's Exchange, made on the first stream()
+        self._req_size = req_size
         self._mid = getrandbits(16)
         self._seen = [-1] * _SEEN
         self._seen_at = 0
@@ -132,8 +123,7 @@ class CoapClient:
         self._ipoll = getattr(self._poll, "ipoll", self._poll.poll)  # MicroPython: no list per call
         self._readinto = getattr(s, "recv_into", None) or s.readinto  # one datagram, or see above
         self._pos = self._lim = 0
-        for ex in self._ex:
-            ex.state = _FREE
+        self.cancel_all()
 
     def close(self):
         if self.sock is not None:
@@ -185,10 +175,35 @@ class CoapClient:
         ex.tag = None
 
     def cancel_all(self):
-        """Forget every outstanding exchange (late answers are then ignored, CONs reset)."""
+        """Forget every outstanding exchange and the stream (late answers are then ignored, CONs reset)."""
         for ex in self._ex:
             ex.state = _FREE
             ex.tag = None
+        if self._st is not None:
+            self._st.state = _FREE
+
+    def stream(self):
+        """Open the stream (a new token prefix; answers to an earlier stream are ignored from now on)."""
+        if self.sock is None:
+            raise CoapError(NO_SLOT, "not connected")
+        st = self._st
+        if st is None:
+            st = self._st = Exchange(self._req_size + 32)  # room for MAX_PAYLOADS Q-Block2 options
+        r = getrandbits(24)
+        st.buf[4], st.buf[5], st.buf[6], st.buf[7] = r >> 16, (r >> 8) & 0xFF, r & 0xFF, 0
+        st.state = _STREAM
+        st.code = st.error = 0
+        return st
+
+    def send_stream(self, code, path, qblocks, nq, size2=-1):
+        """One NON request of the stream with Q-Block2 options qblocks[:nq] (ascending)."""
+        st = self._st
+        self._mid = (self._mid + 1) & 0xFFFF
+        t = self._tok
+        t[0], t[1], t[2], t[3] = st.buf[4], st.buf[5], st.buf[6], (st.buf[7] + 1) & 0xFF
+        st.n = encode(st.buf, NON, code, self._mid, t, path, size2=size2, qblocks=qblocks, nq=nq)
+        st.mid = self._mid
+        self._send(st.buf, st.n)
 
     def poll(self, timeout_ms):
         """Wait up to `timeout_ms` for one event; returns an Exchange that ended, or None.
@@ -272,7 +287,8 @@ class CoapClient:
         return self._end(ex, self.msg.code, 0)
 
     def _end(self, ex, code, error):
-        ex.state = _DONE
+        if ex.state != _STREAM:  # a stream stays open: more answers follow
+            ex.state = _DONE
         ex.code = code
         ex.error = error
         return ex
@@ -299,20 +315,26 @@ class CoapClient:
         for ex in self._ex:
             if (ex.state == _WAIT_ACK or ex.state == _WAIT_SEPARATE) and ex.mid == mid:
                 return ex
+        st = self._st
+        if st is not None and st.state == _STREAM and st.mid == mid:
+            return st
         return None
 
     def _by_token(self):
         for ex in self._ex:
             if (ex.state == _WAIT_ACK or ex.state == _WAIT_SEPARATE) and self._token_is(ex):
                 return ex
+        st = self._st
+        if st is not None and st.state == _STREAM and self._token_is(st, TOKEN_LEN - 1):
+            return st
         return None
 
-    # The received token (msg.tkl bytes at 4) is the one in ex's request.
-    def _token_is(self, ex):
+    # The received token (msg.tkl bytes at 4) is the one in ex's request (its first `n` bytes).
+    def _token_is(self, ex, n=TOKEN_LEN):
         if self.msg.tkl != TOKEN_LEN:
             return False
         rx, tx, at = self._rx, ex.buf, self.msg.start
-        for i in range(4, 4 + TOKEN_LEN):
+        for i in range(4, 4 + n):
             if rx[at + i] != tx[i]:
                 return False
         return True

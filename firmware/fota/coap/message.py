@@ -6,7 +6,8 @@ from, buffers the caller owns.
     if msg.parse(rx_mv, n):                  # fields below; the payload is rx_mv[msg.pay:msg.end]
         num, more, szx = msg.block2 >> 4, msg.block2 & 8, msg.block2 & 7
 
-Only the options a fota device needs are decoded (ETag, Observe, Content-Format, Block2, Size2);
+Only the options a fota device needs are decoded (ETag, Observe, Content-Format, Block2, Size2,
+Q-Block2 (RFC 9177) into the same `block2` field with `qblock` set);
 other elective options are skipped, an unknown critical one is remembered in `msg.critical`
 so the caller can reject the message (section 5.4.1). Nothing here allocates except
 `path_options`, which runs once per resource and attempt.
@@ -40,6 +41,7 @@ OPT_URI_PATH = const(11)
 OPT_CONTENT_FORMAT = const(12)
 OPT_BLOCK2 = const(23)
 OPT_SIZE2 = const(28)
+OPT_QBLOCK2 = const(31)  # RFC 9177 4.1: Q-Block2, Block2's layout; NON bodies, more than one per request
 MAX_ETAG = const(8)  # section 5.10.6: 1..8 bytes
 
 # Section 12.3: content formats
@@ -117,10 +119,12 @@ def _put_uint(buf, pos, delta, v):
     return pos + n
 
 
-def encode(buf, mtype, code, mid, token, path, *, content_format=-1, block=-1, size2=-1, payload=None):
+def encode(buf, mtype, code, mid, token, path, *, content_format=-1, block=-1, size2=-1, payload=None, qblocks=None,
+           nq=0):
     """Write a request into `buf`; returns its length.
 
     `token`: TOKEN_LEN bytes (any buffer); `path`: path_options(); the others are left out when < 0.
+    `qblocks`: the first `nq` values are written as Q-Block2 options (RFC 9177 4.4: ascending).
     """
     buf[0] = (_VERSION << 6) | (mtype << 4) | TOKEN_LEN
     buf[1] = code
@@ -140,6 +144,10 @@ def encode(buf, mtype, code, mid, token, path, *, content_format=-1, block=-1, s
         last = OPT_BLOCK2
     if size2 >= 0:
         pos = _put_uint(buf, pos, OPT_SIZE2 - last, size2)
+        last = OPT_SIZE2
+    for i in range(nq):
+        pos = _put_uint(buf, pos, OPT_QBLOCK2 - last, qblocks[i])
+        last = OPT_QBLOCK2
     if payload:
         buf[pos] = PAYLOAD_MARKER
         n = len(payload)
@@ -168,6 +176,7 @@ class Msg:
         self.type = self.code = self.mid = self.tkl = 0
         self.etag_len = 0
         self.block2 = self.size2 = self.observe = self.content_format = -1
+        self.qblock = 0  # block2 came in a Q-Block2 option (RFC 9177)
         self.critical = 0  # the first unknown critical option number, or 0
         self.start = self.pay = self.end = 0
 
@@ -235,14 +244,17 @@ class Msg:
                     return False
                 self.etag[:length] = mv[pos : pos + length]
                 self.etag_len = length
-            elif num in (OPT_BLOCK2, OPT_SIZE2, OPT_OBSERVE, OPT_CONTENT_FORMAT):
+            elif num in (OPT_BLOCK2, OPT_SIZE2, OPT_OBSERVE, OPT_CONTENT_FORMAT, OPT_QBLOCK2):
                 if length > 4:
                     return False
                 v = 0
                 for i in range(length):
                     v = (v << 8) | mv[pos + i]
-                if num == OPT_BLOCK2:
+                if num == OPT_BLOCK2 or num == OPT_QBLOCK2:
+                    if self.block2 >= 0:  # RFC 9177 4.1: not both, and one block per response
+                        return False
                     self.block2 = v
+                    self.qblock = num == OPT_QBLOCK2
                 elif num == OPT_SIZE2:
                     self.size2 = v
                 elif num == OPT_OBSERVE:

@@ -9,9 +9,12 @@
 It polls fota/<device>/offer every poll_ms and fetches fota/o/<offer id> with Block2
 (fota.coap.blockwise: Size2 against the signed size before anything is erased, one ETag per
 download, also across a reset, the server's smaller block size kept) straight into the agent,
-`window` blocks in flight (1 = RFC 7252's NSTART). A failed exchange is asked again;
+`window` blocks in flight (1 = RFC 7252's NSTART). With `qblock` the payload comes in Q-Block2
+bursts instead (fota.coap.qblock, RFC 9177: NON requests for up to 10 blocks each, lost blocks
+found by order and asked again, `window` the most outstanding). A failed exchange is asked again;
 `max_failures` in a row end the attempt (CONNECTION_LOST) and the link goes quiet for the
-back-off, then takes the download up where it stopped.
+back-off, then takes the download up where it stopped. While a download runs, progress reports
+are coalesced and go out at most every `report_ms` (other events at once, between blocks).
 """
 
 import gc
@@ -30,7 +33,7 @@ _SERVER_ERROR = const(0xA0)  # 5.00 and above: the server failed, try again
 
 class CoapLink(Link):
     def __init__(self, agent, client, device_id, *, prefix="fota", chunk=1024, window=1, poll_ms=5000,
-                 max_failures=4, retry_base_ms=2000, retry_cap_ms=300000):
+                 max_failures=4, retry_base_ms=2000, retry_cap_ms=300000, qblock=False, report_ms=5000):
         super().__init__(agent, device_id, max_misses=max_failures, chunk=chunk, retry_base_ms=retry_base_ms,
                          retry_cap_ms=retry_cap_ms)
         self.client = client  # a CoapClient with at least `window` slots
@@ -44,7 +47,35 @@ class CoapLink(Link):
         self.max_failures = max_failures
         self._next_poll = ticks_ms()
         self._offer_buf = bytearray(OFFER_MAX)
-        self._rx = Block2(client, window, chunk)  # chunk: a power of two, 16..1024, the block size asked for
+        self.report_ms = report_ms  # while downloading, progress goes out at most this often (coalesced)
+        self._reported = ticks_ms()  # when progress last went out
+        self._progressed = False  # progress went out in this download (the first goes out at once)
+        # chunk: a power of two, 16..1024, the block size asked for
+        self._ahead = 1 if qblock else 0  # Q-Block2: blocks beyond those outstanding (lost ones stay behind)
+        if qblock:
+            from ..coap.qblock import QBlock2  # only on a device that uses it: its code stays out of the heap otherwise
+
+            self._rx = QBlock2(client, window)
+        else:
+            self._rx = Block2(client, window, chunk)
+
+    # The agent's reports: a progress report replaces one still queued (the newest says it all).
+    def report(self, event, info):
+        q = self._events
+        if event == "progress" and q and q[-1].get("event") == "progress":
+            q.pop()
+        super().report(event, info)
+
+    # Queued reports wait while a download runs when all they say is progress and progress went out
+    # less than report_ms ago: each flush is two confirmable POSTs (event, state) during which no
+    # block moves, and under loss each waits out its own retransmissions.
+    def _reports_wait(self):
+        if self._state_due or self.agent.state != DOWNLOADING or self._rx.path is None:
+            return False
+        for e in self._events:
+            if e.get("event") != "progress":
+                return False
+        return self._progressed and ticks_diff(ticks_ms(), self._reported) < self.report_ms
 
     # -- core.Link hooks: where events, state and blocks go ---------------------------
     def _send_event(self, text):
@@ -59,6 +90,7 @@ class CoapLink(Link):
         return not self._rx.inflight and self.agent.state != DOWNLOADING
 
     def _begin_fetch(self, m):
+        self._progressed = False
         pinned = self.agent.source(self.offer_id)
         self._rx.begin(path_options(self.prefix + "/o/" + str(self.offer_id)), szx_for(self.chunk), self._sink,
                        size=m.encoded_size, etag=bytes.fromhex(pinned) if pinned else None)
@@ -96,8 +128,11 @@ class CoapLink(Link):
             self._retry_due()  # take the download up again where it stopped
         now = ticks_ms()
         try:
-            if self._flush_due() and not self._rx.inflight:
+            if self._flush_due() and not self._rx.inflight and not self._reports_wait():
+                progress = self._events and self._events[-1].get("event") == "progress"
                 self._flush()
+                if progress and self.agent.state == DOWNLOADING:
+                    self._reported, self._progressed = ticks_ms(), True
             if self._complete:
                 self._finish()
             elif self._past_deadline():
@@ -144,8 +179,8 @@ class CoapLink(Link):
 
     def _download(self, timeout_ms):
         rx = self._rx
-        if not self._events:  # else let the window drain: events go out between blocks (step)
-            rx.fill(self.agent.wanted(self.window))
+        if (not self._events or self._reports_wait()) and rx.hungry():  # else drain: reports go out between blocks
+            rx.fill(self.agent.wanted(self.window + self._ahead * len(rx.inflight)))
         try:
             code = rx.receive(timeout_ms)  # a block that passed the checks went to the agent
         except CoapError as e:
