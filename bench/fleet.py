@@ -10,6 +10,8 @@ device and per chunk, the broker's bytes (read + written, /proc/PID/io) and the 
     .venv/bin/python bench/fleet.py --devices 10000 --boards 1 --workers 1,3
         # a throwaway PostgreSQL; a run with 1 worker (the baseline), then a fresh fleet with 3 workers;
         # ratios against the baseline, never asserted (docs/DEPLOY.md has the numbers of this machine)
+    .venv/bin/python bench/fleet.py --devices 2000 --boards 0 --profile /tmp/prof   # where the server's CPU goes:
+    .venv/bin/python bench/profile_serve.py --show /tmp/prof/run0-w0                #   every thread under cProfile
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
     for i in range(max(workers, 1)):
         data = home / f"w{i}"
         data.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "host_tools.cli", "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.server_url]
+        launcher = [str(ROOT / "bench" / "profile_serve.py"), str(args.profile / f"run{workers}-w{i}")] if args.profile else ["-m", "host_tools.cli"]
+        cmd = [sys.executable, *launcher, "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.server_url]
         if workers:
             cmd += ["--worker", f"w{i}", "--database", database]
         with open(data / "serve.log", "w") as log:
@@ -152,6 +155,7 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument("--workers", default="0",
                         help="comma-separated runs: 0 = one fota serve on SQLite; N = N workers on PostgreSQL (default: 0)")
+    parser.add_argument("--profile", type=Path, help="run each fota serve under bench/profile_serve.py, profiles into this directory")
     args = parser.parse_args()
     plan = [int(w) for w in args.workers.split(",")]
     results = []
