@@ -13,6 +13,7 @@ Several `fota serve` workers share one PostgreSQL database (docs/DEPLOY.md); wha
 at once is decided by PostgreSQL's own locks, never by a protocol of ours:
 
     with db.transaction():                                   # all or nothing, on both
+        with db.atomic(): ...                                # joins the transaction open (else makes one)
         db.query("SELECT counter FROM identities WHERE id = ?" + db.for_update, ("a1b2",))   # row lock
     with db.try_lock("fota:campaigns") as mine:              # an advisory lock: False if another worker holds it
         if mine: ...
@@ -57,6 +58,9 @@ class SqliteDatabase:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
         self._db.row_factory = sqlite3.Row
+        # write-ahead log: a commit appends to one file and syncs it once (the rollback journal's create,
+        # sync, write, sync, delete cost most of a report's CPU); still synchronous=FULL, durable at commit
+        self._db.execute("PRAGMA journal_mode=WAL")
         self._lock = threading.RLock()
         self._depth = 0  # transaction() blocks open on the thread holding the lock
         self._path = str(path.resolve())
@@ -109,6 +113,16 @@ class SqliteDatabase:
                     self._db.commit()
             finally:
                 self._depth = depth
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """The transaction this thread is in, else a new one: all or nothing, without a savepoint of its own."""
+        with self._lock:
+            if self._depth:
+                yield
+                return
+            with self.transaction():
+                yield
 
     @contextmanager
     def try_lock(self, key: str) -> Iterator[bool]:
@@ -165,13 +179,16 @@ class PostgresDatabase:
             for statement in filter(str.strip, sql.split(";")):
                 self._db.execute(statement)
 
+    # A statement outside transaction() commits on its own (the connection is in autocommit mode); inside
+    # one, it is part of it. No transaction() of its own: inside another, that would be a savepoint, two
+    # more round trips for every statement of a report.
     def execute(self, sql: str, args: tuple = ()) -> int:
         """Run one statement; the number of rows it changed."""
-        with self._lock, self._db.transaction():
+        with self._lock:
             return self._db.execute(self._sql(sql), args).rowcount
 
     def insert_id(self, sql: str, args: tuple = ()) -> int:
-        with self._lock, self._db.transaction():
+        with self._lock:
             row = self._db.execute(self._sql(sql), args).fetchone()
             return int(next(iter(row.values())))
 
@@ -185,6 +202,18 @@ class PostgresDatabase:
         not at all; row locks taken inside (`SELECT ... FOR UPDATE`) are held until the end."""
         with self._lock, self._db.transaction():
             yield
+
+    @contextmanager
+    def atomic(self) -> Iterator[None]:
+        """The transaction this thread is in, else a new one: all or nothing, without a savepoint of its own."""
+        from psycopg.pq import TransactionStatus
+
+        with self._lock:  # held by a thread for its whole transaction(): a transaction open now is this thread's
+            if self._db.info.transaction_status == TransactionStatus.INTRANS:
+                yield
+                return
+            with self._db.transaction():
+                yield
 
     @contextmanager
     def _advisory(self, key: str, wait: bool) -> Iterator[bool]:

@@ -267,7 +267,7 @@ class Identities:
             self.rejected += 1
             return None
         body, counter, mac = split
-        with self.db.transaction():
+        with self.db.atomic():
             rows = self.db.query("SELECT kind, secret, counter, revoked FROM identities WHERE id = ?" + self.db.for_update,
                                  (device,))
             row = rows[0] if rows else None

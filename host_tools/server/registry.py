@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS rolled_back (
     device TEXT, image_sha256 TEXT, package TEXT, offer INTEGER, reason TEXT, t {real}, PRIMARY KEY (device, image_sha256)
 );
 CREATE TABLE IF NOT EXISTS contact (device TEXT PRIMARY KEY, heard {real}, sent {real}, sent_what TEXT);
+CREATE INDEX IF NOT EXISTS offers_device ON offers (device, id);
+CREATE INDEX IF NOT EXISTS campaign_devices_status ON campaign_devices (campaign, status, wave, device);
 """
 
 ROLLED_BACK_BEFORE = firmware_errors().ROLLED_BACK_BEFORE  # the device's refusal of an image that rolled back on it
@@ -84,10 +86,13 @@ class Registry:
     def __init__(self, target: Path | str) -> None:
         self._db = open_database(target)
         self.foreign_events = 0  # events that named an offer of another device (changed nothing)
+        self._images: dict[str, str] = {}  # package id -> its image's SHA-256 (package_image)
         self._db.script(SCHEMA_TEMPLATE.format(**SCHEMA_TYPES[self._db.kind]))
         self._add_column("offers", "published", "INTEGER DEFAULT 1")  # registries made before it: all published
         self._add_column("offers", "downtime_ms", "INTEGER")  # the `committed` event's (issue 22); NULL: not reported
         self._add_column("devices", "deferred", "TEXT")  # issue 22: the device's power deferral (JSON), or NULL
+        # every campaign tick asks for these: an index holds only the few unpublished offers, not all of them
+        self._db.script("CREATE INDEX IF NOT EXISTS offers_unpublished ON offers (id) WHERE published = 0")
 
     def _add_column(self, table: str, column: str, decl: str) -> None:
         """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS leaves it as it was)."""
@@ -112,22 +117,21 @@ class Registry:
 
     # -- devices ----------------------------------------------------------
     def record_state(self, device: str, state: dict) -> None:
-        """The device's retained state message, as it reported it."""
+        """The device's retained state message, as it reported it (its last_seen is when the server last heard it)."""
         self._exec(
-            "INSERT INTO devices (id, board, hw_rev, version, seq, slot, state, progress, result, code, detail, errors, last_seen)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET board=excluded.board, hw_rev=excluded.hw_rev,"
-            " version=excluded.version, seq=excluded.seq, slot=excluded.slot, state=excluded.state, progress=excluded.progress,"
-            " result=excluded.result, code=excluded.code, detail=excluded.detail, errors=excluded.errors, last_seen=excluded.last_seen",
+            "INSERT INTO devices (id, board, hw_rev, version, seq, slot, state, progress, result, code, detail, errors, deferred,"
+            " last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET board=excluded.board,"
+            " hw_rev=excluded.hw_rev, version=excluded.version, seq=excluded.seq, slot=excluded.slot, state=excluded.state,"
+            " progress=excluded.progress, result=excluded.result, code=excluded.code, detail=excluded.detail,"
+            " errors=excluded.errors, deferred=excluded.deferred, last_seen=excluded.last_seen",
             (device, state.get("board"), state.get("hw_rev"), state.get("version"), state.get("seq"), state.get("slot"),
              state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
-             state.get("detail"), json.dumps(state.get("errors") or []), time.time()),
+             state.get("detail"), json.dumps(state.get("errors") or []),
+             json.dumps(state["deferred"]) if state.get("deferred") else None, time.time()),
         )
-        self._exec("UPDATE devices SET deferred = ? WHERE id = ?",
-                   (json.dumps(state["deferred"]) if state.get("deferred") else None, device))
         if state.get("image"):  # the running image's digest: the base a delta campaign offers from (issue 20)
             self._exec("INSERT INTO device_images (device, sha, reported) VALUES (?,?,?) ON CONFLICT(device) DO UPDATE"
                        " SET sha=excluded.sha, reported=excluded.reported", (device, state["image"], time.time()))
-        self.note_heard(device)
 
     def running_image(self, device: str) -> str | None:
         """SHA-256 (hex) of the image the device last reported running, or None (never reported: a factory image)."""
@@ -145,19 +149,26 @@ class Registry:
     def devices(self, group: str | None = None) -> list[dict]:
         """Device rows with `groups`, `tags`, and the contact times: `last_heard` (the server last heard from
         the device), `last_sent` and `last_sent_what` (the server last sent it an offer, command or key list)."""
-        rows = [dict(r) for r in self._all("SELECT * FROM devices ORDER BY id")]
-        contact = {c["device"]: c for c in self._all("SELECT device, heard, sent, sent_what FROM contact")}
+        return [r for r in self._devices() if group is None or group in r["groups"]]
+
+    def device(self, device: str) -> dict | None:
+        found = self._devices(" WHERE d.id = ?", (device,))
+        return found[0] if found else None
+
+    def devices_outside(self, campaign: str) -> list[dict]:
+        """devices() that have no row in the campaign (registered after it was planned)."""
+        return self._devices(" WHERE NOT EXISTS (SELECT 1 FROM campaign_devices c WHERE c.campaign = ? AND c.device = d.id)",
+                             (campaign,))
+
+    def _devices(self, where: str = "", args: tuple = ()) -> list[dict]:
+        rows = self._all("SELECT d.*, k.heard AS k_heard, k.sent AS k_sent, k.sent_what AS k_sent_what FROM devices d"
+                         " LEFT JOIN contact k ON k.device = d.id" + where + " ORDER BY d.id", args)
         for r in rows:
             r["groups"] = [g for g in (r.pop("groups_") or "").split(",") if g]
             r["tags"] = [t for t in (r.get("tags") or "").split(",") if t]
-            c = contact.get(r["id"]) or {}
-            r["last_heard"] = max(filter(None, (r.get("last_seen"), c.get("heard"))), default=None)
-            r["last_sent"], r["last_sent_what"] = c.get("sent"), c.get("sent_what")
-        return [r for r in rows if group is None or group in r["groups"]]
-
-    def device(self, device: str) -> dict | None:
-        found = [d for d in self.devices() if d["id"] == device]
-        return found[0] if found else None
+            r["last_heard"] = max(filter(None, (r.get("last_seen"), r.pop("k_heard"))), default=None)
+            r["last_sent"], r["last_sent_what"] = r.pop("k_sent"), r.pop("k_sent_what")
+        return rows
 
     # -- packages -----------------------------------------------------------
     def add_package(self, pid: str, path: str, manifest) -> None:
@@ -170,7 +181,11 @@ class Registry:
 
     def package_image(self, pid: str) -> str | None:
         """The SHA-256 (hex) of the image the package installs: what a device remembers a rollback by."""
+        if pid in self._images:  # a package's image never changes (the row is never replaced)
+            return self._images[pid]
         rows = self._all("SELECT image_sha256 FROM package_images WHERE package = ?", (pid,))
+        if rows:
+            self._images[pid] = rows[0]["image_sha256"]
         return rows[0]["image_sha256"] if rows else None
 
     def package(self, pid: str) -> dict | None:
@@ -213,11 +228,8 @@ class Registry:
 
     def set_offer_status(self, offer_id: int, status: str, *, code: int | None = None, reason: str | None = None) -> None:
         """Move an offer on; a final status is never overwritten."""
-        current = self.offer(offer_id)
-        if current is None or current.status in FINAL:
-            return
-        self._exec("UPDATE offers SET status=?, code=?, reason=?, updated=? WHERE id=?",
-                   (status, code, reason, time.time(), offer_id))
+        self._exec(f"UPDATE offers SET status=?, code=?, reason=?, updated=? WHERE id=? AND status NOT IN ({','.join('?' * len(FINAL))})",
+                   (status, code, reason, time.time(), offer_id, *FINAL))
 
     def note_downtime(self, offer_id: int, ms: object) -> None:
         """The downtime a `committed` event reported for the offer; anything but an integer in 0..2^32-1 ms
@@ -259,6 +271,27 @@ class Registry:
     def campaign_devices(self, campaign: str) -> list[dict]:
         return [dict(r) for r in self._all("SELECT * FROM campaign_devices WHERE campaign = ? ORDER BY wave, device", (campaign,))]
 
+    def campaign_counts(self, campaign: str) -> dict[tuple[int, str], int]:
+        """(wave, status) -> how many of the campaign's devices: what a tick judges its gates by, without the rows."""
+        rows = self._all("SELECT wave, status, COUNT(*) AS n FROM campaign_devices WHERE campaign = ? GROUP BY wave, status",
+                         (campaign,))
+        return {(r["wave"], r["status"]): r["n"] for r in rows}
+
+    def campaign_pending(self, campaign: str, wave: int, *, after: str = "", limit: int = 100) -> list[dict]:
+        """The wave's PENDING rows in device order, from the first after `after`, at most `limit`."""
+        return self._all("SELECT * FROM campaign_devices WHERE campaign = ? AND status = 'PENDING' AND wave = ? AND device > ?"
+                         " ORDER BY device LIMIT ?", (campaign, wave, after, limit))
+
+    def campaign_open(self, campaign: str, skip: tuple[str, ...]) -> list[dict]:
+        """The campaign's rows with an offer and a status not in `skip`, each with its offer's status (`offer_status`)."""
+        return self._all("SELECT c.*, o.status AS offer_status FROM campaign_devices c JOIN offers o ON o.id = c.offer"
+                         f" WHERE c.campaign = ? AND c.status NOT IN ({','.join('?' * len(skip))}) ORDER BY c.wave, c.device",
+                         (campaign, *skip))
+
+    def campaign_offers_of(self, device: str) -> set[int]:
+        """The offers that rows of any campaign name for `device`."""
+        return {r["offer"] for r in self._all("SELECT offer FROM campaign_devices WHERE device = ?", (device,))}
+
     def update_campaign_device(self, campaign: str, device: str, **fields) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
         self._exec(f"UPDATE campaign_devices SET {cols} WHERE campaign=? AND device=?", (*fields.values(), campaign, device))
@@ -282,9 +315,14 @@ class Registry:
         if offer is None or offer.device != device:
             self.foreign_events += 1  # an event may only move an offer of the device that sent it
             return None
-        self.set_offer_status(int(offer_id), status, code=code, reason=reason)
-        if status == "SUCCEEDED":
-            self.note_downtime(int(offer_id), event.get("downtime_ms"))
+        ms = event.get("downtime_ms") if status == "SUCCEEDED" else None
+        ms = ms if isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms <= 0xFFFFFFFF else None  # as note_downtime
+        if offer.status in FINAL:
+            self.note_downtime(offer.id, ms)
+        else:  # one statement; a final status another worker wrote meanwhile stays (the WHERE)
+            self._exec(f"UPDATE offers SET status=?, code=?, reason=?, updated=?, downtime_ms=COALESCE(?, downtime_ms)"
+                       f" WHERE id=? AND status NOT IN ({','.join('?' * len(FINAL))})",
+                       (status, code, reason, time.time(), ms, offer.id, *FINAL))
         if status == "ROLLED_BACK" or (status == "REFUSED" and code == ROLLED_BACK_BEFORE):
             self.remember_rolled_back(device, offer, reason)
         return status if status in FINAL else None
