@@ -8,6 +8,7 @@ portable subset: `ON CONFLICT ... DO UPDATE/NOTHING`, `RETURNING id`, `?` params
     db.execute("UPDATE devices SET version = ? WHERE id = ?", ("2.0.0", "a1b2"))
     rows = db.query("SELECT * FROM devices")                 # list of dicts
     new_id = db.insert_id("INSERT INTO offers (...) VALUES (?, ?) RETURNING id", (...))
+    rows = db.returning("UPDATE offers SET status = ? WHERE id = ? RETURNING id, device", (...))
 
 Several `fota serve` workers share one PostgreSQL database (docs/DEPLOY.md); what they must not do
 at once is decided by PostgreSQL's own locks, never by a protocol of ours:
@@ -83,6 +84,11 @@ class SqliteDatabase:
     def insert_id(self, sql: str, args: tuple = ()) -> int:
         with self.transaction():  # RETURNING's row is read before the commit
             return int(self._db.execute(sql, args).fetchone()[0])
+
+    def returning(self, sql: str, args: tuple = ()) -> list[dict]:
+        """Run one statement that changes rows and says which (`... RETURNING`); those rows, as dicts."""
+        with self.atomic():
+            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
 
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         with self._lock:
@@ -191,6 +197,11 @@ class PostgresDatabase:
         with self._lock:
             row = self._db.execute(self._sql(sql), args).fetchone()
             return int(next(iter(row.values())))
+
+    def returning(self, sql: str, args: tuple = ()) -> list[dict]:
+        """Run one statement that changes rows and says which (`... RETURNING`); those rows, as dicts."""
+        with self._lock:
+            return list(self._db.execute(self._sql(sql), args).fetchall())
 
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         with self._lock:
