@@ -46,6 +46,27 @@ def test_reports_out_of_order_are_taken_once_each_and_old_states_never_undo_new(
     assert workers.open_report("d1", "events", _sealed(key, "d1", "events", 99, ev)) is None and workers.replayed == 0
 
 
+def test_the_replay_window_takes_each_counter_once_across_a_jump_and_after_an_upgrade(regs):
+    a, _ = regs
+    ids = Identities(a)
+    key = ids.enroll("d1").key
+
+    def report(n: int) -> bytes | None:
+        return ids.open_report("d1", "events", _sealed(key, "d1", "events", n, {"event": "progress"}))
+
+    assert report(10)
+    assert all(report(n) for n in (5, 9, 7))  # below the newest, never taken: taken now
+    assert not any(report(n) for n in (5, 9, 7, 10))  # each once
+    newest = 10 + REPLAY_WINDOW + 5
+    assert report(newest)  # a jump past the whole window
+    assert report(newest - 3) and report(newest - 3) is None  # in the window, not taken before it
+    assert report(newest - REPLAY_WINDOW) is None  # below the window
+    # a registry from before the bitmap (NULL): every counter up to the newest counts as taken
+    a.db.execute("UPDATE identities SET seen = NULL, state_counter = NULL WHERE id = 'd1'")
+    assert report(newest - 1) is None
+    assert report(newest + 2) and report(newest + 1) and report(newest + 1) is None
+
+
 def test_campaign_lock_has_one_holder_and_waits_for_it(regs):
     a, b = regs
     la, lb = CampaignLock(a.db), CampaignLock(b.db)

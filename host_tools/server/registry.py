@@ -89,14 +89,15 @@ class Registry:
         self.foreign_events = 0  # events that named an offer of another device (changed nothing)
         self._images: dict[str, str] = {}  # package id -> its image's SHA-256 (package_image)
         self._db.script(SCHEMA_TEMPLATE.format(**SCHEMA_TYPES[self._db.kind]))
-        self._add_column("offers", "published", "INTEGER DEFAULT 1")  # registries made before it: all published
-        self._add_column("offers", "downtime_ms", "INTEGER")  # the `committed` event's (issue 22); NULL: not reported
-        self._add_column("devices", "deferred", "TEXT")  # issue 22: the device's power deferral (JSON), or NULL
+        self.add_column("offers", "published", "INTEGER DEFAULT 1")  # registries made before it: all published
+        self.add_column("offers", "downtime_ms", "INTEGER")  # the `committed` event's (issue 22); NULL: not reported
+        self.add_column("devices", "deferred", "TEXT")  # issue 22: the device's power deferral (JSON), or NULL
         # every campaign tick asks for these: an index holds only the few unpublished offers, not all of them
         self._db.script("CREATE INDEX IF NOT EXISTS offers_unpublished ON offers (id) WHERE published = 0")
 
-    def _add_column(self, table: str, column: str, decl: str) -> None:
-        """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS leaves it as it was)."""
+    def add_column(self, table: str, column: str, decl: str) -> None:
+        """Add a column a registry made by an older release lacks (CREATE TABLE IF NOT EXISTS
+        leaves it as it was); also for the modules that keep tables beside the registry's (identities)."""
         if self._db.kind == "postgresql":  # under the schema lock, with IF NOT EXISTS: workers starting at once do not race
             self._db.script(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS {column} {decl}")
         elif column not in {r["name"] for r in self._all(f"PRAGMA table_info({table})")}:
