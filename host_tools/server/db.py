@@ -6,6 +6,7 @@ portable subset: `ON CONFLICT ... DO UPDATE/NOTHING`, `RETURNING id`, `?` params
     db = open_database(Path("data/registry.sqlite"))          # or "postgresql://user@host/fota"
     db.script(SCHEMA)
     db.execute("UPDATE devices SET version = ? WHERE id = ?", ("2.0.0", "a1b2"))
+    db.execute_many("UPDATE devices SET version = ? WHERE id = ?", [("2.0.0", "a1b2"), ("2.0.0", "c3d4")])
     rows = db.query("SELECT * FROM devices")                 # list of dicts
     new_id = db.insert_id("INSERT INTO offers (...) VALUES (?, ?) RETURNING id", (...))
     rows = db.returning("UPDATE offers SET status = ? WHERE id = ? RETURNING id, device", (...))
@@ -80,6 +81,12 @@ class SqliteDatabase:
     def execute(self, sql: str, args: tuple = ()) -> int:
         """Run one statement; the number of rows it changed."""
         return self._run(sql, args).rowcount
+
+    def execute_many(self, sql: str, rows: list[tuple]) -> None:
+        """Run one statement for each tuple of arguments (none: nothing), as one transaction."""
+        if rows:
+            with self.atomic():
+                self._db.executemany(sql, rows)
 
     def insert_id(self, sql: str, args: tuple = ()) -> int:
         with self.transaction():  # RETURNING's row is read before the commit
@@ -192,6 +199,12 @@ class PostgresDatabase:
         """Run one statement; the number of rows it changed."""
         with self._lock:
             return self._db.execute(self._sql(sql), args).rowcount
+
+    def execute_many(self, sql: str, rows: list[tuple]) -> None:
+        """Run one statement for each tuple of arguments (none: nothing), as one transaction, pipelined."""
+        if rows:
+            with self.atomic():
+                self._db.cursor().executemany(self._sql(sql), rows)
 
     def insert_id(self, sql: str, args: tuple = ()) -> int:
         with self._lock:

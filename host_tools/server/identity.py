@@ -272,37 +272,59 @@ class Identities:
         Run it in the caller's `db.transaction()` together with what the report changes: the device's
         identity row is locked until then, so of several workers exactly one takes each report, and a
         worker that dies before its commit leaves the report to be taken again."""
-        split = protocol.split_report(payload)
-        if split is None:
-            self.rejected += 1
-            return None
-        body, counter, mac = split
+        return self.open_reports([(device, kind, payload)])[0]
+
+    def open_reports(self, reports: list[tuple[str, str, bytes]]) -> list[bytes | None]:
+        """open_report for each (device, kind, payload) in order, in one transaction (the caller's, if it runs
+        in one): the identity rows of all their devices locked at once, in id order, so that workers taking
+        the same reports in batches wait for each other and never deadlock; one UPDATE per device."""
+        out: list[bytes | None] = [None] * len(reports)
+        splits = [protocol.split_report(payload) for _, _, payload in reports]
+        self.rejected += sum(1 for s in splits if s is None)
+        ids = sorted({device for (device, _, _), s in zip(reports, splits) if s is not None})
+        if not ids:
+            return out
         with self.db.atomic():
-            rows = self.db.query("SELECT kind, secret, counter, seen, state_counter, revoked FROM identities WHERE id = ?"
-                                 + self.db.for_update, (device,))
-            row = rows[0] if rows else None
-            if row is None or row["kind"] != "device" or row["revoked"] or not hmac.compare_digest(
-                    mac, protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)):
-                self.rejected += 1
-                return None
-            last = row["counter"]
-            seen = _WINDOW_MASK if row["seen"] is None else row["seen"] & _WINDOW_MASK
-            newest_state = last if row["state_counter"] is None else row["state_counter"]
-            if counter > last:
-                seen = (seen << min(counter - last, REPLAY_WINDOW) | 1) & _WINDOW_MASK
-            elif last - counter >= REPLAY_WINDOW or seen >> (last - counter) & 1:
-                self.replayed += counter < last and not self.shared
-                return None
-            else:
-                seen |= 1 << (last - counter)
-            old_state = kind == "state" and counter < newest_state  # taken (its counter is spent), never applied
-            self.db.execute("UPDATE identities SET counter = ?, seen = ?, state_counter = ? WHERE id = ?",
-                            (max(counter, last), _signed64(seen), counter if kind == "state" and not old_state else newest_state,
-                             device))
-            if old_state:
-                self.replayed += 1  # an old state: a replay, or (several workers) overtaken by the newer one
-                return None
-        return body
+            rows = {r["id"]: r for r in self.db.query(
+                "SELECT id, kind, secret, counter, seen, state_counter, revoked FROM identities"
+                f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id" + self.db.for_update, tuple(ids))}
+            windows: dict[str, list[int]] = {}  # device -> [newest counter, seen bitmap, newest state's counter]
+            for i, ((device, kind, _), split) in enumerate(zip(reports, splits)):
+                row = rows.get(device)
+                if split is None:
+                    continue
+                body, counter, mac = split
+                if row is None or row["kind"] != "device" or row["revoked"] or not hmac.compare_digest(
+                        mac, protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)):
+                    self.rejected += 1
+                    continue
+                if device not in windows:
+                    last = row["counter"]
+                    windows[device] = [last, _WINDOW_MASK if row["seen"] is None else row["seen"] & _WINDOW_MASK,
+                                       last if row["state_counter"] is None else row["state_counter"]]
+                if self._take(windows[device], kind, counter):
+                    out[i] = body
+            changed = [(last, _signed64(seen), state, device) for device, (last, seen, state) in windows.items()
+                       if (last, _signed64(seen), state) != (rows[device]["counter"], rows[device]["seen"], rows[device]["state_counter"])]
+            self.db.execute_many("UPDATE identities SET counter = ?, seen = ?, state_counter = ? WHERE id = ?", changed)
+        return out
+
+    def _take(self, window: list[int], kind: str, counter: int) -> bool:
+        """Spend `counter` in the device's window ([newest, seen bitmap, newest state], updated in place);
+        True if the report is to be taken, False for a replay or an old state (counted)."""
+        last, seen, newest_state = window
+        if counter > last:
+            seen = (seen << min(counter - last, REPLAY_WINDOW) | 1) & _WINDOW_MASK
+        elif last - counter >= REPLAY_WINDOW or seen >> (last - counter) & 1:
+            self.replayed += counter < last and not self.shared
+            return False
+        else:
+            seen |= 1 << (last - counter)
+        old_state = kind == "state" and counter < newest_state  # taken (its counter is spent), never applied
+        window[:] = [max(counter, last), seen, counter if kind == "state" and not old_state else newest_state]
+        if old_state:
+            self.replayed += 1  # an old state: a replay, or (several workers) overtaken by the newer one
+        return not old_state
 
     def stats(self) -> dict:
         """Counters for metrics and tests."""

@@ -1,7 +1,8 @@
 """The server side of docs/PROTOCOL.md over any MQTT 3.1.1 broker (paho-mqtt).
 
 Answers chunk requests from the package store, records every device's state and
-events in the registry, publishes and clears retained offers.
+events in the registry (queued to host_tools/server/reports.py, which takes them in batches),
+publishes and clears retained offers.
 
     svc = MqttService(registry, store, "mqtt://127.0.0.1:1883")
     svc.start()
@@ -10,7 +11,7 @@ events in the registry, publishes and clears retained offers.
 One of several workers (docs/DEPLOY.md; PostgreSQL and an external broker): `share="fota"` with a
 client id of its own. Chunk requests come through the MQTT 5 shared subscription `$share/fota/P/+/get`
 (each to one worker). Every worker receives every report, and the database lets exactly one take it
-(Identities.open_report in one transaction with what the report changes): a shared subscription would
+(Identities.open_reports in one transaction with what the reports change): a shared subscription would
 lose the reports a worker had received but not acknowledged when it died (mosquitto 2.0 hands them to
 no other member), and devices do not send a report twice.
 """
@@ -29,6 +30,7 @@ from host_tools.server.identity import Identities
 from host_tools.server.mqtt_client import ServerError, paho_client, parse_broker_url, start_client
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Offer, Registry
+from host_tools.server.reports import ReportTaker
 
 OFFER_CACHE_S = 2.0  # how long a chunk request may be answered from an offer read earlier
 
@@ -64,14 +66,20 @@ class MqttService:
             auth = (cred.user, cred.password)
         self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth,
                                    v5=share is not None)
+        # reports are taken in batches by a thread of their own (host_tools/server/reports.py)
+        self.reports = ReportTaker(registry, identities, on_final=self.settle_offer, refused=self._refused,
+                                   failed=self.stats.failed) if serve and identities is not None else None
 
     def start(self, timeout: float = 10) -> None:
+        if self.reports is not None:
+            self.reports.start()
         start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
 
     def alive(self) -> bool:
-        """False once paho's network thread ended although stop() was not called (the service died)."""
+        """False once paho's network thread or the reports thread ended although stop() was not called (the service died)."""
         thread = self._client._thread  # paho keeps no public handle on its loop thread
-        return self._stopped or (thread is not None and thread.is_alive())
+        reports = self.reports is None or self.reports.alive()
+        return self._stopped or (thread is not None and thread.is_alive() and reports)
 
     def republish_offers(self) -> int:
         """Publish every device's newest offer without an outcome again (retained): after a restart,
@@ -98,6 +106,8 @@ class MqttService:
         self._stopped = True
         self._client.disconnect()
         self._client.loop_stop()
+        if self.reports is not None:
+            self.reports.stop()  # what was queued is taken (its offers settled: needs no connection)
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         sock = client.socket()
@@ -119,25 +129,16 @@ class MqttService:
             device, kind = inbound.device_id(parsed[0]), parsed[1]
             if kind == "get":
                 self._serve_chunks(device, inbound.parse_get(msg.payload))
-            elif kind == "state" and msg.payload:
-                with self.registry.db.transaction():  # the report is taken with what it changes, or not at all
-                    if (body := self._authentic(device, kind, msg.payload)) is not None:
-                        self.registry.record_state(device, inbound.parse_state(body).as_dict())
-            elif kind == "events":
-                with self.registry.db.transaction():
-                    body = self._authentic(device, kind, msg.payload)
-                    final = body is not None and self.registry.record_event(device, inbound.parse_event(body).as_dict())
-                if final:
-                    self.settle_offer(device)
+            elif (kind == "events" or (kind == "state" and msg.payload)) and self.reports is not None:  # "": a cleared state
+                self.reports.put(device, kind, bytes(msg.payload))  # taken with what it changes, in a batch
         except inbound.InboundError as exc:
-            self.malformed += 1  # a malformed message from a device changes nothing
-            self.stats.refused(kind, exc)
+            self._refused(kind, exc)
         except Exception as exc:  # noqa: BLE001 - the service outlives any one message (counted, logged)
             self.stats.failed(kind, exc)
 
-    def _authentic(self, device: str, kind: str, payload: bytes) -> bytes | None:
-        """The report's JSON if `device`'s key authenticates it (else None: counted by the identities)."""
-        return self.identities.open_report(device, kind, payload) if self.identities is not None else None
+    def _refused(self, kind: str, exc: Exception) -> None:
+        self.malformed += 1  # a malformed message from a device changes nothing
+        self.stats.refused(kind, exc)
 
     def _serve_chunks(self, device: str, req: inbound.ChunkRequest) -> None:
         started = time.thread_time()

@@ -120,20 +120,26 @@ class Registry:
     # -- devices ----------------------------------------------------------
     def record_state(self, device: str, state: dict) -> None:
         """The device's retained state message, as it reported it (its last_seen is when the server last heard it)."""
-        self._exec(
-            "INSERT INTO devices (id, board, hw_rev, version, seq, slot, state, progress, result, code, detail, errors, deferred,"
-            " last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET board=excluded.board,"
-            " hw_rev=excluded.hw_rev, version=excluded.version, seq=excluded.seq, slot=excluded.slot, state=excluded.state,"
-            " progress=excluded.progress, result=excluded.result, code=excluded.code, detail=excluded.detail,"
-            " errors=excluded.errors, deferred=excluded.deferred, last_seen=excluded.last_seen",
-            (device, state.get("board"), state.get("hw_rev"), state.get("version"), state.get("seq"), state.get("slot"),
-             state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
-             state.get("detail"), json.dumps(state.get("errors") or []),
-             json.dumps(state["deferred"]) if state.get("deferred") else None, time.time()),
-        )
-        if state.get("image"):  # the running image's digest: the base a delta campaign offers from (issue 20)
-            self._exec("INSERT INTO device_images (device, sha, reported) VALUES (?,?,?) ON CONFLICT(device) DO UPDATE"
-                       " SET sha=excluded.sha, reported=excluded.reported", (device, state["image"], time.time()))
+        self.record_states([(device, state)])
+
+    def record_states(self, states: list[tuple[str, dict]]) -> None:
+        """record_state for each (device, state), in order, as one transaction."""
+        now = time.time()
+        with self._db.atomic():
+            self._db.execute_many(
+                "INSERT INTO devices (id, board, hw_rev, version, seq, slot, state, progress, result, code, detail, errors, deferred,"
+                " last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET board=excluded.board,"
+                " hw_rev=excluded.hw_rev, version=excluded.version, seq=excluded.seq, slot=excluded.slot, state=excluded.state,"
+                " progress=excluded.progress, result=excluded.result, code=excluded.code, detail=excluded.detail,"
+                " errors=excluded.errors, deferred=excluded.deferred, last_seen=excluded.last_seen",
+                [(device, state.get("board"), state.get("hw_rev"), state.get("version"), state.get("seq"), state.get("slot"),
+                  state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
+                  state.get("detail"), json.dumps(state.get("errors") or []),
+                  json.dumps(state["deferred"]) if state.get("deferred") else None, now) for device, state in states])
+            # the running image's digest: the base a delta campaign offers from (issue 20)
+            self._db.execute_many("INSERT INTO device_images (device, sha, reported) VALUES (?,?,?) ON CONFLICT(device) DO UPDATE"
+                                  " SET sha=excluded.sha, reported=excluded.reported",
+                                  [(device, state["image"], now) for device, state in states if state.get("image")])
 
     def running_image(self, device: str) -> str | None:
         """SHA-256 (hex) of the image the device last reported running, or None (never reported: a factory image)."""
@@ -306,8 +312,20 @@ class Registry:
     def record_event(self, device: str, event: dict) -> str | None:
         """Log a device event and move its offer on (host_tools.protocol's rule); returns a final status it reached.
         An image that rolled back on the device, or that it refused as rolled back before, is remembered."""
-        self.add_event(device, event)
-        self.note_heard(device)
+        return self.record_events([(device, event)])[0]
+
+    def record_events(self, events: list[tuple[str, dict]]) -> list[str | None]:
+        """record_event for each (device, event), in order, as one transaction; the final status each reached."""
+        now = time.time()
+        with self._db.atomic():
+            self._db.execute_many("INSERT INTO events (device, offer, event, body, t) VALUES (?,?,?,?,?)",
+                                  [(device, event.get("offer"), event.get("event"), json.dumps(event), now) for device, event in events])
+            self._db.execute_many("INSERT INTO contact (device, heard) VALUES (?, ?) ON CONFLICT (device) DO UPDATE SET heard=excluded.heard",
+                                  [(device, now) for device in dict.fromkeys(device for device, _ in events)])
+            return [self._move_offer(device, event) for device, event in events]
+
+    def _move_offer(self, device: str, event: dict) -> str | None:
+        """What an event does to the offer it names (if its device's); the final status reached, or None."""
         offer_id = event.get("offer")
         outcome = status_for_event(event)
         if offer_id is None or outcome is None:
