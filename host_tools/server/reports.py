@@ -1,7 +1,7 @@
 """Devices' reports (docs/PROTOCOL.md "Authenticated reports") taken in batches, one transaction per batch.
 
-The MQTT service's network thread only queues each state and event; this thread takes every report
-queued meanwhile (at most MAX_BATCH) in one transaction: the identity rows locked in id order
+The MQTT service's network thread only queues each state and event; this thread takes the reports
+that arrive within LINGER_S of the first (at most MAX_BATCH) in one transaction: the identity rows locked in id order
 (Identities.open_reports: several workers taking the same reports wait for one another, never
 deadlock), each report's MAC and counter checked as if it came alone, then the states, events and
 offer outcomes written (Registry.record_states, record_events). Database round trips per report fall
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 from host_tools.server import inbound
@@ -30,6 +31,7 @@ from host_tools.server.identity import Identities
 from host_tools.server.registry import Registry
 
 MAX_BATCH = 256  # reports per transaction (a connect burst of 10,000 devices: about 40 transactions)
+LINGER_S = 0.02  # how long a batch waits for more reports after its first (a report's added latency, at most)
 _STOP = None
 
 
@@ -68,9 +70,10 @@ class ReportTaker:
     def _run(self) -> None:
         while True:
             batch = [self._queue.get()]
+            until = time.monotonic() + LINGER_S  # a few reports more per transaction, not one each
             while batch[-1] is not _STOP and len(batch) < MAX_BATCH:
                 try:
-                    batch.append(self._queue.get_nowait())
+                    batch.append(self._queue.get(timeout=max(until - time.monotonic(), 0)))
                 except queue.Empty:
                     break
             stop = batch[-1] is _STOP
