@@ -67,6 +67,23 @@ def test_the_replay_window_takes_each_counter_once_across_a_jump_and_after_an_up
     assert report(newest + 2) and report(newest + 1) and report(newest + 1) is None
 
 
+def test_a_batch_of_reports_is_written_as_the_same_reports_one_by_one(regs):
+    a, _ = regs
+    image = "ab" * 32
+    a.record_states([("d1", {"board": "sim", "seq": 1}), ("d1", {"board": "sim", "seq": 2, "image": image}),
+                     ("d2", {"board": "sim", "seq": 7}), ("d1", {"board": "sim", "seq": 3})])
+    assert (a.device("d1")["seq"], a.device("d2")["seq"], a.running_image("d1")) == (3, 7, image)
+    mine, other = a.create_offer("d1", "p", chunk=4096, policy=0), a.create_offer("d2", "p", chunk=4096, policy=0)
+    finals = a.record_events([("d1", {"event": "downloaded", "offer": mine}),
+                              ("d1", {"event": "committed", "offer": mine, "downtime_ms": 40}),
+                              ("d1", {"event": "committed", "offer": other}),  # another device's offer: changes nothing
+                              ("d1", {"event": "failed", "offer": mine, "code": 1}),  # after the outcome: stays SUCCEEDED
+                              ("d1", {"event": "booted"})])
+    assert finals == [None, "SUCCEEDED", None, "REFUSED", None] and a.foreign_events == 1  # as one by one: the event's
+    assert (a.offer(mine).status, a.offer(mine).downtime_ms, a.offer(other).status) == ("SUCCEEDED", 40, "OFFERED")
+    assert [e["event"] for e in a.events("d1")] == ["downloaded", "committed", "committed", "failed", "booted"]
+
+
 def test_campaign_lock_has_one_holder_and_waits_for_it(regs):
     a, b = regs
     la, lb = CampaignLock(a.db), CampaignLock(b.db)

@@ -7,9 +7,10 @@ portable subset: `ON CONFLICT ... DO UPDATE/NOTHING`, `RETURNING id`, `?` params
     db.script(SCHEMA)
     db.execute("UPDATE devices SET version = ? WHERE id = ?", ("2.0.0", "a1b2"))
     db.execute_many("UPDATE devices SET version = ? WHERE id = ?", [("2.0.0", "a1b2"), ("2.0.0", "c3d4")])
+    db.execute_values("INSERT INTO events (device, event)", [("a1b2", "x"), ("c3d4", "y")])   # one statement
     rows = db.query("SELECT * FROM devices")                 # list of dicts
     new_id = db.insert_id("INSERT INTO offers (...) VALUES (?, ?) RETURNING id", (...))
-    rows = db.returning("UPDATE offers SET status = ? WHERE id = ? RETURNING id, device", (...))
+    rows = db.returning_many("UPDATE offers SET status = ? WHERE id = ? RETURNING device", [("DONE", 7)])  # [[{...}]]
 
 Several `fota serve` workers share one PostgreSQL database (docs/DEPLOY.md); what they must not do
 at once is decided by PostgreSQL's own locks, never by a protocol of ours:
@@ -41,6 +42,16 @@ class DatabaseError(FotaError):
 SCHEMA_LOCK = "fota:schema"  # PostgreSQL: one worker at a time creates or alters tables
 _NAMED: dict[tuple[str, str], threading.Lock] = {}
 _NAMED_GUARD = threading.Lock()
+
+
+def values_statements(head: str, rows: list[tuple], tail: str = "", *, per_statement: int = 500) -> Iterator[tuple[str, tuple]]:
+    """`head VALUES (?,..),(?,..) tail` statements with their arguments, for `rows` (all of one width): one
+    statement for many rows, where executemany would make one each (their parameters: under both databases'
+    limits, 32766 for SQLite, 65535 for PostgreSQL, at 500 rows of up to 60 columns)."""
+    for start in range(0, len(rows), per_statement):
+        part = rows[start:start + per_statement]
+        group = "(" + ",".join("?" * len(part[0])) + ")"
+        yield f"{head} VALUES {','.join([group] * len(part))} {tail}", tuple(v for row in part for v in row)
 
 
 def _named_lock(path: str, key: str) -> threading.Lock:
@@ -92,10 +103,18 @@ class SqliteDatabase:
         with self.transaction():  # RETURNING's row is read before the commit
             return int(self._db.execute(sql, args).fetchone()[0])
 
-    def returning(self, sql: str, args: tuple = ()) -> list[dict]:
-        """Run one statement that changes rows and says which (`... RETURNING`); those rows, as dicts."""
+    def execute_values(self, head: str, rows: list[tuple], tail: str = "") -> None:
+        """INSERT many rows in few statements (values_statements), as one transaction; a row twice under an
+        `ON CONFLICT ... DO UPDATE` tail is an error (PostgreSQL): pass each key once."""
         with self.atomic():
-            return [dict(r) for r in self._db.execute(sql, args).fetchall()]
+            for sql, args in values_statements(head, rows, tail):
+                self.execute(sql, args)
+
+    def returning_many(self, sql: str, rows: list[tuple]) -> list[list[dict]]:
+        """Run a statement that changes rows and says which (`... RETURNING`) for each tuple of arguments, in
+        order, as one transaction: the rows of each, as dicts."""
+        with self.atomic():
+            return [[dict(r) for r in self._db.execute(sql, args).fetchall()] for args in rows]
 
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         with self._lock:
@@ -211,10 +230,25 @@ class PostgresDatabase:
             row = self._db.execute(self._sql(sql), args).fetchone()
             return int(next(iter(row.values())))
 
-    def returning(self, sql: str, args: tuple = ()) -> list[dict]:
-        """Run one statement that changes rows and says which (`... RETURNING`); those rows, as dicts."""
-        with self._lock:
-            return list(self._db.execute(self._sql(sql), args).fetchall())
+    def execute_values(self, head: str, rows: list[tuple], tail: str = "") -> None:
+        """INSERT many rows in few statements (values_statements), as one transaction; a row twice under an
+        `ON CONFLICT ... DO UPDATE` tail is an error (PostgreSQL): pass each key once."""
+        with self.atomic():
+            for sql, args in values_statements(head, rows, tail):
+                self.execute(sql, args)
+
+    def returning_many(self, sql: str, rows: list[tuple]) -> list[list[dict]]:
+        """Run a statement that changes rows and says which (`... RETURNING`) for each tuple of arguments, in
+        order, as one transaction, pipelined: the rows of each, as dicts."""
+        if not rows:
+            return []
+        with self.atomic():
+            cur = self._db.cursor()
+            cur.executemany(self._sql(sql), rows, returning=True)
+            out = [cur.fetchall()]
+            while cur.nextset():
+                out.append(cur.fetchall())
+            return out
 
     def query(self, sql: str, args: tuple = ()) -> list[dict]:
         with self._lock:

@@ -68,6 +68,12 @@ SCHEMA_TYPES = {
 OFFER_COLUMNS = "id, device, package, chunk, policy, status, code, reason, downtime_ms"
 
 
+def _downtime(event: dict, status: str) -> int | None:
+    """The downtime (ms) a `committed` event reports: an integer in 0..2^32-1, else unknown (None)."""
+    ms = event.get("downtime_ms") if status == "SUCCEEDED" else None
+    return ms if isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms <= 0xFFFFFFFF else None
+
+
 @dataclass
 class Offer:
     id: int
@@ -123,23 +129,26 @@ class Registry:
         self.record_states([(device, state)])
 
     def record_states(self, states: list[tuple[str, dict]]) -> None:
-        """record_state for each (device, state), in order, as one transaction."""
+        """record_state for each (device, state), in order, as one transaction (a device's last state is what
+        its row keeps, so that one is written; its last reported image likewise)."""
         now = time.time()
+        last = {device: state for device, state in states}
+        images = {device: state["image"] for device, state in states if state.get("image")}
         with self._db.atomic():
-            self._db.execute_many(
+            self._db.execute_values(
                 "INSERT INTO devices (id, board, hw_rev, version, seq, slot, state, progress, result, code, detail, errors, deferred,"
-                " last_seen) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET board=excluded.board,"
-                " hw_rev=excluded.hw_rev, version=excluded.version, seq=excluded.seq, slot=excluded.slot, state=excluded.state,"
-                " progress=excluded.progress, result=excluded.result, code=excluded.code, detail=excluded.detail,"
-                " errors=excluded.errors, deferred=excluded.deferred, last_seen=excluded.last_seen",
+                " last_seen)",
                 [(device, state.get("board"), state.get("hw_rev"), state.get("version"), state.get("seq"), state.get("slot"),
                   state.get("state"), json.dumps(state.get("progress")), state.get("result"), state.get("code"),
                   state.get("detail"), json.dumps(state.get("errors") or []),
-                  json.dumps(state["deferred"]) if state.get("deferred") else None, now) for device, state in states])
+                  json.dumps(state["deferred"]) if state.get("deferred") else None, now) for device, state in last.items()],
+                "ON CONFLICT(id) DO UPDATE SET board=excluded.board, hw_rev=excluded.hw_rev, version=excluded.version,"
+                " seq=excluded.seq, slot=excluded.slot, state=excluded.state, progress=excluded.progress, result=excluded.result,"
+                " code=excluded.code, detail=excluded.detail, errors=excluded.errors, deferred=excluded.deferred,"
+                " last_seen=excluded.last_seen")
             # the running image's digest: the base a delta campaign offers from (issue 20)
-            self._db.execute_many("INSERT INTO device_images (device, sha, reported) VALUES (?,?,?) ON CONFLICT(device) DO UPDATE"
-                                  " SET sha=excluded.sha, reported=excluded.reported",
-                                  [(device, state["image"], now) for device, state in states if state.get("image")])
+            self._db.execute_values("INSERT INTO device_images (device, sha, reported)", [(d, sha, now) for d, sha in images.items()],
+                                    "ON CONFLICT(device) DO UPDATE SET sha=excluded.sha, reported=excluded.reported")
 
     def running_image(self, device: str) -> str | None:
         """SHA-256 (hex) of the image the device last reported running, or None (never reported: a factory image)."""
@@ -317,33 +326,35 @@ class Registry:
     def record_events(self, events: list[tuple[str, dict]]) -> list[str | None]:
         """record_event for each (device, event), in order, as one transaction; the final status each reached."""
         now = time.time()
+        moves = [(i, device, event, outcome) for i, (device, event) in enumerate(events)
+                 if event.get("offer") is not None and (outcome := status_for_event(event)) is not None]
         with self._db.atomic():
-            self._db.execute_many("INSERT INTO events (device, offer, event, body, t) VALUES (?,?,?,?,?)",
-                                  [(device, event.get("offer"), event.get("event"), json.dumps(event), now) for device, event in events])
-            self._db.execute_many("INSERT INTO contact (device, heard) VALUES (?, ?) ON CONFLICT (device) DO UPDATE SET heard=excluded.heard",
-                                  [(device, now) for device in dict.fromkeys(device for device, _ in events)])
-            return [self._move_offer(device, event) for device, event in events]
+            self._db.execute_values("INSERT INTO events (device, offer, event, body, t)",
+                                    [(device, event.get("offer"), event.get("event"), json.dumps(event), now) for device, event in events])
+            self._db.execute_values("INSERT INTO contact (device, heard)", [(d, now) for d in dict.fromkeys(d for d, _ in events)],
+                                    "ON CONFLICT (device) DO UPDATE SET heard=excluded.heard")
+            # each in one statement when the offer is the device's and open; a final status (another worker's) stays
+            moved = self._db.returning_many(
+                "UPDATE offers SET status=?, code=?, reason=?, updated=?, downtime_ms=COALESCE(?, downtime_ms)"
+                f" WHERE id=? AND device=? AND status NOT IN ({','.join('?' * len(FINAL))}) RETURNING {OFFER_COLUMNS}",
+                [(*outcome, now, _downtime(event, outcome[0]), int(event["offer"]), device, *FINAL)
+                 for _, device, event, outcome in moves])
+            out: list[str | None] = [None] * len(events)
+            for (i, device, event, outcome), rows in zip(moves, moved):
+                out[i] = self._moved(device, event, outcome, Offer(**rows[0]) if rows else None)
+            return out
 
-    def _move_offer(self, device: str, event: dict) -> str | None:
-        """What an event does to the offer it names (if its device's); the final status reached, or None."""
-        offer_id = event.get("offer")
-        outcome = status_for_event(event)
-        if offer_id is None or outcome is None:
-            return None
+    def _moved(self, device: str, event: dict, outcome: tuple, offer: Offer | None) -> str | None:
+        """After an event's UPDATE of its offer (`offer`: the row it moved, None if it moved none): count an
+        event about another device's offer; note the downtime of an offer already final; remember a rollback.
+        The final status reached, or None."""
         status, code, reason = outcome
-        ms = event.get("downtime_ms") if status == "SUCCEEDED" else None
-        ms = ms if isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms <= 0xFFFFFFFF else None  # as note_downtime
-        # one statement when the offer is the device's and open; a final status (another worker's) stays
-        moved = self._db.returning(
-            "UPDATE offers SET status=?, code=?, reason=?, updated=?, downtime_ms=COALESCE(?, downtime_ms)"
-            f" WHERE id=? AND device=? AND status NOT IN ({','.join('?' * len(FINAL))}) RETURNING {OFFER_COLUMNS}",
-            (status, code, reason, time.time(), ms, int(offer_id), device, *FINAL))
-        offer = Offer(**moved[0]) if moved else self.offer(int(offer_id))
-        if offer is None or offer.device != device:
-            self.foreign_events += 1  # an event may only move an offer of the device that sent it
-            return None
-        if not moved:  # final already: only the downtime, as a `committed` event reports it
-            self.note_downtime(offer.id, ms)
+        if offer is None:
+            offer = self.offer(int(event["offer"]))
+            if offer is None or offer.device != device:
+                self.foreign_events += 1  # an event may only move an offer of the device that sent it
+                return None
+            self.note_downtime(offer.id, _downtime(event, status))  # final already: only the downtime
         if status == "ROLLED_BACK" or (status == "REFUSED" and code == ROLLED_BACK_BEFORE):
             self.remember_rolled_back(device, offer, reason)
         return status if status in FINAL else None
