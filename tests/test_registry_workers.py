@@ -202,3 +202,31 @@ def test_workers_that_start_at_once_on_a_fresh_postgresql_database_all_start(pos
 
     for attempt in range(4):
         assert _start_at_once(fresh_database(postgres_server), 6, tmp_path / str(attempt)) == []
+
+
+def test_workers_share_chunk_requests_over_mqtt_311_when_the_broker_allows_it(regs, tmp_path, mosquitto):
+    """mosquitto gives MQTT 3.1.1 clients shared subscriptions (the start-up probe comes back), and MQTT 3.1.1
+    costs paho less CPU per message than 5: each worker's chunk requests are its share, not all of them."""
+    import paho.mqtt.client as mqtt
+
+    from host_tools.server.mqtt_service import MqttService
+    from mqttkit import wait_until
+
+    workers = [MqttService(reg, SharedPackageStore(tmp_path / name, reg.db), mosquitto.url, client_id=name, share="fota")
+               for reg, name in zip(regs, ("wa", "wb"))]
+    for w in workers:
+        w.start()
+    try:
+        assert [w._client.protocol for w in workers] == [mqtt.MQTTv311] * 2
+        dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
+        dev.connect(mosquitto.host, mosquitto.port)
+        dev.loop_start()
+        for n in range(20):  # requests for an offer nobody made: each refused by the one worker that got it
+            dev.publish("fota/d1/get", protocol.encode_get(n + 1, [0]), qos=0)
+        wait_until(lambda: sum(w.rejected for w in workers) == 20, 10, "every request answered once")
+        assert all(0 < w.rejected < 20 for w in workers)
+        dev.loop_stop()
+        dev.disconnect()
+    finally:
+        for w in workers:
+            w.stop()

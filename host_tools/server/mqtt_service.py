@@ -9,8 +9,8 @@ publishes and clears retained offers.
     svc.offer("a1b2c3", package_id)          # retained on fota/a1b2c3/offer
 
 One of several workers (docs/DEPLOY.md; PostgreSQL and an external broker): `share="fota"` with a
-client id of its own. Chunk requests come through the MQTT 5 shared subscription `$share/fota/P/+/get`
-(each to one worker). Every worker receives every report, and the database lets exactly one take it
+client id of its own. Chunk requests come through the shared subscription `$share/fota/P/+/get`
+(each to one worker; over MQTT 3.1.1 where the broker allows it, else MQTT 5: start() probes). Every worker receives every report, and the database lets exactly one take it
 (Identities.open_reports in one transaction with what the reports change): a shared subscription would
 lose the reports a worker had received but not acknowledged when it died (mosquitto 2.0 hands them to
 no other member), and devices do not send a report twice.
@@ -27,12 +27,13 @@ from collections.abc import Callable
 from host_tools import protocol
 from host_tools.server import inbound
 from host_tools.server.identity import Identities
-from host_tools.server.mqtt_client import ServerError, paho_client, parse_broker_url, start_client
+from host_tools.server.mqtt_client import MQTTv5, ServerError, paho_client, parse_broker_url, start_client
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Offer, Registry
 from host_tools.server.reports import ReportTaker
 
 OFFER_CACHE_S = 2.0  # how long a chunk request may be answered from an offer read earlier
+SHARE_PROBE_S = 3.0  # how long a worker waits for its probe of shared subscriptions over MQTT 3.1.1
 
 
 class MqttService:
@@ -47,7 +48,7 @@ class MqttService:
         self.host, self.port, tls = parse_broker_url(broker_url)
         self.prefix = prefix
         self.serve = serve  # False: a CLI client that only publishes offers and commands
-        self.share = share  # a shared-subscription group: one of several workers (MQTT 5)
+        self.share = share  # a shared-subscription group: one of several workers (MQTT 3.1.1 if the broker allows, else 5)
         self.bytes_served = 0
         self.chunks_served = 0
         self.serve_cpu_s = 0.0  # CPU time (this thread's) spent answering chunk requests: bench/mqtt.py divides it
@@ -64,8 +65,9 @@ class MqttService:
         if auth is None and identities is not None:
             cred = identities.server_credentials()
             auth = (cred.user, cred.password)
-        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth,
-                                   v5=share is not None)
+        self._paho = (client_id, tls, ca_file, auth)
+        self._probed = threading.Event()  # a worker's own probe came back through a shared subscription
+        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth)
         # reports are taken in batches by a thread of their own (host_tools/server/reports.py)
         self.reports = ReportTaker(registry, identities, on_final=self.settle_offer, refused=self._refused,
                                    failed=self.stats.failed) if serve and identities is not None else None
@@ -74,6 +76,12 @@ class MqttService:
         if self.reports is not None:
             self.reports.start()
         start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
+        if self.share and not self._probed.wait(SHARE_PROBE_S):  # the broker shares subscriptions with MQTT 5 only
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._connected.clear()
+            self._client = paho_client(*self._paho[:3], self._connected, self._on_connect, self._on_message, self._paho[3], v5=True)
+            start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
 
     def alive(self) -> bool:
         """False once paho's network thread or the reports thread ended although stop() was not called (the service died)."""
@@ -117,12 +125,25 @@ class MqttService:
         if self.serve:
             get = f"$share/{self.share}/{p}/+/get" if self.share else f"{p}/+/get"
             client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1), (get, 0)])
+        if self.share and client.protocol != MQTTv5 and not self._probed.is_set():
+            # MQTT 3.1.1 costs paho about half the CPU per message of MQTT 5 (bench/fleet.py); brokers that
+            # give 3.1.1 clients shared subscriptions (mosquitto, EMQX, HiveMQ, VerneMQ) return this probe
+            # through a group of this worker alone; others do not, and start() goes on with MQTT 5
+            probe = self._probe_topic()
+            client.subscribe(f"$share/{self._paho[0]}/{probe}", 1)
+            client.publish(probe, b"", qos=1)
         self._connected.set()
+
+    def _probe_topic(self) -> str:
+        return f"{self.prefix}/{self._paho[0]}/share-probe"
 
     # paho's network thread: nothing a peer sends may raise out of here (the thread would end).
     def _on_message(self, client, userdata, msg) -> None:
         kind = "topic"
         try:
+            if self.share and msg.topic == self._probe_topic():
+                self._probed.set()
+                return
             parsed = protocol.parse_topic(self.prefix, msg.topic)
             if parsed is None:
                 return
