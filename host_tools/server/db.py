@@ -30,6 +30,7 @@ import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 
 from host_tools.errors import FotaError
@@ -44,14 +45,22 @@ _NAMED: dict[tuple[str, str], threading.Lock] = {}
 _NAMED_GUARD = threading.Lock()
 
 
-def values_statements(head: str, rows: list[tuple], tail: str = "", *, per_statement: int = 500) -> Iterator[tuple[str, tuple]]:
+def values_statements(head: str, rows: list[tuple], tail: str = "", *, numbered: bool = False,
+                      per_statement: int = 500) -> Iterator[tuple[str, tuple]]:
     """`head VALUES (?,..),(?,..) tail` statements with their arguments, for `rows` (all of one width): one
     statement for many rows, where executemany would make one each (their parameters: under both databases'
-    limits, 32766 for SQLite, 65535 for PostgreSQL, at 500 rows of up to 60 columns)."""
+    limits, 32766 for SQLite, 65535 for PostgreSQL, at 500 rows of up to 60 columns). `numbered`: $1, $2, ...
+    (PostgreSQL's own placeholders, which psycopg's raw cursor sends as they are, without parsing the text)."""
     for start in range(0, len(rows), per_statement):
         part = rows[start:start + per_statement]
-        group = "(" + ",".join("?" * len(part[0])) + ")"
-        yield f"{head} VALUES {','.join([group] * len(part))} {tail}", tuple(v for row in part for v in row)
+        yield f"{head} VALUES {_value_groups(len(part), len(part[0]), numbered)} {tail}", tuple(v for row in part for v in row)
+
+
+@lru_cache(maxsize=64)
+def _value_groups(count: int, width: int, numbered: bool) -> str:
+    if not numbered:
+        return ",".join(["(" + ",".join("?" * width) + ")"] * count)
+    return ",".join("(" + ",".join(f"${r * width + c + 1}" for c in range(width)) + ")" for r in range(count))
 
 
 def _named_lock(path: str, key: str) -> threading.Lock:
@@ -232,10 +241,14 @@ class PostgresDatabase:
 
     def execute_values(self, head: str, rows: list[tuple], tail: str = "") -> None:
         """INSERT many rows in few statements (values_statements), as one transaction; a row twice under an
-        `ON CONFLICT ... DO UPDATE` tail is an error (PostgreSQL): pass each key once."""
+        `ON CONFLICT ... DO UPDATE` tail is an error (PostgreSQL): pass each key once. Numbered placeholders
+        through a raw cursor: psycopg parses a long statement's text again at every call, not from its cache."""
+        import psycopg
+
         with self.atomic():
-            for sql, args in values_statements(head, rows, tail):
-                self.execute(sql, args)
+            cur = psycopg.RawCursor(self._db)
+            for sql, args in values_statements(head, rows, tail, numbered=True):
+                cur.execute(sql, args)
 
     def returning_many(self, sql: str, rows: list[tuple]) -> list[list[dict]]:
         """Run a statement that changes rows and says which (`... RETURNING`) for each tuple of arguments, in
