@@ -352,17 +352,21 @@ class CampaignRunner:
             rows = self.registry.campaign_pending(name, wave, after=after, limit=spec.max_in_flight - busy)
             if not rows:
                 return
+            devices = [row["device"] for row in rows]  # what each offer checks, read for the page at once
+            rolled = {} if spec.allow_rolled_back else self.registry.rolled_back_reasons(devices, spec.package)
+            open_offers = self.registry.open_offers(devices)
             for row in rows:
                 after = row["device"]
-                if not spec.allow_rolled_back and (why := self.registry.rolled_back_reason(row["device"], spec.package)):
+                if why := rolled.get(row["device"]):
                     self.registry.update_campaign_device(name, row["device"], status=EXCLUDED, wave=-1, reason=why)
                 else:
-                    self._offer_row(name, spec, row)
+                    self._offer_row(name, spec, row, open_offers.get(row["device"], []))
                     busy += 1
 
-    def _offer_row(self, name: str, spec: CampaignSpec, row: dict) -> None:
+    def _offer_row(self, name: str, spec: CampaignSpec, row: dict, open_offers: list) -> None:
         """Offer the device its package and name the offer in its row: in one transaction with the offer when
-        the offer function calls `record` (MqttService.offer), else right after."""
+        the offer function calls `record` (MqttService.offer), else right after. `open_offers`: the device's
+        offers without an outcome."""
         device, named = row["device"], []
 
         def record(offer_id: int) -> None:
@@ -373,17 +377,17 @@ class CampaignRunner:
         package = self.package_for(name, spec, device)
         # an open offer of this package already (made by an offer function without `record` just before the
         # server stopped): that one is the device's offer, published again; a second would count it twice
-        orphan = self._orphan_offer(device, package)
+        orphan = self._orphan_offer(device, package, open_offers)
         if orphan and self.republish:
             self.republish(orphan)
         offer_id = orphan or self.offer(device, package, chunk=spec.chunk, policy=spec.policy, record=record)
         if not named:
             record(offer_id)
 
-    def _orphan_offer(self, device: str, package: str) -> int | None:
+    def _orphan_offer(self, device: str, package: str, open_offers: list) -> int | None:
         """An open offer of `package` to `device` that no campaign row names: made by an offer function that
         does not call `record`, just before the server stopped (MqttService.offer names it in the same transaction)."""
-        open_ = [o.id for o in self.registry.offers(device) if o.package == package and o.status not in FINAL]
+        open_ = [o.id for o in open_offers if o.package == package]
         if not open_:
             return None
         named = self.registry.campaign_offers_of(device)

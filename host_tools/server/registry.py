@@ -74,6 +74,10 @@ def _downtime(event: dict, status: str) -> int | None:
     return ms if isinstance(ms, int) and not isinstance(ms, bool) and 0 <= ms <= 0xFFFFFFFF else None
 
 
+def _rolled_back_reason(seen: dict) -> str:
+    return f"image rolled back on this device (offer {seen['offer']}: {seen['reason'] or '-'}); force to offer it anyway"
+
+
 @dataclass
 class Offer:
     id: int
@@ -238,6 +242,16 @@ class Registry:
         rows = self._all(f"SELECT {OFFER_COLUMNS} FROM offers WHERE id = ?", (offer_id,))
         return Offer(**rows[0]) if rows else None
 
+    def open_offers(self, devices: list[str]) -> dict[str, list[Offer]]:
+        """device -> its offers without an outcome, oldest first, for each of `devices` that has any."""
+        out: dict[str, list[Offer]] = {}
+        if devices:
+            rows = self._all(f"SELECT {OFFER_COLUMNS} FROM offers WHERE device IN ({','.join('?' * len(devices))})"
+                             f" AND status NOT IN ({','.join('?' * len(FINAL))}) ORDER BY id", (*devices, *FINAL))
+            for r in rows:
+                out.setdefault(r["device"], []).append(Offer(**r))
+        return out
+
     def offers(self, device: str | None = None) -> list[Offer]:
         sql = f"SELECT {OFFER_COLUMNS} FROM offers"
         rows = self._all(sql + (" WHERE device = ? ORDER BY id" if device else " ORDER BY id"), (device,) if device else ())
@@ -376,9 +390,16 @@ class Registry:
     def rolled_back_reason(self, device: str, package: str) -> str | None:
         """Why `package` is not offered to `device` unless forced (its image rolled back there), or None."""
         seen = self.rolled_back(device, package)
-        if seen is None:
-            return None
-        return f"image rolled back on this device (offer {seen['offer']}: {seen['reason'] or '-'}); force to offer it anyway"
+        return None if seen is None else _rolled_back_reason(seen)
+
+    def rolled_back_reasons(self, devices: list[str], package: str) -> dict[str, str]:
+        """rolled_back_reason for each of `devices` in one query: device -> reason, for those it has one."""
+        image = self.package_image(package)
+        if image is None or not devices:
+            return {}
+        rows = self._all(f"SELECT device, offer, reason FROM rolled_back WHERE image_sha256 = ? AND device IN ({','.join('?' * len(devices))})",
+                         (image, *devices))
+        return {r["device"]: _rolled_back_reason(r) for r in rows}
 
     # -- contact: when the server last heard from and sent to each device --------------------------------
     def note_heard(self, device: str) -> None:
