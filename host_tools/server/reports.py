@@ -4,8 +4,8 @@ The MQTT service's network thread only queues each state and event; this thread 
 that arrive within LINGER_S of the first (at most MAX_BATCH) in one transaction: the identity rows locked in id order
 (Identities.open_reports: several workers taking the same reports wait for one another, never
 deadlock), each report's MAC and counter checked as if it came alone, then the states, events and
-offer outcomes written (Registry.record_states, record_events). Database round trips per report fall
-from about six to one or two (docs/DEPLOY.md "Limits measured here").
+offer outcomes written (Registry.record_states, record_events): about ten database round trips per
+batch instead of about six per report (docs/DEPLOY.md "Limits measured here").
 
 A report that is authentic but does not parse spends its counter and changes nothing else (counted
 by `refused`). A batch that fails as a whole (a database error) is taken again report by report, so
