@@ -31,7 +31,7 @@ from host_tools.server.identity import Identities
 from host_tools.server.registry import Registry
 
 MAX_BATCH = 256  # reports per transaction (a connect burst of 10,000 devices: about 40 transactions)
-LINGER_S = 0.02  # how long a batch waits for more reports after its first (a report's added latency, at most)
+LINGER_S = 0.05  # how long a batch waits for more reports after its first (a report's added latency, at most)
 _STOP = None
 
 
