@@ -10,6 +10,8 @@ device and per chunk, the broker's bytes (read + written, /proc/PID/io) and the 
     .venv/bin/python bench/fleet.py --devices 10000 --boards 1 --workers 1,3
         # a throwaway PostgreSQL; a run with 1 worker (the baseline), then a fresh fleet with 3 workers;
         # ratios against the baseline, never asserted (docs/DEPLOY.md has the numbers of this machine)
+    .venv/bin/python bench/fleet.py --devices 2000 --boards 0 --profile /tmp/prof   # where the server's CPU goes:
+    .venv/bin/python bench/profile_serve.py --show /tmp/prof/run0-w0                #   every thread under cProfile
 """
 
 from __future__ import annotations
@@ -51,6 +53,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) clock ticks of all cores since boot (/proc/stat): how busy the machine was between two reads."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def wait(predicate, timeout: float, what: str):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,7 +89,8 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
     for i in range(max(workers, 1)):
         data = home / f"w{i}"
         data.mkdir(exist_ok=True)
-        cmd = [sys.executable, "-m", "host_tools.cli", "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.server_url]
+        launcher = [str(ROOT / "bench" / "profile_serve.py"), str(args.profile / f"run{workers}-w{i}")] if args.profile else ["-m", "host_tools.cli"]
+        cmd = [sys.executable, *launcher, "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.server_url]
         if workers:
             cmd += ["--worker", f"w{i}", "--database", database]
         with open(data / "serve.log", "w") as log:
@@ -106,13 +116,16 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
         runner = CampaignRunner(registry, offer=lambda *a, **k: 0, withdraw=lambda d: None)
         runner.create(spec)
         stats_before = fleet.stats()
-        cpu_before = sum(cpu_seconds(p.pid) for p in serves)
+        cpu_before = [cpu_seconds(p.pid) for p in serves]
+        machine_before = machine_jiffies()
         io_before = io_bytes(broker.pid)
         started = time.monotonic()
         runner.start("scale")  # the serving processes pick it up on their next tick
         wait(lambda: registry.campaign("scale")["status"] == COMPLETED, 3600, "the campaign")
         elapsed = time.monotonic() - started
-        cpu = sum(cpu_seconds(p.pid) for p in serves) - cpu_before
+        per_worker = [cpu_seconds(p.pid) - before for p, before in zip(serves, cpu_before)]
+        cpu = sum(per_worker)
+        machine = [b - a for a, b in zip(machine_before, machine_jiffies())]
         broker_bytes = io_bytes(broker.pid) - io_before
         outcome: dict[str, int] = {}
         for row in registry.campaign_devices("scale"):
@@ -131,7 +144,8 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
     chunks = max(stats.chunks - stats_before.chunks, 1)
     return {"workers": workers, "devices": total, "package": len(package), "time_s": elapsed, "cpu_s": cpu,
             "cpu_ms_per_device": 1000 * cpu / total, "cpu_us_per_chunk": 1e6 * cpu / chunks, "chunks": chunks,
-            "broker_bytes": broker_bytes, "outcome": outcome}
+            "broker_bytes": broker_bytes, "outcome": outcome, "per_worker_s": per_worker,
+            "machine_busy": machine[0] / max(machine[1], 1), "cores": os.cpu_count()}
 
 
 def show(r: dict, first: dict, args) -> None:
@@ -142,7 +156,12 @@ def show(r: dict, first: dict, args) -> None:
     print(f"  server CPU         {r['cpu_s']:8.2f} s    = {r['cpu_ms_per_device']:.2f} ms per device, "
           f"{r['cpu_us_per_chunk']:.0f} us per chunk ({r['chunks']} chunks)    x{r['cpu_s'] / first['cpu_s']:.2f}")
     print(f"  broker bytes       {r['broker_bytes'] / 1e6:8.1f} MB   x{r['broker_bytes'] / first['broker_bytes']:.2f}")
-    print(f"  outcomes           {json.dumps(r['outcome'])}", flush=True)
+    print(f"  outcomes           {json.dumps(r['outcome'])}")
+    # why more workers need not be faster here: every worker checks every report (only one takes it), and
+    # the cores are shared with PostgreSQL, mosquitto and the simulated fleet
+    print(f"  machine            {r['cores']} cores, {r['machine_busy']:.0%} busy during the campaign (every process); "
+          f"the workers used {r['cpu_s'] / r['time_s'] / r['cores']:.0%} of it"
+          + (f" (each: {', '.join(f'{c:.1f}' for c in r['per_worker_s'])} s)" if len(r["per_worker_s"]) > 1 else ""), flush=True)
 
 
 def main() -> int:
@@ -152,6 +171,7 @@ def main() -> int:
     parser.add_argument("--in-flight", type=int, default=200)
     parser.add_argument("--workers", default="0",
                         help="comma-separated runs: 0 = one fota serve on SQLite; N = N workers on PostgreSQL (default: 0)")
+    parser.add_argument("--profile", type=Path, help="run each fota serve under bench/profile_serve.py, profiles into this directory")
     args = parser.parse_args()
     plan = [int(w) for w in args.workers.split(",")]
     results = []

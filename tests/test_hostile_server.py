@@ -124,8 +124,7 @@ def test_a_retained_poison_state_does_not_stop_a_restarted_service(tmp_path, mos
     attacker.disconnect()
     for restart in range(2):
         with ids._lock:  # the counters as a fresh server would have them: the retained reports are new to it
-            ids.db.execute("UPDATE identities SET counter = -1")
-            ids.db.execute("DELETE FROM report_seen")  # since issue 19 each counter is taken once (the window)
+            ids.db.execute("UPDATE identities SET counter = -1, seen = 0, state_counter = -1")  # each counter is taken once
         svc = MqttService(registry, PackageStore(tmp_path / "packages"), f"mqtt://{mosquitto.host}:{mosquitto.port}",
                           client_id=f"fota-server-{restart}", identities=ids)
         svc.start()

@@ -46,6 +46,44 @@ def test_reports_out_of_order_are_taken_once_each_and_old_states_never_undo_new(
     assert workers.open_report("d1", "events", _sealed(key, "d1", "events", 99, ev)) is None and workers.replayed == 0
 
 
+def test_the_replay_window_takes_each_counter_once_across_a_jump_and_after_an_upgrade(regs):
+    a, _ = regs
+    ids = Identities(a)
+    key = ids.enroll("d1").key
+
+    def report(n: int) -> bytes | None:
+        return ids.open_report("d1", "events", _sealed(key, "d1", "events", n, {"event": "progress"}))
+
+    assert report(10)
+    assert all(report(n) for n in (5, 9, 7))  # below the newest, never taken: taken now
+    assert not any(report(n) for n in (5, 9, 7, 10))  # each once
+    newest = 10 + REPLAY_WINDOW + 5
+    assert report(newest)  # a jump past the whole window
+    assert report(newest - 3) and report(newest - 3) is None  # in the window, not taken before it
+    assert report(newest - REPLAY_WINDOW) is None  # below the window
+    # a registry from before the bitmap (NULL): every counter up to the newest counts as taken
+    a.db.execute("UPDATE identities SET seen = NULL, state_counter = NULL WHERE id = 'd1'")
+    assert report(newest - 1) is None
+    assert report(newest + 2) and report(newest + 1) and report(newest + 1) is None
+
+
+def test_a_batch_of_reports_is_written_as_the_same_reports_one_by_one(regs):
+    a, _ = regs
+    image = "ab" * 32
+    a.record_states([("d1", {"board": "sim", "seq": 1}), ("d1", {"board": "sim", "seq": 2, "image": image}),
+                     ("d2", {"board": "sim", "seq": 7}), ("d1", {"board": "sim", "seq": 3})])
+    assert (a.device("d1")["seq"], a.device("d2")["seq"], a.running_image("d1")) == (3, 7, image)
+    mine, other = a.create_offer("d1", "p", chunk=4096, policy=0), a.create_offer("d2", "p", chunk=4096, policy=0)
+    finals = a.record_events([("d1", {"event": "downloaded", "offer": mine}),
+                              ("d1", {"event": "committed", "offer": mine, "downtime_ms": 40}),
+                              ("d1", {"event": "committed", "offer": other}),  # another device's offer: changes nothing
+                              ("d1", {"event": "failed", "offer": mine, "code": 1}),  # after the outcome: stays SUCCEEDED
+                              ("d1", {"event": "booted"})])
+    assert finals == [None, "SUCCEEDED", None, "REFUSED", None] and a.foreign_events == 1  # as one by one: the event's
+    assert (a.offer(mine).status, a.offer(mine).downtime_ms, a.offer(other).status) == ("SUCCEEDED", 40, "OFFERED")
+    assert [e["event"] for e in a.events("d1")] == ["downloaded", "committed", "committed", "failed", "booted"]
+
+
 def test_campaign_lock_has_one_holder_and_waits_for_it(regs):
     a, b = regs
     la, lb = CampaignLock(a.db), CampaignLock(b.db)
@@ -164,3 +202,31 @@ def test_workers_that_start_at_once_on_a_fresh_postgresql_database_all_start(pos
 
     for attempt in range(4):
         assert _start_at_once(fresh_database(postgres_server), 6, tmp_path / str(attempt)) == []
+
+
+def test_workers_share_chunk_requests_over_mqtt_311_when_the_broker_allows_it(regs, tmp_path, mosquitto):
+    """mosquitto gives MQTT 3.1.1 clients shared subscriptions (the start-up probe comes back), and MQTT 3.1.1
+    costs paho less CPU per message than 5: each worker's chunk requests are its share, not all of them."""
+    import paho.mqtt.client as mqtt
+
+    from host_tools.server.mqtt_service import MqttService
+    from mqttkit import wait_until
+
+    workers = [MqttService(reg, SharedPackageStore(tmp_path / name, reg.db), mosquitto.url, client_id=name, share="fota")
+               for reg, name in zip(regs, ("wa", "wb"))]
+    for w in workers:
+        w.start()
+    try:
+        assert [w._client.protocol for w in workers] == [mqtt.MQTTv311] * 2
+        dev = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="d1")
+        dev.connect(mosquitto.host, mosquitto.port)
+        dev.loop_start()
+        for n in range(20):  # requests for an offer nobody made: each refused by the one worker that got it
+            dev.publish("fota/d1/get", protocol.encode_get(n + 1, [0]), qos=0)
+        wait_until(lambda: sum(w.rejected for w in workers) == 20, 10, "every request answered once")
+        assert all(0 < w.rejected < 20 for w in workers)
+        dev.loop_stop()
+        dev.disconnect()
+    finally:
+        for w in workers:
+            w.stop()

@@ -307,25 +307,28 @@ class CampaignRunner:
             if camp["status"] == RUNNING:
                 self._tick(camp)
 
+    # A tick reads what changed, not the whole campaign: the open rows (at most max_in_flight) with their
+    # offers, counts per (wave, status) for the gates, and as many PENDING rows as it may offer to.
     def _tick(self, camp: dict) -> None:
         name, spec = camp["name"], spec_of(camp)
         wave = camp["wave"]
         self._admit_late(name, spec, wave)
-        rows = self._sync(name, spec)
-        in_wave = [r for r in rows if r["wave"] == wave]
-        finished = [r for r in in_wave if r["status"] in FINAL]
-        failed = [r for r in finished if r["status"] in FAILURES]
+        self._sync(name, spec)
+        counts = self.registry.campaign_counts(name)
+        in_wave = sum(n for (w, _), n in counts.items() if w == wave)
+        finished = sum(n for (w, s), n in counts.items() if w == wave and s in FINAL)
+        failed = sum(n for (w, s), n in counts.items() if w == wave and s in FAILURES)
         accepted = camp["spec"].get("accepted_failures", {}).get(str(wave), 0)  # acknowledged by a resume
-        new_failures = len(failed) - accepted
-        if new_failures > 0 and len(finished) >= spec.min_sample and len(failed) / len(finished) >= spec.error_threshold:
-            self.registry.set_campaign_status(name, PAUSED, note=f"wave {wave + 1} ({spec.waves[wave]}): {len(failed)} of "
-                                              f"{len(finished)} finished devices failed (error threshold {spec.error_threshold:.0%})")
+        new_failures = failed - accepted
+        if new_failures > 0 and finished >= spec.min_sample and failed / finished >= spec.error_threshold:
+            self.registry.set_campaign_status(name, PAUSED, note=f"wave {wave + 1} ({spec.waves[wave]}): {failed} of "
+                                              f"{finished} finished devices failed (error threshold {spec.error_threshold:.0%})")
             return
-        if in_wave and len(finished) == len(in_wave):
-            succeeded = sum(1 for r in in_wave if r["status"] == "SUCCEEDED")
-            if succeeded / len(in_wave) + 1e-9 < spec.success_threshold and new_failures > 0:
+        if in_wave and finished == in_wave:
+            succeeded = counts.get((wave, "SUCCEEDED"), 0)
+            if succeeded / in_wave + 1e-9 < spec.success_threshold and new_failures > 0:
                 self.registry.set_campaign_status(name, PAUSED, note=f"wave {wave + 1} ({spec.waves[wave]}): {succeeded} of "
-                                                  f"{len(in_wave)} succeeded (success threshold {spec.success_threshold:.0%})")
+                                                  f"{in_wave} succeeded (success threshold {spec.success_threshold:.0%})")
                 return
             if wave + 1 < len(spec.waves):
                 self.registry.set_campaign_status(name, RUNNING, wave=wave + 1, note=f"wave {wave + 1} done")
@@ -337,25 +340,33 @@ class CampaignRunner:
             status = RUNNING if nxt < len(spec.waves) else COMPLETED
             self.registry.set_campaign_status(name, status, wave=min(nxt, len(spec.waves) - 1), note="empty wave")
             return
-        self._offer_more(name, spec, rows, in_wave)
+        busy = sum(n for (_, s), n in counts.items() if s not in FINAL + (PENDING, EXCLUDED))
+        self._offer_more(name, spec, wave, busy)
 
-    def _offer_more(self, name: str, spec: CampaignSpec, rows: list[dict], in_wave: list[dict]) -> None:
+    def _offer_more(self, name: str, spec: CampaignSpec, wave: int, busy: int) -> None:
+        """Offer the wave's PENDING devices, in device order, until `busy` reaches the in-flight cap."""
         if spec.use_window and spec.window and not Window.parse(spec.window).open_at(self.clock()):
             return
-        busy = sum(1 for r in rows if r["status"] not in FINAL + (PENDING, EXCLUDED))
-        for row in in_wave:
-            if busy >= spec.max_in_flight:
+        after = ""
+        while busy < spec.max_in_flight:
+            rows = self.registry.campaign_pending(name, wave, after=after, limit=spec.max_in_flight - busy)
+            if not rows:
                 return
-            if row["status"] == PENDING and not spec.allow_rolled_back \
-                    and (why := self.registry.rolled_back_reason(row["device"], spec.package)):
-                self.registry.update_campaign_device(name, row["device"], status=EXCLUDED, wave=-1, reason=why)
-            elif row["status"] == PENDING:
-                self._offer_row(name, spec, row)
-                busy += 1
+            devices = [row["device"] for row in rows]  # what each offer checks, read for the page at once
+            rolled = {} if spec.allow_rolled_back else self.registry.rolled_back_reasons(devices, spec.package)
+            open_offers = self.registry.open_offers(devices)
+            for row in rows:
+                after = row["device"]
+                if why := rolled.get(row["device"]):
+                    self.registry.update_campaign_device(name, row["device"], status=EXCLUDED, wave=-1, reason=why)
+                else:
+                    self._offer_row(name, spec, row, open_offers.get(row["device"], []))
+                    busy += 1
 
-    def _offer_row(self, name: str, spec: CampaignSpec, row: dict) -> None:
+    def _offer_row(self, name: str, spec: CampaignSpec, row: dict, open_offers: list) -> None:
         """Offer the device its package and name the offer in its row: in one transaction with the offer when
-        the offer function calls `record` (MqttService.offer), else right after."""
+        the offer function calls `record` (MqttService.offer), else right after. `open_offers`: the device's
+        offers without an outcome."""
         device, named = row["device"], []
 
         def record(offer_id: int) -> None:
@@ -366,52 +377,53 @@ class CampaignRunner:
         package = self.package_for(name, spec, device)
         # an open offer of this package already (made by an offer function without `record` just before the
         # server stopped): that one is the device's offer, published again; a second would count it twice
-        orphan = self._orphan_offer(device, package)
+        orphan = self._orphan_offer(device, package, open_offers)
         if orphan and self.republish:
             self.republish(orphan)
         offer_id = orphan or self.offer(device, package, chunk=spec.chunk, policy=spec.policy, record=record)
         if not named:
             record(offer_id)
 
-    def _orphan_offer(self, device: str, package: str) -> int | None:
+    def _orphan_offer(self, device: str, package: str, open_offers: list) -> int | None:
         """An open offer of `package` to `device` that no campaign row names: made by an offer function that
         does not call `record`, just before the server stopped (MqttService.offer names it in the same transaction)."""
-        open_ = [o.id for o in self.registry.offers(device) if o.package == package and o.status not in FINAL]
+        open_ = [o.id for o in open_offers if o.package == package]
         if not open_:
             return None
-        named = {r["offer"] for c in self.registry.campaigns() for r in self.registry.campaign_devices(c["name"])
-                 if r["device"] == device}
+        named = self.registry.campaign_offers_of(device)
         orphans = [i for i in open_ if i not in named]
         return orphans[-1] if orphans else None
 
     def _admit_late(self, name: str, spec: CampaignSpec, wave: int) -> None:
         """Devices that registered after the plan: into the current wave, or excluded with the reason."""
-        known = {r["device"] for r in self.registry.campaign_devices(name)}
-        package = self.registry.package(spec.package)
-        for device in self.registry.devices():
-            if device["id"] in known or not _selected(device, spec):
-                continue
+        late = [d for d in self.registry.devices_outside(name) if _selected(d, spec)]
+        package = self.registry.package(spec.package) if late else None
+        for device in late:
             reason = _excluded(self.registry, device, package, spec)
             if reason:
                 self.registry.add_campaign_device(name, device["id"], -1, EXCLUDED, reason)
             else:
                 self.registry.add_campaign_device(name, device["id"], max(wave, len(spec.waves) - 1), PENDING)
 
-    def _sync(self, name: str, spec: CampaignSpec) -> list[dict]:
-        """Fold offer outcomes, timeouts and retries into the campaign's device rows."""
+    def _sync(self, name: str, spec: CampaignSpec) -> None:
+        """Fold offer outcomes, timeouts and retries into the campaign's open device rows (a row with an
+        outcome keeps it: its offer's is final too, and never changes again)."""
         now = self.clock()
         fallbacks = self._fallbacks(name) if spec.delta_bases else {}
         deltas = set(spec.delta_bases.values())
-        for row in self.registry.campaign_devices(name):
-            if row["offer"] is None or row["status"] in (EXCLUDED, "CANCELLED"):
-                continue
-            offer = self.registry.offer(row["offer"])
-            status = offer.status
+        for row in self.registry.campaign_open(name, FINAL + (EXCLUDED, PENDING)):
+            status = row["offer_status"]
+            offer = None
             if status not in FINAL and row["started"] and now - row["started"] > spec.device_timeout_s:
-                self.registry.set_offer_status(offer.id, "TIMED_OUT", reason=f"no outcome within {spec.device_timeout_s:.0f} s")
+                self.registry.set_offer_status(row["offer"], "TIMED_OUT", reason=f"no outcome within {spec.device_timeout_s:.0f} s")
                 self.withdraw(row["device"])
-                status = "TIMED_OUT"
                 offer = self.registry.offer(row["offer"])
+                status = offer.status  # TIMED_OUT, or the outcome the device reported just before
+            if status not in FINAL:
+                if status != row["status"]:
+                    self.registry.update_campaign_device(name, row["device"], status=status)
+                continue
+            offer = offer or self.registry.offer(row["offer"])
             if status in ("FAILED", "REFUSED") and offer.package in deltas and offer.code in DELTA_REFUSALS \
                     and row["device"] not in fallbacks:
                 self._note_fallback(name, row["device"], offer)  # the delta does not fit this device: the full package next
@@ -421,11 +433,8 @@ class CampaignRunner:
             if status in ("FAILED", "TIMED_OUT") and row["attempts"] - (row["device"] in fallbacks) <= spec.retries:
                 self.registry.update_campaign_device(name, row["device"], status=PENDING, offer=None)
                 continue
-            fields = {"status": status}
-            if status in FINAL and row["status"] not in FINAL:
-                fields.update(finished=now, code=offer.code, reason=offer.reason)
-            self.registry.update_campaign_device(name, row["device"], **fields)
-        return self.registry.campaign_devices(name)
+            self.registry.update_campaign_device(name, row["device"], status=status, finished=now, code=offer.code,
+                                                 reason=offer.reason)
 
 
 def unreachable(rows: list[dict], devices: dict[str, dict], stale_after_s: float, now: float) -> list[dict]:

@@ -47,12 +47,19 @@ CREATE TABLE IF NOT EXISTS identities (
     id TEXT PRIMARY KEY, kind TEXT, secret TEXT, counter INTEGER DEFAULT -1, revoked INTEGER DEFAULT 0,
     devices TEXT DEFAULT '', created {real}
 );
-CREATE TABLE IF NOT EXISTS report_seen (device TEXT, counter BIGINT, kind TEXT, PRIMARY KEY (device, counter));
 """
 # Counters accepted out of order, at most this far below a device's newest: several server workers
 # take a device's reports in parallel (docs/DEPLOY.md), so they may be checked in another order than
-# sent. Each counter is accepted once (report_seen), as in IPsec's anti-replay window (RFC 4303 3.4.3).
+# sent. Each counter is accepted once, as in IPsec's anti-replay window (RFC 4303 3.4.3): the identity
+# row keeps the newest counter and a bitmap of the window below it (`seen`, bit i: newest - i taken),
+# and the newest state's counter (`state_counter`: an older state would undo it). One row, one UPDATE.
 REPLAY_WINDOW = 64
+_WINDOW_MASK = (1 << REPLAY_WINDOW) - 1
+
+
+def _signed64(mask: int) -> int:
+    """The window bitmap as a signed 64-bit column value (PostgreSQL's BIGINT, SQLite's INTEGER)."""
+    return mask - (1 << 64) if mask >> 63 else mask
 
 
 class IdentityError(FotaError):
@@ -104,6 +111,9 @@ class Identities:
         self.prefix = prefix
         self.shared = shared  # one of several workers: each gets every report, a counter seen is another's copy
         self.db.script(SCHEMA.format(real="REAL" if self.db.kind == "sqlite" else "DOUBLE PRECISION"))
+        # NULL in a registry from before the bitmap: every counter up to the newest counts as taken
+        registry.add_column("identities", "seen", "BIGINT")
+        registry.add_column("identities", "state_counter", "BIGINT")
         self._lock = threading.Lock()
         self.rejected = 0  # reports that failed the check (bad MAC, unknown or revoked device, malformed)
         self.replayed = 0  # reports whose counter was not above the last one (a replay; a redelivery is not counted)
@@ -115,12 +125,12 @@ class Identities:
         return rows[0] if rows else None
 
     def _put(self, user: str, kind: str, secret: bytes, devices: str = "") -> None:
-        self.db.execute(
-            "INSERT INTO identities (id, kind, secret, counter, revoked, devices, created) VALUES (?,?,?,?,?,?,?)"
-            " ON CONFLICT(id) DO UPDATE SET kind=excluded.kind, secret=excluded.secret, counter=excluded.counter,"
-            " revoked=0, devices=excluded.devices, created=excluded.created",
-            (user, kind, secret.hex(), -1, 0, devices, time.time()))
-        self.db.execute("DELETE FROM report_seen WHERE device = ?", (user,))  # a new secret counts from the start
+        self.db.execute(  # a new secret counts from the start
+            "INSERT INTO identities (id, kind, secret, counter, seen, state_counter, revoked, devices, created)"
+            " VALUES (?,?,?,?,?,?,?,?,?) ON CONFLICT(id) DO UPDATE SET kind=excluded.kind, secret=excluded.secret,"
+            " counter=excluded.counter, seen=excluded.seen, state_counter=excluded.state_counter, revoked=0,"
+            " devices=excluded.devices, created=excluded.created",
+            (user, kind, secret.hex(), -1, 0, -1, 0, devices, time.time()))
 
     def enroll(self, device: str) -> Credentials:
         """A new secret for `device` (an existing one is replaced: its old credentials stop working)."""
@@ -262,33 +272,59 @@ class Identities:
         Run it in the caller's `db.transaction()` together with what the report changes: the device's
         identity row is locked until then, so of several workers exactly one takes each report, and a
         worker that dies before its commit leaves the report to be taken again."""
-        split = protocol.split_report(payload)
-        if split is None:
-            self.rejected += 1
-            return None
-        body, counter, mac = split
-        with self.db.transaction():
-            rows = self.db.query("SELECT kind, secret, counter, revoked FROM identities WHERE id = ?" + self.db.for_update,
-                                 (device,))
-            row = rows[0] if rows else None
-            if row is None or row["kind"] != "device" or row["revoked"] or not hmac.compare_digest(
-                    mac, protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)):
-                self.rejected += 1
-                return None
-            last = row["counter"]
-            if counter <= last - REPLAY_WINDOW or not self.db.execute(
-                    "INSERT INTO report_seen (device, counter, kind) VALUES (?,?,?) ON CONFLICT DO NOTHING", (device, counter, kind)):
-                self.replayed += counter < last and not self.shared
-                return None
-            if counter > last:
-                self.db.execute("UPDATE identities SET counter = ? WHERE id = ?", (counter, device))
-                if counter % REPLAY_WINDOW == 0:
-                    self.db.execute("DELETE FROM report_seen WHERE device = ? AND counter <= ?", (device, counter - REPLAY_WINDOW))
-            elif kind == "state" and self.db.query("SELECT 1 AS newer FROM report_seen WHERE device = ? AND kind = 'state'"
-                                                   " AND counter > ? LIMIT 1", (device, counter)):
-                self.replayed += 1  # an old state: a replay, or (several workers) overtaken by the newer one
-                return None
-        return body
+        return self.open_reports([(device, kind, payload)])[0]
+
+    def open_reports(self, reports: list[tuple[str, str, bytes]]) -> list[bytes | None]:
+        """open_report for each (device, kind, payload) in order, in one transaction (the caller's, if it runs
+        in one): the identity rows of all their devices locked at once, in id order, so that workers taking
+        the same reports in batches wait for each other and never deadlock; one UPDATE per device."""
+        out: list[bytes | None] = [None] * len(reports)
+        splits = [protocol.split_report(payload) for _, _, payload in reports]
+        self.rejected += sum(1 for s in splits if s is None)
+        ids = sorted({device for (device, _, _), s in zip(reports, splits) if s is not None})
+        if not ids:
+            return out
+        with self.db.atomic():
+            rows = {r["id"]: r for r in self.db.query(
+                "SELECT id, kind, secret, counter, seen, state_counter, revoked FROM identities"
+                f" WHERE id IN ({','.join('?' * len(ids))}) ORDER BY id" + self.db.for_update, tuple(ids))}
+            windows: dict[str, list[int]] = {}  # device -> [newest counter, seen bitmap, newest state's counter]
+            for i, ((device, kind, _), split) in enumerate(zip(reports, splits)):
+                row = rows.get(device)
+                if split is None:
+                    continue
+                body, counter, mac = split
+                if row is None or row["kind"] != "device" or row["revoked"] or not hmac.compare_digest(
+                        mac, protocol.report_mac(bytes.fromhex(row["secret"]), device, kind, counter, body)):
+                    self.rejected += 1
+                    continue
+                if device not in windows:
+                    last = row["counter"]
+                    windows[device] = [last, _WINDOW_MASK if row["seen"] is None else row["seen"] & _WINDOW_MASK,
+                                       last if row["state_counter"] is None else row["state_counter"]]
+                if self._take(windows[device], kind, counter):
+                    out[i] = body
+            changed = [(last, _signed64(seen), state, device) for device, (last, seen, state) in windows.items()
+                       if (last, _signed64(seen), state) != (rows[device]["counter"], rows[device]["seen"], rows[device]["state_counter"])]
+            self.db.execute_many("UPDATE identities SET counter = ?, seen = ?, state_counter = ? WHERE id = ?", changed)
+        return out
+
+    def _take(self, window: list[int], kind: str, counter: int) -> bool:
+        """Spend `counter` in the device's window ([newest, seen bitmap, newest state], updated in place);
+        True if the report is to be taken, False for a replay or an old state (counted)."""
+        last, seen, newest_state = window
+        if counter > last:
+            seen = (seen << min(counter - last, REPLAY_WINDOW) | 1) & _WINDOW_MASK
+        elif last - counter >= REPLAY_WINDOW or seen >> (last - counter) & 1:
+            self.replayed += counter < last and not self.shared
+            return False
+        else:
+            seen |= 1 << (last - counter)
+        old_state = kind == "state" and counter < newest_state  # taken (its counter is spent), never applied
+        window[:] = [max(counter, last), seen, counter if kind == "state" and not old_state else newest_state]
+        if old_state:
+            self.replayed += 1  # an old state: a replay, or (several workers) overtaken by the newer one
+        return not old_state
 
     def stats(self) -> dict:
         """Counters for metrics and tests."""

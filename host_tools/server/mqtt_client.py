@@ -15,6 +15,8 @@ import paho.mqtt.client as mqtt
 
 from host_tools.errors import FotaError
 
+MQTTv5 = mqtt.MQTTv5
+
 
 class ServerError(FotaError):
     """The broker cannot be reached, or a request makes no sense."""

@@ -1,16 +1,17 @@
 """The server side of docs/PROTOCOL.md over any MQTT 3.1.1 broker (paho-mqtt).
 
 Answers chunk requests from the package store, records every device's state and
-events in the registry, publishes and clears retained offers.
+events in the registry (queued to host_tools/server/reports.py, which takes them in batches),
+publishes and clears retained offers.
 
     svc = MqttService(registry, store, "mqtt://127.0.0.1:1883")
     svc.start()
     svc.offer("a1b2c3", package_id)          # retained on fota/a1b2c3/offer
 
 One of several workers (docs/DEPLOY.md; PostgreSQL and an external broker): `share="fota"` with a
-client id of its own. Chunk requests come through the MQTT 5 shared subscription `$share/fota/P/+/get`
-(each to one worker). Every worker receives every report, and the database lets exactly one take it
-(Identities.open_report in one transaction with what the report changes): a shared subscription would
+client id of its own. Chunk requests come through the shared subscription `$share/fota/P/+/get`
+(each to one worker; over MQTT 3.1.1 where the broker allows it, else MQTT 5: start() probes). Every worker receives every report, and the database lets exactly one take it
+(Identities.open_reports in one transaction with what the reports change): a shared subscription would
 lose the reports a worker had received but not acknowledged when it died (mosquitto 2.0 hands them to
 no other member), and devices do not send a report twice.
 
@@ -29,11 +30,13 @@ from collections.abc import Callable
 from host_tools import protocol
 from host_tools.server import inbound
 from host_tools.server.identity import Identities
-from host_tools.server.mqtt_client import ServerError, paho_client, parse_broker_url, start_client
+from host_tools.server.mqtt_client import MQTTv5, ServerError, paho_client, parse_broker_url, start_client
 from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Offer, Registry
+from host_tools.server.reports import ReportTaker
 
 OFFER_CACHE_S = 2.0  # how long a chunk request may be answered from an offer read earlier
+SHARE_PROBE_S = 3.0  # how long a worker waits for its probe of shared subscriptions over MQTT 3.1.1
 
 
 def _no_delay(client) -> None:
@@ -55,7 +58,7 @@ class MqttService:
         self.host, self.port, tls = parse_broker_url(broker_url)
         self.prefix = prefix
         self.serve = serve  # False: a CLI client that only publishes offers and commands
-        self.share = share  # a shared-subscription group: one of several workers (MQTT 5)
+        self.share = share  # a shared-subscription group: one of several workers (MQTT 3.1.1 if the broker allows, else 5)
         self.bytes_served = 0
         self.chunks_served = 0
         self.serve_cpu_s = 0.0  # CPU time (this thread's) spent answering chunk requests: bench/mqtt.py divides it
@@ -72,14 +75,33 @@ class MqttService:
         if auth is None and identities is not None:
             cred = identities.server_credentials()
             auth = (cred.user, cred.password)
-        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth,
-                                   v5=share is not None)
+        self._paho = (client_id, tls, ca_file, auth)
+        self._probed = threading.Event()  # a worker's own probe came back through a shared subscription
+        self._client = paho_client(client_id, tls, ca_file, self._connected, self._on_connect, self._on_message, auth)
+        # chunk requests on a connection (and network thread) of their own: a batch of reports never holds them up
         self._chunks_connected = threading.Event()
-        self._chunks = paho_client(f"{client_id}-chunks", tls, ca_file, self._chunks_connected, self._on_chunks_connect,
-                                   self._on_chunk_request, auth, v5=share is not None) if serve else None
+        self._chunks = self._chunk_client(v5=False) if serve else None
+        # reports are taken in batches by a thread of their own (host_tools/server/reports.py)
+        self.reports = ReportTaker(registry, identities, on_final=self.settle_offer, refused=self._refused,
+                                   failed=self.stats.failed) if serve and identities is not None else None
+
+    def _chunk_client(self, v5: bool):
+        client_id, tls, ca_file, auth = self._paho
+        return paho_client(f"{client_id}-chunks", tls, ca_file, self._chunks_connected, self._on_chunks_connect,
+                           self._on_chunk_request, auth, v5=v5)
 
     def start(self, timeout: float = 10) -> None:
+        if self.reports is not None:
+            self.reports.start()
         start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
+        if self.share and not self._probed.wait(SHARE_PROBE_S):  # the broker shares subscriptions with MQTT 5 only
+            self._client.disconnect()
+            self._client.loop_stop()
+            self._connected.clear()
+            self._client = paho_client(*self._paho[:3], self._connected, self._on_connect, self._on_message, self._paho[3], v5=True)
+            start_client(self._client, self.host, self.port, self._connected, timeout, ServerError, "the MQTT broker")
+            if self._chunks is not None:
+                self._chunks = self._chunk_client(v5=True)
         if self._chunks is not None:
             try:
                 start_client(self._chunks, self.host, self.port, self._chunks_connected, timeout, ServerError,
@@ -90,9 +112,11 @@ class MqttService:
                 raise
 
     def alive(self) -> bool:
-        """False once one of paho's network threads ended although stop() was not called (the service died)."""
+        """False once one of paho's network threads or the reports thread ended although stop() was not called
+        (the service died)."""
         threads = [c._thread for c in (self._client, self._chunks) if c is not None]  # paho keeps no public handle
-        return self._stopped or all(t is not None and t.is_alive() for t in threads)
+        reports = self.reports is None or self.reports.alive()
+        return self._stopped or (all(t is not None and t.is_alive() for t in threads) and reports)
 
     def republish_offers(self) -> int:
         """Publish every device's newest offer without an outcome again (retained): after a restart,
@@ -121,13 +145,25 @@ class MqttService:
             if client is not None:
                 client.disconnect()
                 client.loop_stop()
+        if self.reports is not None:
+            self.reports.stop()  # what was queued is taken (its offers settled: needs no connection)
 
     def _on_connect(self, client, userdata, flags, reason, properties) -> None:
         _no_delay(client)
         p = self.prefix
         if self.serve:
             client.subscribe([(f"{p}/+/state", 1), (f"{p}/+/events", 1)])
+        if self.share and client.protocol != MQTTv5 and not self._probed.is_set():
+            # MQTT 3.1.1 costs paho about half the CPU per message of MQTT 5 (bench/fleet.py); brokers that
+            # give 3.1.1 clients shared subscriptions (mosquitto, EMQX, HiveMQ, VerneMQ) return this probe
+            # through a group of this worker alone; others do not, and start() goes on with MQTT 5
+            probe = self._probe_topic()
+            client.subscribe(f"$share/{self._paho[0]}/{probe}", 1)
+            client.publish(probe, b"", qos=1)
         self._connected.set()
+
+    def _probe_topic(self) -> str:
+        return f"{self.prefix}/{self._paho[0]}/share-probe"
 
     def _on_chunks_connect(self, client, userdata, flags, reason, properties) -> None:
         _no_delay(client)
@@ -152,29 +188,23 @@ class MqttService:
     def _on_message(self, client, userdata, msg) -> None:
         kind = "topic"
         try:
+            if self.share and msg.topic == self._probe_topic():
+                self._probed.set()
+                return
             parsed = protocol.parse_topic(self.prefix, msg.topic)
             if parsed is None:
                 return
             device, kind = inbound.device_id(parsed[0]), parsed[1]
-            if kind == "state" and msg.payload:
-                with self.registry.db.transaction():  # the report is taken with what it changes, or not at all
-                    if (body := self._authentic(device, kind, msg.payload)) is not None:
-                        self.registry.record_state(device, inbound.parse_state(body).as_dict())
-            elif kind == "events":
-                with self.registry.db.transaction():
-                    body = self._authentic(device, kind, msg.payload)
-                    final = body is not None and self.registry.record_event(device, inbound.parse_event(body).as_dict())
-                if final:
-                    self.settle_offer(device)
+            if (kind == "events" or (kind == "state" and msg.payload)) and self.reports is not None:  # "": a cleared state
+                self.reports.put(device, kind, bytes(msg.payload))  # taken with what it changes, in a batch
         except inbound.InboundError as exc:
-            self.malformed += 1  # a malformed message from a device changes nothing
-            self.stats.refused(kind, exc)
+            self._refused(kind, exc)
         except Exception as exc:  # noqa: BLE001 - the service outlives any one message (counted, logged)
             self.stats.failed(kind, exc)
 
-    def _authentic(self, device: str, kind: str, payload: bytes) -> bytes | None:
-        """The report's JSON if `device`'s key authenticates it (else None: counted by the identities)."""
-        return self.identities.open_report(device, kind, payload) if self.identities is not None else None
+    def _refused(self, kind: str, exc: Exception) -> None:
+        self.malformed += 1  # a malformed message from a device changes nothing
+        self.stats.refused(kind, exc)
 
     def _serve_chunks(self, device: str, req: inbound.ChunkRequest) -> None:
         started = time.thread_time()
