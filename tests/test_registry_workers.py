@@ -84,6 +84,28 @@ def test_a_batch_of_reports_is_written_as_the_same_reports_one_by_one(regs):
     assert [e["event"] for e in a.events("d1")] == ["downloaded", "committed", "committed", "failed", "booted"]
 
 
+def test_a_lost_committed_event_is_made_good_by_the_state_that_reports_the_new_image(regs):
+    """A reset right after the commit loses the `committed` event (it lives in the device's RAM until sent): the
+    next state, which names the running image, settles the INSTALLING offer of that image, and only that one."""
+    import types
+
+    a, b = regs
+    new, old = "cd" * 32, "ef" * 32
+    for pid, sha in (("pnew", new), ("pold", old)):
+        a.add_package(pid, f"/x/{pid}", types.SimpleNamespace(version="2.0.0", sequence=2, board="sim", hw_revs=("A",),
+                                                              image_size=1, encoded_size=1, encoding_name="raw",
+                                                              image_sha256=bytes.fromhex(sha)))
+    mine = a.create_offer("d1", "pnew", chunk=4096, policy=0)
+    other = a.create_offer("d2", "pnew", chunk=4096, policy=0)
+    a.record_events([("d1", {"event": "rebooting", "offer": mine}), ("d2", {"event": "rebooting", "offer": other})])
+    assert a.record_states([("d2", {"board": "sim", "seq": 1, "image": old})]) == []  # rolled back: not its image
+    assert a.record_states([("d1", {"board": "sim", "seq": 2, "image": new})]) == ["d1"]
+    assert (a.offer(mine).status, a.offer(other).status) == ("SUCCEEDED", "INSTALLING")
+    assert b.record_states([("d1", {"board": "sim", "seq": 2, "image": new})]) == []  # once (another worker, again)
+    a.record_events([("d1", {"event": "committed", "offer": mine, "downtime_ms": 30})])  # the event after all: its downtime
+    assert (a.offer(mine).status, a.offer(mine).downtime_ms) == ("SUCCEEDED", 30)
+
+
 def test_campaign_lock_has_one_holder_and_waits_for_it(regs):
     a, b = regs
     la, lb = CampaignLock(a.db), CampaignLock(b.db)

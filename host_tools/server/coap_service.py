@@ -132,8 +132,8 @@ class RegistryBackend:
 
     def state(self, device: str, payload: bytes) -> None:
         body = self._authentic(device, "state", payload)
-        if body is not None:
-            self.registry.record_state(device, inbound.parse_state(body).as_dict())
+        if body is not None and self.registry.record_state(device, inbound.parse_state(body).as_dict()) and self.on_final:
+            self.on_final(device)  # an INSTALLING offer the state showed committed (Registry.settle_from_images)
 
     def event(self, device: str, payload: bytes) -> None:
         body = self._authentic(device, "events", payload)

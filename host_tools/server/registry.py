@@ -128,13 +128,15 @@ class Registry:
         return self._db.query(sql, args)
 
     # -- devices ----------------------------------------------------------
-    def record_state(self, device: str, state: dict) -> None:
-        """The device's retained state message, as it reported it (its last_seen is when the server last heard it)."""
-        self.record_states([(device, state)])
+    def record_state(self, device: str, state: dict) -> bool:
+        """The device's retained state message, as it reported it (its last_seen is when the server last heard it).
+        True when it ended an offer (record_states)."""
+        return bool(self.record_states([(device, state)]))
 
-    def record_states(self, states: list[tuple[str, dict]]) -> None:
+    def record_states(self, states: list[tuple[str, dict]]) -> list[str]:
         """record_state for each (device, state), in order, as one transaction (a device's last state is what
-        its row keeps, so that one is written; its last reported image likewise)."""
+        its row keeps, so that one is written; its last reported image likewise). Returns the devices whose
+        INSTALLING offer the state showed committed (its `committed` event was lost: settle_from_images)."""
         now = time.time()
         last = {device: state for device, state in states}
         images = {device: state["image"] for device, state in states if state.get("image")}
@@ -153,6 +155,22 @@ class Registry:
             # the running image's digest: the base a delta campaign offers from (issue 20)
             self._db.execute_values("INSERT INTO device_images (device, sha, reported)", [(d, sha, now) for d, sha in images.items()],
                                     "ON CONFLICT(device) DO UPDATE SET sha=excluded.sha, reported=excluded.reported")
+            return self.settle_from_images(images, now)
+
+    def settle_from_images(self, images: dict[str, str], now: float) -> list[str]:
+        """An INSTALLING offer whose image its device now reports running is SUCCEEDED, as its `committed` event
+        would have made it: that event lives in the device's RAM until it is sent, so a reset right after the
+        commit loses it, and the offer would wait in INSTALLING for good. The state is the device's authenticated
+        word too, and `image` is set only by the commit (firmware/fota/boot/confirm.py). The devices settled."""
+        if not images:
+            return []
+        rows = self._all(f"SELECT id, device, package FROM offers WHERE status = 'INSTALLING'"
+                         f" AND device IN ({','.join('?' * len(images))})", tuple(images))
+        hits = [r for r in rows if self.package_image(r["package"]) == images[r["device"]]]
+        moved = self._db.returning_many(
+            "UPDATE offers SET status='SUCCEEDED', code=NULL, reason=?, updated=? WHERE id=? AND status='INSTALLING'"
+            " RETURNING id", [("committed (the device's state: its event was lost)", now, r["id"]) for r in hits])
+        return [r["device"] for r, done in zip(hits, moved) if done]
 
     def running_image(self, device: str) -> str | None:
         """SHA-256 (hex) of the image the device last reported running, or None (never reported: a factory image)."""

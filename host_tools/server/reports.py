@@ -107,11 +107,11 @@ class ReportTaker:
                         events.append((device, inbound.parse_event(body).as_dict()))
                 except inbound.InboundError as exc:
                     refused.append((kind, exc))
-            self.registry.record_states(states)
+            settled = self.registry.record_states(states)
             finals = self.registry.record_events(events)
         self.batches += 1
         self.taken += len(states) + len(events)
         for kind, exc in refused:
             self.refused(kind, exc)
-        for device in dict.fromkeys(d for (d, _), final in zip(events, finals) if final):
+        for device in dict.fromkeys([*settled, *(d for (d, _), final in zip(events, finals) if final)]):
             self.on_final(device)
