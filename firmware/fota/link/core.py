@@ -46,6 +46,7 @@ class Link:
         self._state_due = True
         self._flushing = False
         self._complete = False
+        self._took = False  # the last chunk was taken by the agent (_chunk)
         self._misses = 0
         self._last_data = 0
         self._restarts = 0
@@ -190,6 +191,7 @@ class Link:
         except OtaError as e:
             self._done(e.code)
             return False
+        self._took = new  # whether the agent took it (a transport asks for more only then)
         if new:
             self._heard()  # progress is a chunk not seen before: a replayed one keeps no attempt alive
         if self.agent.complete():

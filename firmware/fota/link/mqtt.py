@@ -45,6 +45,7 @@ class MqttLink(Link):
         self.max_timeouts = max_timeouts
         self._in_callback = False
         self._inflight = []
+        self._reasked = -1  # the chunk _lost_before asked for again (once)
         self._reconnect = Backoff(500, 30000)
         self._req = bytearray(GET_HEAD + 4 * GET_MAX)
         client.set_callback(self._on_message)
@@ -69,6 +70,7 @@ class MqttLink(Link):
 
     def _begin_fetch(self, m):
         self._inflight = []
+        self._reasked = -1
         self._request()
 
     def _stop_fetch(self):
@@ -81,10 +83,12 @@ class MqttLink(Link):
     def connect(self):
         """Connect (once), subscribe, send what queued up while offline."""
         self.client.connect(clean_session=True)
-        self.client.subscribe(self.t_offer, 1)
-        self.client.subscribe(self.t_cmd, 1)
+        # data first: the retained offer comes the moment its subscription is made and starts the attempt, whose
+        # chunk requests are answered at once; chunks published before the data subscription exists are lost
         self.client.subscribe(self.t_data, 0)
         self.client.subscribe(self.t_keys, 1)
+        self.client.subscribe(self.t_cmd, 1)
+        self.client.subscribe(self.t_offer, 1)
         self.connected = True
         self._reconnect.reset()
         self._state_due = True
@@ -208,8 +212,23 @@ class MqttLink(Link):
         if offset in self._inflight:
             self._inflight.remove(offset)
         if self._chunk(offset, payload[DATA_HEAD : DATA_HEAD + head[2]]) and not self._complete:
-            if len(self._inflight) <= self.window // 2:
-                self._request()
+            if self._took:
+                if len(self._inflight) <= self.window // 2:
+                    self._request()
+            else:
+                self._lost_before(offset)
+
+    # A chunk not taken (a duplicate, or one from ahead of an in-order download's next): nothing new is asked for,
+    # so the silence timer still runs. The server answers gets in order on one connection, so a wanted chunk still
+    # in flight below this one was lost: the window is asked for again from the first chunk wanted, once (go-back-N:
+    # the ones still on their way after it are not taken either; a second loss of it waits for the timer). Asking
+    # anew on every such arrival kept the timer from firing while the chunk a zlib download waited for never came.
+    def _lost_before(self, offset):
+        want = self.agent.wanted(1)
+        if want and want[0] < offset and want[0] in self._inflight and want[0] != self._reasked:
+            self._reasked = want[0]
+            self._inflight = []
+            self._request()
 
     # -- chunk windows -------------------------------------------------------------------
     def _request(self):
@@ -240,4 +259,5 @@ class MqttLink(Link):
             self._give_up(errors.CONNECTION_LOST, "no data after %d requests" % self.max_timeouts)
             return
         self._inflight = []  # ask again for everything outstanding
+        self._reasked = -1
         self._request()
