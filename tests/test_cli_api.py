@@ -78,3 +78,10 @@ def test_refusals_reach_the_operator_as_errors(stack, tmp_path, capsys):
     assert len(stack.server.registry.offers()) == offers
     assert main(["devices", "--data", str(tmp_path / "elsewhere"), "--server", stack.url]) == 1
     assert "no API token" in capsys.readouterr().err
+
+
+def test_api_tokens_never_start_with_a_dash():
+    # one in 64 did (URL-safe base64): `fota ... --token TOKEN` then took it for an option and refused the command
+    from host_tools.server.api.auth import new_token
+
+    assert not any(new_token().startswith("-") for _ in range(2000))

@@ -43,6 +43,14 @@ class Principal:
         return ROLES.index(self.role) >= ROLES.index(role)
 
 
+def new_token() -> str:
+    """A random API token (192 bits, URL-safe) that never starts with "-": one that did was read by `fota ...
+    --token TOKEN` (argparse) as an option, and the command refused it ("expected one argument")."""
+    while (token := secrets.token_urlsafe(24)).startswith("-"):
+        pass
+    return token
+
+
 class TokenStore:
     """The token file, re-read when its modification time changes."""
 
@@ -57,8 +65,8 @@ class TokenStore:
         """The store at `path`, made with one operator and one read-only token if it does not exist."""
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            doc = {"tokens": [{"name": "operator", "role": OPERATOR, "token": secrets.token_urlsafe(24)},
-                              {"name": "viewer", "role": READ, "token": secrets.token_urlsafe(24)}]}
+            doc = {"tokens": [{"name": "operator", "role": OPERATOR, "token": new_token()},
+                              {"name": "viewer", "role": READ, "token": new_token()}]}
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(doc, f, indent=1)
