@@ -53,7 +53,6 @@ MARGIN = const(1024)
 _STEP = const(256)
 _STATE = const(1024)  # >= sizeof(mp_obj_deflateio_read_t): uzlib's state with its two trees (~850 B at 64 bits)
 _ROOM_WBITS = const(11)  # the window reserve() holds: zlib packages use 10, delta ones 11 (host_tools/image)
-_RESUME_MAX = const(48)  # points a resume record may list (host_tools/image/resume.py RESUME_MAX)
 _TRAILER = const(4)  # RFC 1950's Adler-32 after the last deflate block
 
 
@@ -65,8 +64,8 @@ def reserve(wbits=_ROOM_WBITS):
 def resume_table(m):
     """(stride, points) of the manifest's resume record, or (0, 0) when it has none this device can use
     (record 0x82 is informational: a table that does not hold together is ignored, never trusted)."""
-    r = m.resume
-    if r is None or len(r) < 8 or len(r) % 4 or len(r) > 4 * (_RESUME_MAX + 1):
+    r = m.resume  # at most 48 points: check/manifest.py keeps no longer record
+    if r is None or len(r) < 8 or len(r) % 4:
         return 0, 0
     stride = int.from_bytes(r[0:4], "little")
     n = len(r) // 4 - 1
