@@ -8,15 +8,26 @@
 
 Three parts, added up (an ESP32 stalls its CPU while it erases or writes flash):
 
-1. **CPU.** The board's micropython process CPU time (user + system, /proc/PID/stat) over the update,
+1. **CPU.** The board's micropython process CPU time (the scheduler's run time, /proc/PID/task/*/schedstat) over the update,
    times `host pystones / ESP32 pystones`. The ESP32 figure is the published one: 1,661 pystones/s,
    `pystone_lowmem` on MicroPython v1.12, ESP32 at 240 MHz (micropython/micropython#5673; a regressed
    build in the same report got 499). The host figure is measured here with the same benchmark
    (bench/vendor/pystone_lowmem.py, from PyPI micropython-pystone_lowmem 3.4.2-4, the package that
    report installed), as CPU time of the interpreter, median of three runs. For scale: the unix port on a
-   2018 PC did 81,433/s (micropython/micropython#4268), i.e. 49x an ESP32. One factor is applied to all of
-   the device's CPU time, bytecode and C alike (deflate, SHA-256, memcpy): C on the ESP32 is relatively
-   faster than that, so CPU-heavy native work is overestimated (SHA-256 has a hardware floor of 8 MB/s).
+   2018 PC did 81,433/s (micropython/micropython#4268), i.e. 49x an ESP32. That factor is for the
+   interpreter; native modules are outside it (shared/reference/throughput-and-delta.md section 1). A bench
+   that knows how much of the device's CPU was one bulk native job (`native_s`: the zlib decoder, uzlib in
+   extmod/moddeflate.c, measured alone on the same bytes) scales that part by a native factor instead:
+   `host CoreMark / ESP32 CoreMark`. The ESP32 figure is the published one for one core at 240 MHz, 494.6
+   iterations/s (-O3; ochrin/coremark README, the FreeRTOS port: 2.06 CoreMark/MHz; Espressif's datasheet
+   gives 504.85); the host figure is measured here with CoreMark's own sources (bench/vendor/coremark,
+   eembc/coremark d5fad6b, compiled with the host's `cc -O2`), iterations per CPU second, median of three.
+   These runs are shorter than CoreMark's 10 s rule, so they are a rate, not a reportable CoreMark score.
+   Without a C compiler the native part keeps the interpreter's factor (an overestimate). SHA-256 is
+   hardware on the chip (MicroPython's hashlib is mbedTLS there, ESP-IDF accelerates it): a bench that
+   knows the bytes the device hashed (`sha`) replaces the host's CPU for them (measured alone, the same
+   4 KiB updates) by those bytes at ESP-IDF's floor for hardware SHA-256 on the ESP32, 8.0 MB/s
+   (idf_performance_target.h). Everything else keeps the interpreter's factor.
 2. **Flash** at ESP-IDF's performance-test floors for the ESP32 (components/idf_test/include/esp32/
    idf_performance_target.h: erase 45.3 KB/s, 2 KB writes 754 KB/s, 2 KB reads 6.65 MB/s; about 70 % of
    measured averages, so this is the slow end): one erase per 4 KiB sector of the image, every byte
@@ -35,17 +46,23 @@ Sources are listed with their figures in shared/reference/throughput-and-delta.m
 from __future__ import annotations
 
 import os
+import shutil
 import statistics
 import subprocess
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 ESP32_PYSTONES = 1661  # pystone_lowmem, MicroPython v1.12, ESP32 at 240 MHz (micropython/micropython#5673)
+ESP32_COREMARK = 494.6  # CoreMark iterations/s, one ESP32 core at 240 MHz, -O3 (ochrin/coremark README)
+COREMARK_SOURCES = ("core_list_join.c", "core_main.c", "core_matrix.c", "core_state.c", "core_util.c",
+                    "posix/core_portme.c")
 ERASE_BPS = 45_300  # IDF perf-test floors, ESP32 (idf_performance_target.h)
 WRITE_BPS = 754_000
 READ_BPS = 6_650_000
+SHA256_BPS = 8_000_000  # hardware SHA-256 on the ESP32 at 240 MHz, IDF perf-test floor (idf_performance_target.h)
 SECTOR = 4096
 TCP_MSS, TCP_IP_HEADERS = 1460, 40
 
@@ -102,31 +119,99 @@ class Estimate:
 @dataclass(frozen=True)
 class Esp32Model:
     host_pystones: float
+    host_coremark: float | None = None  # None: not measured (no C compiler), native work keeps `factor`
 
     @property
     def factor(self) -> float:
         """How many times longer the ESP32 takes for the same interpreter work."""
         return self.host_pystones / ESP32_PYSTONES
 
+    @property
+    def native_factor(self) -> float:
+        """How many times longer the ESP32 takes for the same compiled C work."""
+        return self.host_coremark / ESP32_COREMARK if self.host_coremark else self.factor
+
     @classmethod
-    def measure(cls, micropython: str, loops: int = 100_000, repeat: int = 3) -> Esp32Model:
-        """Pystones per CPU second of `micropython` on this host (median of `repeat`, start-up subtracted)."""
+    def measure(cls, micropython: str, loops: int = 100_000, repeat: int = 3, native: bool = False) -> Esp32Model:
+        """Pystones per CPU second of `micropython` on this host (median of `repeat`, start-up subtracted), and
+        with `native` CoreMark iterations per CPU second of this host's C compiler's code."""
         rates = []
         for _ in range(repeat):
             busy = _cpu_of([micropython, "-c", f"import pystone_lowmem as p; p.pystones({loops})"])
             idle = _cpu_of([micropython, "-c", "import pystone_lowmem"])
             rates.append(loops / max(busy - idle, 1e-3))
-        return cls(statistics.median(rates))
+        return cls(statistics.median(rates), host_coremark(repeat=repeat) if native else None)
 
     def describe(self) -> str:
+        native = (f"; bulk native work x {self.native_factor:.0f} (this host {self.host_coremark:,.0f} CoreMark iterations "
+                  f"per CPU s, cc -O2, median of 3; ESP32 240 MHz {ESP32_COREMARK}/s, ochrin/coremark)"
+                  if self.host_coremark else "")
         return (f"ESP32 model: device CPU x {self.factor:.0f} (this host {self.host_pystones:,.0f} pystones per CPU s under "
-                f"micropython, median of 3; ESP32 240 MHz {ESP32_PYSTONES:,}/s, micropython#5673), flash at ESP-IDF's "
-                f"test floors, see bench/esp32model.py")
+                f"micropython, median of 3; ESP32 240 MHz {ESP32_PYSTONES:,}/s, micropython#5673){native}, flash at "
+                f"ESP-IDF's test floors, see bench/esp32model.py")
 
-    def update(self, device_cpu_s: float, image_size: int, wire_bytes: float, round_trips: float, link: Link) -> Estimate:
-        """An update: `device_cpu_s` measured on this host, `wire_bytes` to the device, `round_trips` in lock-step."""
+    def update(self, device_cpu_s: float, image_size: int, wire_bytes: float, round_trips: float, link: Link,
+               native_s: float = 0.0, sha: tuple[float, int] = (0.0, 0)) -> Estimate:
+        """An update: `device_cpu_s` measured on this host, of which `native_s` was one bulk native job and
+        `sha` = (host seconds, bytes) SHA-256; `wire_bytes` to the device, `round_trips` in lock-step."""
+        native_s = min(native_s, device_cpu_s)
+        sha_s = min(sha[0], device_cpu_s - native_s)
+        cpu_s = ((device_cpu_s - native_s - sha_s) * self.factor + native_s * self.native_factor
+                 + sha[1] / SHA256_BPS)
         link_s = wire_bytes * 8 / link.bits_per_s + round_trips * link.rtt_s
-        return Estimate(device_cpu_s * self.factor, flash_s(image_size), link_s, link)
+        return Estimate(cpu_s, flash_s(image_size), link_s, link)
+
+
+def host_coremark(repeat: int = 3, iterations: int = 30_000) -> float | None:
+    """CoreMark iterations per CPU second on this host (bench/vendor/coremark built with `cc -O2`; start-up
+    subtracted; median of `repeat`), or None without a C compiler."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        return None
+    src = VENDOR / "coremark"
+    with tempfile.TemporaryDirectory() as tmp:
+        exe = str(Path(tmp) / "coremark")
+        subprocess.run([cc, "-O2", f"-I{src}", f"-I{src / 'posix'}", "-DPERFORMANCE_RUN=1", '-DFLAGS_STR="-O2"',
+                        *(str(src / f) for f in COREMARK_SOURCES), "-o", exe, "-lrt"], check=True)
+        args = ["0x0", "0x0", "0x66"]  # CoreMark's performance-run seeds (its Makefile's PORT_PARAMS)
+        rates = []
+        for _ in range(repeat):
+            busy = _cpu_of([exe, *args, str(iterations), "7", "1", "2000"])
+            idle = _cpu_of([exe, *args, "1", "7", "1", "2000"])
+            rates.append((iterations - 1) / max(busy - idle, 1e-3))
+    return statistics.median(rates)
+
+
+def inflate_cpu_s(micropython: str, stream: bytes, wbits: int, repeat: int = 3) -> float:
+    """CPU seconds `micropython`'s deflate.DeflateIO (uzlib, C) takes to inflate the zlib `stream` alone, read out
+    in 4 KiB steps as the agent's writer takes it (median of `repeat`, the same script without the inflate subtracted):
+    the native part of a zlib update's device CPU."""
+    script = ("import deflate, io\nf = open({path!r}, 'rb')\ndata = f.read()\nbuf = bytearray(4096)\nif {run}:\n"
+              "    d = deflate.DeflateIO(io.BytesIO(data), deflate.ZLIB, {wbits})\n"
+              "    while d.readinto(buf):\n        pass\n")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / "stream.z")
+        Path(path).write_bytes(stream)
+        times = []
+        for _ in range(repeat):
+            busy = _cpu_of([micropython, "-c", script.format(path=path, run=True, wbits=wbits)])
+            idle = _cpu_of([micropython, "-c", script.format(path=path, run=False, wbits=wbits)])
+            times.append(max(busy - idle, 0.0))
+    return statistics.median(times)
+
+
+def sha256_cpu_s(micropython: str, nbytes: int, repeat: int = 3) -> float:
+    """CPU seconds `micropython`'s hashlib.sha256 takes over `nbytes` in 4 KiB updates (median of `repeat`, the
+    same script without the hashing subtracted): what the model replaces by the chip's hardware rate."""
+    script = ("import hashlib\nbuf = bytearray(4096)\nh = hashlib.sha256()\nfor i in range({n}):\n"
+              "    {op}\nh.digest()\n")
+    n = -(-nbytes // 4096)
+    times = []
+    for _ in range(repeat):
+        busy = _cpu_of([micropython, "-c", script.format(n=n, op="h.update(buf)")])
+        idle = _cpu_of([micropython, "-c", script.format(n=n, op="pass")])
+        times.append(max(busy - idle, 0.0))
+    return statistics.median(times)
 
 
 def _cpu_of(cmd: list[str]) -> float:
@@ -140,7 +225,23 @@ def _cpu_of(cmd: list[str]) -> float:
 
 
 def proc_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a running process (proc(5): fields 14 and 15 of /proc/PID/stat)."""
+    """CPU seconds of a running process, all its threads: the nanosecond run time the scheduler keeps
+    (/proc/PID/task/TID/schedstat, first field; Documentation/scheduler/sched-stats.rst). /proc/PID/stat's
+    utime and stime (proc(5): fields 14 and 15) count clock ticks, 10 ms here, too coarse for the differences
+    the benches take; they are the fallback on a kernel without schedstat."""
+    try:
+        total = 0
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        return total / 1e9
+    except FileNotFoundError:
+        if os.path.exists(f"/proc/{pid}"):
+            return _stat_cpu_s(pid)
+        raise
+
+
+def _stat_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

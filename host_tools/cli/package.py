@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--key-list", type=Path, help="signed key list (fota keys list-sign) to carry; the key must be in it")
     p.add_argument("--force", action="store_true", help="sign a sequence far above the last one signed for this board")
     p.add_argument("--encoding", choices=("raw", "zlib", "delta"), default=None,
-                   help="payload encoding (zlib: smaller downloads; delta: only what changed from --base); default raw")
+                   help="payload encoding (zlib: fewer bytes, more device CPU: it pays on slow links, not on Wi-Fi, docs/BOARD.md; delta: only what changed from --base); default raw")
     p.add_argument("--base", type=Path, help="delta: the image devices run now (app image, or the .fota it came from)")
     p.add_argument("--min-version", help="devices must run at least this version")
     p.add_argument("--expires-in", type=float, metavar="DAYS", help="refuse the package after this many days")
