@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
 import paho.mqtt.client as mqtt  # noqa: E402
-from esp32model import LINKS, CpuSampler, Esp32Model, tcp_bytes  # noqa: E402
+from esp32model import LINKS, CpuSampler, Esp32Model, sha256_cpu_s, tcp_bytes  # noqa: E402
 
 from brokers import Mosquitto  # noqa: E402
 from host_tools import firmware  # noqa: E402
@@ -271,11 +271,13 @@ def main() -> int:
     print(f"  plain TCP into the same agent              {tcp_timed:7.2f} s")
     print(f"  MQTT download (device)                     {timed_dl:7.2f} s  throughput ratio {tcp_timed / timed_dl:.2f}")
     model = Esp32Model.measure(check_micropython().path)
+    sha = (sha256_cpu_s(check_micropython().path, size), size)  # the image re-read from flash and hashed
     print(model.describe())
+    print(f"  of the board's CPU, {sha[0]:.3f} s is SHA-256 over the image (measured alone): hardware on the chip, 8 MB/s")
     print(f"  modelled ESP32 time of the {size}-byte MQTT update (board CPU {device_cpu[0]:.2f} s from offer to reset; "
           f"the device's half of the broker's bytes as TCP; a round trip per window of {window} chunks):")
     for link in LINKS:
-        est = model.update(device_cpu[0], size, tcp_bytes(through / 2), -(-len(payload) // 4096) / window, link)
+        est = model.update(device_cpu[0], size, tcp_bytes(through / 2), -(-len(payload) // 4096) / window, link, sha=sha)
         print(f"    {est.line()}")
     print("  (shared 2-core host loaded by other jobs: wall times +-30 %; CPU times are the processes' or threads' own)")
     return 0
