@@ -245,12 +245,13 @@ class MqttService:
             self.rejected += 1
             return
         topic = protocol.topic(self.prefix, device, "data")
-        for offset in dict.fromkeys(req.offsets):  # each offset once: at most MAX_REQUEST chunks per request
-            if offset % offer.chunk:
-                continue
-            if not self.serve_limit.allow(device, offer.chunk):
-                self.stats.rate_limited(device)
-                return
+        # each offset once (at most MAX_REQUEST chunks per request), on a chunk boundary; the rate limit's
+        # tokens for all of them taken at once, as many as it grants, in the order asked
+        offsets = [offset for offset in dict.fromkeys(req.offsets) if not offset % offer.chunk]
+        granted = self.serve_limit.take(device, offer.chunk, len(offsets))
+        if granted < len(offsets):
+            self.stats.rate_limited(device)
+        for offset in offsets[:granted]:
             data = self.store.chunk(offer.package, offset, offer.chunk)
             if not data:
                 continue
