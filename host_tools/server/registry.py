@@ -257,9 +257,9 @@ class Registry:
         self.mark_published_many([offer_id])
 
     def mark_published_many(self, offer_ids: list[int]) -> None:
-        if offer_ids:
-            self._exec(f"UPDATE offers SET published = 1 WHERE id IN ({','.join('?' * len(offer_ids))}) AND published = 0",
-                       tuple(offer_ids))
+        for start in range(0, len(offer_ids), 500):  # a statement per 500 (SQLite's limit: 32766 parameters)
+            part = offer_ids[start:start + 500]
+            self._exec(f"UPDATE offers SET published = 1 WHERE id IN ({','.join('?' * len(part))}) AND published = 0", tuple(part))
 
     def unpublished_offers(self) -> list[Offer]:
         """Open offers recorded but never published (their maker died in between), oldest first."""
@@ -359,8 +359,8 @@ class Registry:
         self._exec(f"UPDATE campaign_devices SET {cols} WHERE campaign=? AND device=?", (*fields.values(), campaign, device))
 
     def update_campaign_devices(self, campaign: str, updates: list[tuple[str, dict]]) -> None:
-        """update_campaign_device for each (device, fields), in order, in one transaction: pipelined, one statement
-        per set of columns."""
+        """update_campaign_device for each (device, fields), each device once, in one transaction: pipelined, one
+        statement per set of columns (the groups in turn, so two updates of one device might not keep their order)."""
         groups: dict[tuple[str, ...], list[tuple]] = {}
         for device, fields in updates:
             groups.setdefault(tuple(fields), []).append((*fields.values(), campaign, device))
