@@ -12,6 +12,7 @@ device and per chunk, the broker's bytes (read + written, /proc/PID/io) and the 
         # ratios against the baseline, never asserted (docs/DEPLOY.md has the numbers of this machine)
     .venv/bin/python bench/fleet.py --devices 2000 --boards 0 --profile /tmp/prof   # where the server's CPU goes:
     .venv/bin/python bench/profile_serve.py --show /tmp/prof/run0-w0                #   every thread under cProfile
+    .venv/bin/python bench/fleet.py --devices 2000 --boards 0 --threads /tmp/cpu    # each thread's CPU, no profiler
 """
 
 from __future__ import annotations
@@ -48,9 +49,19 @@ def io_bytes(pid: int) -> int:
     return int(fields["rchar"]) + int(fields["wchar"])
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, task: str = "") -> float:
+    fields = Path(f"/proc/{pid}{task}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_seconds(pid: int, names: Path) -> dict[str, float]:
+    """CPU seconds of each named thread of a process (bench/profile_serve.py --threads wrote the names)."""
+    tids = json.loads(names.read_text()) if names.exists() else {}
+    out: dict[str, float] = {}
+    for tid, name in tids.items():
+        with contextlib.suppress(OSError):
+            out[name] = cpu_seconds(pid, f"/task/{tid}")
+    return out
 
 
 def machine_jiffies() -> tuple[int, int]:
@@ -89,7 +100,10 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
     for i in range(max(workers, 1)):
         data = home / f"w{i}"
         data.mkdir(exist_ok=True)
-        launcher = [str(ROOT / "bench" / "profile_serve.py"), str(args.profile / f"run{workers}-w{i}")] if args.profile else ["-m", "host_tools.cli"]
+        launcher = ["-m", "host_tools.cli"]
+        if args.profile or args.threads:
+            mode = [] if args.profile else ["--threads"]
+            launcher = [str(ROOT / "bench" / "profile_serve.py"), *mode, str((args.profile or args.threads) / f"run{workers}-w{i}")]
         cmd = [sys.executable, *launcher, "serve", "--data", str(data), "--no-coap", "--no-api", "--broker", broker.server_url]
         if workers:
             cmd += ["--worker", f"w{i}", "--database", database]
@@ -117,6 +131,8 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
         runner.create(spec)
         stats_before = fleet.stats()
         cpu_before = [cpu_seconds(p.pid) for p in serves]
+        tids = (args.threads / f"run{workers}-w0" / "tids.json") if args.threads else None
+        threads_before = thread_seconds(serves[0].pid, tids) if tids else {}
         machine_before = machine_jiffies()
         io_before = io_bytes(broker.pid)
         started = time.monotonic()
@@ -124,6 +140,7 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
         wait(lambda: registry.campaign("scale")["status"] == COMPLETED, 3600, "the campaign")
         elapsed = time.monotonic() - started
         per_worker = [cpu_seconds(p.pid) - before for p, before in zip(serves, cpu_before)]
+        threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_seconds(serves[0].pid, tids).items()} if tids else {}
         cpu = sum(per_worker)
         machine = [b - a for a, b in zip(machine_before, machine_jiffies())]
         broker_bytes = io_bytes(broker.pid) - io_before
@@ -144,7 +161,7 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
     chunks = max(stats.chunks - stats_before.chunks, 1)
     return {"workers": workers, "devices": total, "package": len(package), "time_s": elapsed, "cpu_s": cpu,
             "cpu_ms_per_device": 1000 * cpu / total, "cpu_us_per_chunk": 1e6 * cpu / chunks, "chunks": chunks,
-            "broker_bytes": broker_bytes, "outcome": outcome, "per_worker_s": per_worker,
+            "broker_bytes": broker_bytes, "outcome": outcome, "per_worker_s": per_worker, "threads": threads,
             "machine_busy": machine[0] / max(machine[1], 1), "cores": os.cpu_count()}
 
 
@@ -162,6 +179,9 @@ def show(r: dict, first: dict, args) -> None:
     print(f"  machine            {r['cores']} cores, {r['machine_busy']:.0%} busy during the campaign (every process); "
           f"the workers used {r['cpu_s'] / r['time_s'] / r['cores']:.0%} of it"
           + (f" (each: {', '.join(f'{c:.1f}' for c in r['per_worker_s'])} s)" if len(r["per_worker_s"]) > 1 else ""), flush=True)
+    if r["threads"]:  # --threads: the first worker's CPU by thread over the campaign
+        print("  worker 0 by thread " + ", ".join(f"{name} {s:.2f} s ({1000 * s / r['devices']:.2f} ms/device)"
+                                                  for name, s in sorted(r["threads"].items(), key=lambda kv: -kv[1])), flush=True)
 
 
 def main() -> int:
@@ -172,6 +192,7 @@ def main() -> int:
     parser.add_argument("--workers", default="0",
                         help="comma-separated runs: 0 = one fota serve on SQLite; N = N workers on PostgreSQL (default: 0)")
     parser.add_argument("--profile", type=Path, help="run each fota serve under bench/profile_serve.py, profiles into this directory")
+    parser.add_argument("--threads", type=Path, help="each fota serve's CPU time per thread (no profiler) into DIR/runN-wI/threads.json")
     args = parser.parse_args()
     plan = [int(w) for w in args.workers.split(",")]
     results = []

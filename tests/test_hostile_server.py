@@ -167,6 +167,15 @@ def test_chunk_requests_are_bounded_and_rate_limited(tmp_path, mosquitto):
     assert svc.chunks_served < 100
 
 
+def test_a_requests_tokens_taken_at_once_are_what_one_allow_per_chunk_would_grant():
+    # no refill to speak of (1 token a second): the burst alone decides
+    together, one_by_one = inbound.RateLimit(1, 10 * 4096 + 100), inbound.RateLimit(1, 10 * 4096 + 100)
+    assert together.take("d1", 4096, 16) == 10
+    assert [one_by_one.allow("d1", 4096) for _ in range(16)] == [True] * 10 + [False] * 6
+    assert together.take("d1", 4096, 16) == 0 and not one_by_one.allow("d1", 4096)  # both buckets spent alike
+    assert together.take("d2", 4096, 3) == 3 and together.take("d2", 4096, 0) == 0  # each key its own bucket
+
+
 def test_truncated_or_corrupted_packages_are_refused_before_they_are_stored(tmp_path):
     good = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2)
     zipped = fw_package(fw_image("2.0.0"), version="2.0.0", sequence=2, encoding="zlib")

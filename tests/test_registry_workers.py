@@ -137,10 +137,13 @@ def test_a_worker_refuses_to_start_without_postgresql_and_a_broker(tmp_path):
         Server(ServerConfig(tmp_path, worker="w1", broker_url="mqtt://127.0.0.1:1883"))  # SQLite: one process only
 
 
-def test_a_campaign_offer_that_was_never_published_is_published_by_the_next_tick_and_never_made_twice(regs, tmp_path, mosquitto):
+@pytest.mark.parametrize("batched", [False, True], ids=["offer", "offer_many"])
+def test_a_campaign_offer_that_was_never_published_is_published_by_the_next_tick_and_never_made_twice(regs, tmp_path, mosquitto,
+                                                                                                    batched):
     """The offer and the campaign row that names it commit together; the publish comes after. A worker that
     cannot publish (here the broker is down; in test_workers.py it is killed) leaves the offer named and marked
-    unpublished, and the next tick, in any worker, publishes that offer: no second offer, whatever the device did."""
+    unpublished, and the next tick, in any worker, publishes that offer: no second offer, whatever the device did.
+    Alike whether the runner offers one at a time or a page at once (`fota serve`: MqttService.offer_many)."""
     import paho.mqtt.client as mqtt
 
     from host_tools.fleet.campaign import CampaignRunner, CampaignSpec
@@ -157,7 +160,8 @@ def test_a_campaign_offer_that_was_never_published_is_published_by_the_next_tick
     def worker(reg, store, name):
         svc = MqttService(reg, store, mosquitto.url, client_id=name, serve=False)
         svc.start()
-        return svc, CampaignRunner(reg, offer=svc.offer, withdraw=svc.clear_offer, republish=svc.republish_offer)
+        return svc, CampaignRunner(reg, offer=svc.offer, withdraw=svc.clear_offer, republish=svc.republish_offer,
+                                   offer_many=svc.offer_many if batched else None)
 
     svc_a, runner_a = worker(a, store_a, "wa")
     runner_a.create(CampaignSpec(name="c", package=pid, waves=["100%"]))

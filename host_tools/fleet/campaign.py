@@ -180,13 +180,15 @@ def stored_manifest(registry: Registry, pid: str) -> Manifest:
 class CampaignRunner:
     """Moves campaigns on; `offer(device, package, chunk=, policy=, record=)` makes an offer and returns its id,
     calling `record(offer_id)` in the transaction that records it (MqttService.offer) or not at all (the
-    runner then names the offer itself, after)."""
+    runner then names the offer itself, after). `offer_many([(device, package), ...], chunk=, policy=, record=)`,
+    if given, makes several at once and must call `record(offer_ids)` in their transaction (MqttService.offer_many)."""
 
     def __init__(self, registry: Registry, offer: Callable[..., int], withdraw: Callable[[str], None],
                  clock: Callable[[], float] = time.time, republish: Callable[[int], None] | None = None,
-                 manifest_of: Callable[[str], Manifest] | None = None) -> None:
+                 manifest_of: Callable[[str], Manifest] | None = None, offer_many: Callable[..., list[int]] | None = None) -> None:
         self.registry = registry
         self.offer = offer
+        self.offer_many = offer_many
         self.withdraw = withdraw
         self.clock = clock
         self.republish = republish  # publish an adopted offer again (its maker may have died before publishing it)
@@ -355,16 +357,35 @@ class CampaignRunner:
             devices = [row["device"] for row in rows]  # what each offer checks, read for the page at once
             rolled = {} if spec.allow_rolled_back else self.registry.rolled_back_reasons(devices, spec.package)
             open_offers = self.registry.open_offers(devices)
+            batch: list[tuple[dict, str]] = []  # (row, package) to offer together (offer_many)
             for row in rows:
                 after = row["device"]
                 if why := rolled.get(row["device"]):
                     self.registry.update_campaign_device(name, row["device"], status=EXCLUDED, wave=-1, reason=why)
+                    continue
+                busy += 1
+                package = self.package_for(name, spec, row["device"])
+                if self.offer_many is None or self._orphan_offer(row["device"], package, open_offers.get(row["device"], [])):
+                    self._offer_row(name, spec, row, package, open_offers.get(row["device"], []))
                 else:
-                    self._offer_row(name, spec, row, open_offers.get(row["device"], []))
-                    busy += 1
+                    batch.append((row, package))
+            if batch:
+                self._offer_rows(name, spec, batch)
 
-    def _offer_row(self, name: str, spec: CampaignSpec, row: dict, open_offers: list) -> None:
-        """Offer the device its package and name the offer in its row: in one transaction with the offer when
+    def _offer_rows(self, name: str, spec: CampaignSpec, batch: list[tuple[dict, str]]) -> None:
+        """Offer each (row, package) through `offer_many`, the offers named in their rows in the transaction that
+        records them (a page of offers: a few statements and one wait for the broker, not a round of each per device)."""
+        def record(offer_ids: list[int]) -> None:
+            now = self.clock()
+            self.registry.update_campaign_devices(name, [
+                (row["device"], {"status": "OFFERED", "offer": offer_id, "attempts": row["attempts"] + 1, "started": now})
+                for (row, _), offer_id in zip(batch, offer_ids)])
+
+        self.offer_many([(row["device"], package) for row, package in batch], chunk=spec.chunk, policy=spec.policy,
+                        record=record)
+
+    def _offer_row(self, name: str, spec: CampaignSpec, row: dict, package: str, open_offers: list) -> None:
+        """Offer the device `package` and name the offer in its row: in one transaction with the offer when
         the offer function calls `record` (MqttService.offer), else right after. `open_offers`: the device's
         offers without an outcome."""
         device, named = row["device"], []
@@ -374,7 +395,6 @@ class CampaignRunner:
                                                  attempts=row["attempts"] + 1, started=self.clock())
             named.append(offer_id)
 
-        package = self.package_for(name, spec, device)
         # an open offer of this package already (made by an offer function without `record` just before the
         # server stopped): that one is the device's offer, published again; a second would count it twice
         orphan = self._orphan_offer(device, package, open_offers)
@@ -407,13 +427,14 @@ class CampaignRunner:
 
     def _sync(self, name: str, spec: CampaignSpec) -> None:
         """Fold offer outcomes, timeouts and retries into the campaign's open device rows (a row with an
-        outcome keeps it: its offer's is final too, and never changes again)."""
+        outcome keeps it: its offer's is final too, and never changes again). The rows' changes are written
+        together at the end, in one transaction (a tick that dies before leaves them to the next)."""
         now = self.clock()
         fallbacks = self._fallbacks(name) if spec.delta_bases else {}
         deltas = set(spec.delta_bases.values())
-        for row in self.registry.campaign_open(name, FINAL + (EXCLUDED, PENDING)):
-            status = row["offer_status"]
-            offer = None
+        updates: list[tuple[str, dict]] = []
+        for row, offer in self.registry.campaign_open(name, FINAL + (EXCLUDED, PENDING)):
+            status = offer.status
             if status not in FINAL and row["started"] and now - row["started"] > spec.device_timeout_s:
                 self.registry.set_offer_status(row["offer"], "TIMED_OUT", reason=f"no outcome within {spec.device_timeout_s:.0f} s")
                 self.withdraw(row["device"])
@@ -421,20 +442,19 @@ class CampaignRunner:
                 status = offer.status  # TIMED_OUT, or the outcome the device reported just before
             if status not in FINAL:
                 if status != row["status"]:
-                    self.registry.update_campaign_device(name, row["device"], status=status)
+                    updates.append((row["device"], {"status": status}))
                 continue
-            offer = offer or self.registry.offer(row["offer"])
             if status in ("FAILED", "REFUSED") and offer.package in deltas and offer.code in DELTA_REFUSALS \
                     and row["device"] not in fallbacks:
                 self._note_fallback(name, row["device"], offer)  # the delta does not fit this device: the full package next
                 fallbacks[row["device"]] = True
-                self.registry.update_campaign_device(name, row["device"], status=PENDING, offer=None)
+                updates.append((row["device"], {"status": PENDING, "offer": None}))
                 continue
             if status in ("FAILED", "TIMED_OUT") and row["attempts"] - (row["device"] in fallbacks) <= spec.retries:
-                self.registry.update_campaign_device(name, row["device"], status=PENDING, offer=None)
+                updates.append((row["device"], {"status": PENDING, "offer": None}))
                 continue
-            self.registry.update_campaign_device(name, row["device"], status=status, finished=now, code=offer.code,
-                                                 reason=offer.reason)
+            updates.append((row["device"], {"status": status, "finished": now, "code": offer.code, "reason": offer.reason}))
+        self.registry.update_campaign_devices(name, updates)
 
 
 def unreachable(rows: list[dict], devices: dict[str, dict], stale_after_s: float, now: float) -> list[dict]:

@@ -277,12 +277,17 @@ class RateLimit:
         self._lock = threading.Lock()
 
     def allow(self, key: str, cost: float = 1.0) -> bool:
+        return self.take(key, cost, 1) == 1
+
+    def take(self, key: str, cost: float, count: int) -> int:
+        """How many of `count` units of `cost` the bucket grants now (their tokens taken): as many as `count`
+        allow() calls in a row at this instant would, stopping at the first refused; one lock, one clock read."""
         now = time.monotonic()
         with self._lock:
             tokens, then = self._buckets.get(key, (self.burst, now))
             tokens = min(self.burst, tokens + (now - then) * self.rate)
-            ok = tokens >= cost
-            self._buckets[key] = (tokens - cost if ok else tokens, now)
+            granted = min(count, int(tokens // cost)) if cost > 0 else count
+            self._buckets[key] = (tokens - granted * cost, now)
             if len(self._buckets) > self.max_keys:
                 self._buckets.pop(next(iter(self._buckets)))
-            return ok
+            return granted

@@ -35,7 +35,8 @@ from host_tools.server.packages import PackageStore
 from host_tools.server.registry import Offer, Registry
 from host_tools.server.reports import ReportTaker
 
-OFFER_CACHE_S = 2.0  # how long a chunk request may be answered from an offer read earlier
+OFFER_CACHE_S = 2.0  # how long a chunk request for an offer id the registry did not have is refused without asking again
+OFFER_CACHE_MAX = 4096  # offers kept for chunk requests (the in-flight ones; more: the oldest read are dropped)
 SHARE_PROBE_S = 3.0  # how long a worker waits for its probe of shared subscriptions over MQTT 3.1.1
 
 
@@ -44,6 +45,16 @@ def _no_delay(client) -> None:
     sock = client.socket()
     if sock is not None and hasattr(sock, "setsockopt"):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _acknowledged(info, deadline: float) -> bool:
+    """True once the broker acknowledged a QoS 1 publish (paho's MQTTMessageInfo), waiting until `deadline`
+    (time.monotonic()) at most; False when it was not sent (not connected, paho's queue full) or not acknowledged."""
+    try:
+        info.wait_for_publish(max(deadline - time.monotonic(), 0.001))
+    except (RuntimeError, ValueError):  # paho: not connected, or its queue is full
+        return False
+    return info.is_published()
 
 
 class MqttService:
@@ -82,7 +93,7 @@ class MqttService:
         self._chunks_connected = threading.Event()
         self._chunks = self._chunk_client(v5=False) if serve else None
         # reports are taken in batches by a thread of their own (host_tools/server/reports.py)
-        self.reports = ReportTaker(registry, identities, on_final=self.settle_offer, refused=self._refused,
+        self.reports = ReportTaker(registry, identities, on_final=self.settle_offers, refused=self._refused,
                                    failed=self.stats.failed) if serve and identities is not None else None
 
     def _chunk_client(self, v5: bool):
@@ -213,15 +224,18 @@ class MqttService:
         finally:
             self.serve_cpu_s += time.thread_time() - started
 
-    # An offer as the registry had it at most OFFER_CACHE_S ago; dropped at once when it ends here
-    # (settle_offer), so the bound only matters for an offer another worker or the API ended.
+    # The offer a chunk request names, read from the registry once: what serving uses of it (device, package,
+    # chunk size) never changes after it is made, and offers are never deleted, so a copy is as good as the row
+    # however old (a status is not looked at: an ended offer is served as before, the device drops it itself).
+    # An id the registry did not have is asked again after OFFER_CACHE_S (an offer another worker just made).
     def _cached_offer(self, offer_id: int) -> Offer | None:
         now = time.monotonic()
         hit = self._offers.get(offer_id)
-        if hit is not None and now - hit[1] < OFFER_CACHE_S:
+        if hit is not None and (hit[0] is not None or now - hit[1] < OFFER_CACHE_S):
             return hit[0]
-        if len(self._offers) > 4096:  # offers of devices that went away
-            self._offers.clear()
+        if len(self._offers) >= OFFER_CACHE_MAX:  # offers of devices that went away: the oldest read first
+            for key in list(self._offers)[: OFFER_CACHE_MAX // 4]:
+                self._offers.pop(key, None)
         offer = self.registry.offer(offer_id)
         self._offers[offer_id] = (offer, now)
         return offer
@@ -231,12 +245,13 @@ class MqttService:
             self.rejected += 1
             return
         topic = protocol.topic(self.prefix, device, "data")
-        for offset in dict.fromkeys(req.offsets):  # each offset once: at most MAX_REQUEST chunks per request
-            if offset % offer.chunk:
-                continue
-            if not self.serve_limit.allow(device, offer.chunk):
-                self.stats.rate_limited(device)
-                return
+        # each offset once (at most MAX_REQUEST chunks per request), on a chunk boundary; the rate limit's
+        # tokens for all of them taken at once, as many as it grants, in the order asked
+        offsets = [offset for offset in dict.fromkeys(req.offsets) if not offset % offer.chunk]
+        granted = self.serve_limit.take(device, offer.chunk, len(offsets))
+        if granted < len(offsets):
+            self.stats.rate_limited(device)
+        for offset in offsets[:granted]:
             data = self.store.chunk(offer.package, offset, offer.chunk)
             if not data:
                 continue
@@ -252,25 +267,33 @@ class MqttService:
         `record(offer_id)` runs in the transaction that records the offer (a campaign names it there):
         a worker that dies before the commit leaves neither, one that dies after it leaves an offer
         marked unpublished, which the next campaign tick publishes (republish_offer)."""
+        return self.offer_many([(device, package_id)], chunk=chunk, policy=policy,
+                               record=None if record is None else lambda ids: record(ids[0]))[0]
+
+    def offer_many(self, offers: list[tuple[str, str]], *, chunk: int = 4096, policy: str = "auto",
+                   record: Callable[[list[int]], None] | None = None) -> list[int]:
+        """offer() for each (device, package id): recorded in one transaction (with `record(offer_ids)`), then all
+        published, then the broker's acknowledgements awaited together and the acknowledged marked published
+        in one statement. The offer ids, in order."""
         code = protocol.policy_code(policy)
         with self.registry.db.transaction():
-            offer_id = self.registry.create_offer(device, package_id, chunk=chunk, policy=code, published=False)
+            offer_ids = self.registry.create_offers(offers, chunk=chunk, policy=code, published=False)
             if record is not None:
-                record(offer_id)
-        if self._publish_offer(device, offer_id, chunk, code, package_id):
-            self.registry.mark_published(offer_id)
-        return offer_id
+                record(offer_ids)
+        sent = [(offer_id, self._send_offer(device, offer_id, chunk, code, package_id))
+                for (device, package_id), offer_id in zip(offers, offer_ids)]
+        deadline = time.monotonic() + 10
+        self.registry.mark_published_many([offer_id for offer_id, info in sent if _acknowledged(info, deadline)])
+        return offer_ids
 
     def _publish_offer(self, device: str, offer_id: int, chunk: int, policy: int, package_id: str) -> bool:
         """Publish an offer retained; True once the broker acknowledged it (False: not connected, or no
         PUBACK within 10 s; the offer stays unpublished in the registry and a campaign tick tries again)."""
+        return _acknowledged(self._send_offer(device, offer_id, chunk, policy, package_id), time.monotonic() + 10)
+
+    def _send_offer(self, device: str, offer_id: int, chunk: int, policy: int, package_id: str):
         payload = protocol.encode_offer(offer_id, chunk, policy, self.store.offer_blob(package_id))
-        info = self._client.publish(protocol.topic(self.prefix, device, "offer"), payload, qos=1, retain=True)
-        try:
-            info.wait_for_publish(10)
-        except (RuntimeError, ValueError):  # paho: not connected, or its queue is full
-            return False
-        return info.is_published()
+        return self._client.publish(protocol.topic(self.prefix, device, "offer"), payload, qos=1, retain=True)
 
     def push_key_list(self, device: str, raw: bytes, version: int) -> None:
         """A root-signed key list on the device's `keys` topic, retained (docs/PROTOCOL.md "Key lists"):
@@ -281,15 +304,18 @@ class MqttService:
     def settle_offer(self, device: str) -> None:
         """An offer of `device` reached an outcome: retain its newest open offer if it has one (a newer offer
         made meanwhile must not be withdrawn with the old one), else clear the retained offer."""
-        for offer_id in [k for k, (o, _) in list(self._offers.items()) if o is None or o.device == device]:
-            self._offers.pop(offer_id, None)  # its chunk requests read the registry again
-        open_ = [o for o in self.registry.offers(device) if o.status not in protocol.FINAL]
-        if not open_:
-            self.clear_offer(device)
-            return
-        o = open_[-1]
-        self._client.publish(protocol.topic(self.prefix, device, "offer"),
-                             protocol.encode_offer(o.id, o.chunk, o.policy, self.store.offer_blob(o.package)), qos=1, retain=True)
+        self.settle_offers([device])
+
+    def settle_offers(self, devices: list[str]) -> None:
+        """settle_offer for each of `devices` (a batch of reports'), their open offers read in one query."""
+        open_ = self.registry.open_offers(devices)
+        for device in devices:
+            if device not in open_:
+                self.clear_offer(device)
+                continue
+            o = open_[device][-1]
+            self._client.publish(protocol.topic(self.prefix, device, "offer"),
+                                 protocol.encode_offer(o.id, o.chunk, o.policy, self.store.offer_blob(o.package)), qos=1, retain=True)
 
     def clear_offer(self, device: str) -> None:
         self._client.publish(protocol.topic(self.prefix, device, "offer"), b"", qos=1, retain=True)

@@ -238,17 +238,28 @@ class Registry:
     def create_offer(self, device: str, package: str, *, chunk: int, policy: int, published: bool = True) -> int:
         """Record an offer; `published=False` when the caller publishes it next and then calls mark_published
         (an offer left unpublished was made by a worker that died in between: unpublished_offers)."""
+        return self.create_offers([(device, package)], chunk=chunk, policy=policy, published=published)[0]
+
+    def create_offers(self, offers: list[tuple[str, str]], *, chunk: int, policy: int, published: bool = True) -> list[int]:
+        """create_offer for each (device, package), in one transaction (pipelined); their ids, in order."""
         now = time.time()
-        offer_id = self._db.insert_id(
-            "INSERT INTO offers (device, package, chunk, policy, status, created, updated, published)"
-            " VALUES (?,?,?,?,?,?,?,?) RETURNING id",
-            (device, package, chunk, policy, "OFFERED", now, now, int(published)),
-        )
-        self.note_sent(device, f"offer {offer_id}")
-        return offer_id
+        with self._db.atomic():
+            ids = [int(rows[0]["id"]) for rows in self._db.returning_many(
+                "INSERT INTO offers (device, package, chunk, policy, status, created, updated, published)"
+                " VALUES (?,?,?,?,?,?,?,?) RETURNING id",
+                [(device, package, chunk, policy, "OFFERED", now, now, int(published)) for device, package in offers])]
+            self._db.execute_values("INSERT INTO contact (device, sent, sent_what)",
+                                    list({device: (device, now, f"offer {i}") for (device, _), i in zip(offers, ids)}.values()),
+                                    "ON CONFLICT (device) DO UPDATE SET sent=excluded.sent, sent_what=excluded.sent_what")
+        return ids
 
     def mark_published(self, offer_id: int) -> None:
-        self._exec("UPDATE offers SET published = 1 WHERE id = ? AND published = 0", (offer_id,))
+        self.mark_published_many([offer_id])
+
+    def mark_published_many(self, offer_ids: list[int]) -> None:
+        for start in range(0, len(offer_ids), 500):  # a statement per 500 (SQLite's limit: 32766 parameters)
+            part = offer_ids[start:start + 500]
+            self._exec(f"UPDATE offers SET published = 1 WHERE id IN ({','.join('?' * len(part))}) AND published = 0", tuple(part))
 
     def unpublished_offers(self) -> list[Offer]:
         """Open offers recorded but never published (their maker died in between), oldest first."""
@@ -331,11 +342,13 @@ class Registry:
         return self._all("SELECT * FROM campaign_devices WHERE campaign = ? AND status = 'PENDING' AND wave = ? AND device > ?"
                          " ORDER BY device LIMIT ?", (campaign, wave, after, limit))
 
-    def campaign_open(self, campaign: str, skip: tuple[str, ...]) -> list[dict]:
-        """The campaign's rows with an offer and a status not in `skip`, each with its offer's status (`offer_status`)."""
-        return self._all("SELECT c.*, o.status AS offer_status FROM campaign_devices c JOIN offers o ON o.id = c.offer"
+    def campaign_open(self, campaign: str, skip: tuple[str, ...]) -> list[tuple[dict, Offer]]:
+        """The campaign's rows with an offer and a status not in `skip`, each with its offer as read in the same query."""
+        cols = ", ".join(f"o.{c} AS o_{c}" for c in OFFER_COLUMNS.split(", "))
+        rows = self._all(f"SELECT c.*, {cols} FROM campaign_devices c JOIN offers o ON o.id = c.offer"
                          f" WHERE c.campaign = ? AND c.status NOT IN ({','.join('?' * len(skip))}) ORDER BY c.wave, c.device",
                          (campaign, *skip))
+        return [(r, Offer(**{c: r.pop(f"o_{c}") for c in OFFER_COLUMNS.split(", ")})) for r in rows]
 
     def campaign_offers_of(self, device: str) -> set[int]:
         """The offers that rows of any campaign name for `device`."""
@@ -344,6 +357,18 @@ class Registry:
     def update_campaign_device(self, campaign: str, device: str, **fields) -> None:
         cols = ", ".join(f"{k}=?" for k in fields)
         self._exec(f"UPDATE campaign_devices SET {cols} WHERE campaign=? AND device=?", (*fields.values(), campaign, device))
+
+    def update_campaign_devices(self, campaign: str, updates: list[tuple[str, dict]]) -> None:
+        """update_campaign_device for each (device, fields), each device once, in one transaction: pipelined, one
+        statement per set of columns (the groups in turn, so two updates of one device might not keep their order)."""
+        groups: dict[tuple[str, ...], list[tuple]] = {}
+        for device, fields in updates:
+            groups.setdefault(tuple(fields), []).append((*fields.values(), campaign, device))
+        if not groups:
+            return
+        with self._db.atomic():
+            for cols, rows in groups.items():
+                self._db.execute_many(f"UPDATE campaign_devices SET {', '.join(f'{k}=?' for k in cols)} WHERE campaign=? AND device=?", rows)
 
     # -- events ---------------------------------------------------------------
     def add_event(self, device: str, event: dict) -> None:

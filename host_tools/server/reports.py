@@ -13,7 +13,7 @@ one report that cannot be written costs only itself (counted by `failed`). A wor
 reports queued loses them as it lost them before in paho's buffers: every worker receives every
 report, another takes them (docs/DEPLOY.md); a single server has the retained states again at start.
 
-    taker = ReportTaker(registry, identities, on_final=svc.settle_offer, refused=..., failed=...)
+    taker = ReportTaker(registry, identities, on_final=svc.settle_offers, refused=..., failed=...)
     taker.start()
     taker.put("a1b2c3", "state", payload)      # from paho's thread; returns at once
     taker.stop()                               # takes what is queued, then ends
@@ -38,11 +38,11 @@ _STOP = None
 class ReportTaker:
     """One thread that takes the queued reports of devices into the registry, a batch per transaction."""
 
-    def __init__(self, registry: Registry, identities: Identities, *, on_final: Callable[[str], None],
+    def __init__(self, registry: Registry, identities: Identities, *, on_final: Callable[[list[str]], None],
                  refused: Callable[[str, Exception], None], failed: Callable[[str, Exception], None]) -> None:
         self.registry = registry
         self.identities = identities
-        self.on_final = on_final  # an offer of the device reached an outcome (after the commit)
+        self.on_final = on_final  # offers of these devices (a batch's, each once) reached an outcome (after the commit)
         self.refused = refused  # (kind, error): an authentic report that does not parse
         self.failed = failed  # (kind, error): a report that could not be written
         self.batches = 0
@@ -113,5 +113,6 @@ class ReportTaker:
         self.taken += len(states) + len(events)
         for kind, exc in refused:
             self.refused(kind, exc)
-        for device in dict.fromkeys([*settled, *(d for (d, _), final in zip(events, finals) if final)]):
-            self.on_final(device)
+        ended = list(dict.fromkeys([*settled, *(d for (d, _), final in zip(events, finals) if final)]))
+        if ended:
+            self.on_final(ended)

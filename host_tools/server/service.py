@@ -113,7 +113,8 @@ class Server:
             self.coap.start()
         from host_tools.fleet.campaign import CampaignRunner
 
-        self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, withdraw=self.mqtt.clear_offer,
+        self.campaigns = CampaignRunner(self.registry, offer=self.mqtt.offer, offer_many=self.mqtt.offer_many,
+                                        withdraw=self.mqtt.clear_offer,
                                         republish=self.mqtt.republish_offer,
                                         manifest_of=lambda pid: self.store.load(pid)[0].manifest)
         self._ticker = threading.Thread(target=self._tick_campaigns, name="campaigns", daemon=True)
