@@ -378,7 +378,7 @@ def main() -> int:
         timed = {k: measure(home, f"{k}-timed", m, v1, small, ESP32_TIMING) for k, m in
                  (("base", RAW_MAIN), ("raw", AGENT_MAIN))}
         tcp: dict[str, list[dict]] = {"raw": [], "zlib": []}
-        for i in range(args.repeat):
+        for i in range(2 * args.repeat + 1):  # short runs, and the model's CPU is a small figure: more of them
             for k, p in (("raw", raw_pkg), ("zlib", zlib_pkg)):
                 tcp[k].append(measure_tcp(home, f"{k}-tcp{i}", v1, p))
     print(interpreter.label)
