@@ -144,6 +144,10 @@ class CoapClient:
         """Number of exchanges outstanding."""
         return sum(1 for ex in self._ex if ex.state in (_WAIT_ACK, _WAIT_SEPARATE))
 
+    def waiting(self, ex):
+        """`ex` still waits for its answer (False: answered, failed, or cancelled: code and error both 0)."""
+        return ex.state == _WAIT_ACK or ex.state == _WAIT_SEPARATE
+
     def start(self, code, path, *, block=-1, size2=-1, payload=None, content_format=-1, tag=None):
         """Send a confirmable request (`path`: path_options()); returns its Exchange."""
         if self.sock is None:

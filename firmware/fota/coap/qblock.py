@@ -141,9 +141,7 @@ class QBlock2(Block2):
             if left < timeout_ms:
                 timeout_ms = left if left > 0 else 0
         ex = self.client.poll(timeout_ms)
-        if ex is None or ex is not self._st:
-            if ex is not None:
-                self.client.free(ex)  # an exchange of someone else's that ended here: not ours
+        if ex is None or ex is not self._st:  # an exchange of someone else's (a report beside the blocks): theirs to free
             if self.inflight:
                 self._timers()
             return None
