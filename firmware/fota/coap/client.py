@@ -85,6 +85,7 @@ class CoapClient:
         self.separate_ms = separate_ms if separate_ms is not None else ack_timeout_ms * 2 + _PROCESSING_DELAY_MS
         self.sock = None
         self.msg = Msg()  # the last message received, parsed (valid until the next poll)
+        self.rtt_ms = 0  # the round trip of the last exchange answered at its first try (Karn's rule), 0: none yet
         self.retransmissions = 0  # counters for tests and benchmarks
         self.duplicates = 0
         self.merged = 0  # messages found after another one in the same read
@@ -203,6 +204,14 @@ class CoapClient:
         st.code = st.error = 0
         return st
 
+    def stream_next(self):
+        """The token byte the stream's next request gets (its answers carry it: stream_req())."""
+        return (self._st.buf[7] + 1) & 0xFF
+
+    def stream_req(self):
+        """The token byte of the request that the stream answer in `msg` answers."""
+        return self._rx[self.msg.start + 4 + TOKEN_LEN - 1]
+
     def send_stream(self, code, path, qblocks, nq, size2=-1):
         """One NON request of the stream with Q-Block2 options qblocks[:nq] (ascending)."""
         st = self._st
@@ -314,6 +323,9 @@ class CoapClient:
     def _answer(self, ex):
         if self.msg.critical:  # section 5.4.1: an unrecognised critical option fails the exchange
             return self._end(ex, 0, BAD_RESPONSE)
+        if ex.state == _WAIT_ACK and ex.tries == 0:  # sent once, at deadline - timeout: an unambiguous sample
+            rtt = ticks_diff(ticks_ms(), ex.deadline) + ex.timeout
+            self.rtt_ms = rtt if rtt > 0 else 1
         return self._end(ex, self.msg.code, 0)
 
     def _end(self, ex, code, error):

@@ -26,7 +26,9 @@ RFC 8085 3.1): `cwnd` blocks may be outstanding. It starts at min(window, MAX_PA
 blocks arrived, up to `window`, and halves, never below that start, once per round trip with a
 loss (a loss of a block asked for after the last decrease; RFC 6582's one reduction per window).
 A timeout puts it back to the start. When nothing arrives for two round trips, the oldest
-outstanding block is asked for again (a tail probe, RFC 8985). The client's read buffer should
+outstanding block is asked for again (a tail probe, RFC 8985); the first round trip is the
+client's last confirmable exchange answered at its first try (the offer's GET), so a lost
+first request is probed too instead of waiting the retransmission timeout. The client's read buffer should
 hold `window` answers (CoapClient rx_blocks): a burst read whole is not cut.
 """
 
@@ -45,7 +47,7 @@ class QBlock2(Block2):
         self.window = window if window > 1 else 1
         self.floor = window if window < MAX_PAYLOADS else MAX_PAYLOADS  # cwnd never below this
         self.inflight = []  # payload offsets asked for and not received, in the order asked
-        self._seq = []  # the ask number of each (parallel to inflight)
+        self._seq = []  # (ask number << 8) | the request's token byte, of each (parallel to inflight)
         self._asked = 0  # ask numbers handed out
         self._recover = 0  # no decrease for a loss of a block asked before this
         self._nums = [0] * MAX_PAYLOADS  # Q-Block2 values of the next request
@@ -68,6 +70,7 @@ class QBlock2(Block2):
         self._seq = []
         self._st = None
         self._tries = self._timed = 0
+        self._srtt = self.client.rtt_ms  # the offer's GET just before: probes from the first request on
 
     def drop(self):
         super().drop()  # cancels the stream too
@@ -111,11 +114,12 @@ class QBlock2(Block2):
     def _send(self, n):
         nums, sh, first = self._nums, self.szx + 4, -1
         nums_sorted(nums, n)
+        req = self.client.stream_next()
         for i in range(n):
             c = nums[i]
             self.inflight.append(c)
             self._asked += 1
-            self._seq.append(self._asked)
+            self._seq.append((self._asked << 8) | req)
             if c == 0:
                 first = 0  # Size2 0 on block 0: the size comes back
             nums[i] = ((c >> sh) << 4) | self.szx
@@ -162,21 +166,27 @@ class QBlock2(Block2):
         self._check(offset, m)
         self.inflight.pop(i)
         seq = self._seq.pop(i)
-        self._answered(seq)
+        if self.client.stream_req() == seq & 0xFF:
+            self._answered(seq >> 8)
+        else:  # the answer to an earlier ask of a block asked again (a probe's): good data, but its place
+            self._heard()  # in the order is not this ask's, so it shows no loss and no round trip
         self.sink(offset, self.client.payload())
         return CONTENT
 
     # Block `seq` arrived: timers, round trip, the blocks it overtook, the window.
     def _answered(self, seq):
-        now = ticks_ms()
         if self._timed and seq >= self._timed:
-            rtt = ticks_diff(now, self._timed_at)
+            rtt = ticks_diff(ticks_ms(), self._timed_at)
             self._srtt = rtt if not self._srtt else (7 * self._srtt + rtt) >> 3
             self._timed = 0
+        self._losses(seq - _REORDER)
+        self._heard()
+
+    # A block arrived: the timers start again, the window may grow.
+    def _heard(self):
         self._probes = 0
         self._timer(True)
         self._arm_probe()
-        self._losses(seq - _REORDER)
         self._run += 1
         if self._run >= self.cwnd and self.cwnd < self.window:
             self.cwnd += 1
@@ -185,9 +195,9 @@ class QBlock2(Block2):
     # The outstanding blocks asked for as `upto`-th or earlier were overtaken: lost, askable again.
     def _losses(self, upto):
         seq, newest = self._seq, 0
-        while seq and seq[0] <= upto:
+        while seq and seq[0] >> 8 <= upto:
             self.inflight.pop(0)
-            newest = seq.pop(0)
+            newest = seq.pop(0) >> 8
             self.lost += 1
         if newest > self._recover:  # the first loss of this round trip: halve once
             self.cwnd = self.cwnd >> 1 if self.cwnd >> 1 > self.floor else self.floor
