@@ -176,8 +176,8 @@ class QBlock2(Block2):
     # Block `seq` arrived: timers, round trip, the blocks it overtook, the window.
     def _answered(self, seq):
         if self._timed and seq >= self._timed:
-            rtt = ticks_diff(ticks_ms(), self._timed_at)
-            self._srtt = rtt if not self._srtt else (7 * self._srtt + rtt) >> 3
+            rtt = ticks_diff(ticks_ms(), self._timed_at) or 1  # under a tick: 1 (0 means none measured)
+            self._srtt = rtt if not self._srtt else ((7 * self._srtt + rtt) >> 3 or 1)
             self._timed = 0
         self._losses(seq - _REORDER)
         self._heard()
