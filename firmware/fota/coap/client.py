@@ -145,8 +145,12 @@ class CoapClient:
 
     # -- exchanges ----------------------------------------------------------------
     def busy(self):
-        """Number of exchanges outstanding."""
-        return sum(1 for ex in self._ex if ex.state in (_WAIT_ACK, _WAIT_SEPARATE))
+        """Number of exchanges outstanding (no allocation: Q-Block2 asks before every request)."""
+        n = 0
+        for ex in self._ex:
+            if ex.state == _WAIT_ACK or ex.state == _WAIT_SEPARATE:
+                n += 1
+        return n
 
     def waiting(self, ex):
         """`ex` still waits for its answer (False: answered, failed, or cancelled: code and error both 0)."""

@@ -21,7 +21,8 @@ ACK_RANDOM_FACTOR, doubled per timeout in a row, MAX_RETRANSMIT of them end the 
 TIMEOUT, RFC 7252 4.8) is everything outstanding asked for again.
 
 Congestion control (RFC 7252 4.7 and 4.8.1 allow more than NSTART outstanding only with it;
-RFC 8085 3.1): `cwnd` blocks may be outstanding. It starts at min(window, MAX_PAYLOADS) (RFC 9177
+RFC 8085 3.1): `cwnd` interactions may be outstanding: blocks asked for, and the client's
+confirmable exchange when one is on its way (a report POST beside the download). It starts at min(window, MAX_PAYLOADS) (RFC 9177
 7.2: the burst a server may send before it hears from the client), grows by one after `cwnd`
 blocks arrived, up to `window`, and halves, never below that start, once per round trip with a
 loss (a loss of a block asked for after the last decrease; RFC 6582's one reduction per window).
@@ -79,7 +80,7 @@ class QBlock2(Block2):
 
     def hungry(self):
         """fill() would ask for more now (so the caller lists what it wants only then)."""
-        room = self.cwnd - len(self.inflight)
+        room = self.cwnd - len(self.inflight) - self.client.busy()  # a report POST on its way takes a place
         return room > 0 and (not self.inflight or room >= (self.cwnd // 3 or 1))
 
     # Ask for the blocks at `offsets` that are not outstanding, up to cwnd, in requests of a third of
@@ -88,7 +89,7 @@ class QBlock2(Block2):
         if not self.hungry():
             return  # wait until a whole request's worth can go
         per = self.cwnd // 3 or 1
-        room = self.cwnd - len(self.inflight)
+        room = self.cwnd - len(self.inflight) - self.client.busy()  # a report POST on its way takes a place
         nums, n = self._nums, 0
         if self._st is None:
             self._st = self.client.stream()
