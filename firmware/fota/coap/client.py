@@ -216,6 +216,11 @@ class CoapClient:
         """The token byte of the request that the stream answer in `msg` answers."""
         return self._rx[self.msg.start + 4 + TOKEN_LEN - 1]
 
+    def end_stream(self):
+        """Close the stream alone (its late answers are then ignored); confirmable exchanges go on."""
+        if self._st is not None:
+            self._st.state = _FREE
+
     def send_stream(self, code, path, qblocks, nq, size2=-1):
         """One NON request of the stream with Q-Block2 options qblocks[:nq] (ascending)."""
         st = self._st

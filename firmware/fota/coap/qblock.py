@@ -74,7 +74,8 @@ class QBlock2(Block2):
         self._srtt = self.client.rtt_ms  # the offer's GET just before: probes from the first request on
 
     def drop(self):
-        super().drop()  # cancels the stream too
+        self.client.end_stream()  # the stream alone: a report POST beside it goes on
+        self.inflight = []
         self._seq = []
         self._st = None
 

@@ -72,6 +72,8 @@ class CoapLink(Link):
         q = self._events
         if event == "progress" and q and q[-1].get("event") == "progress":
             q.pop()
+        if self._posting is not None and not self._beside():
+            self._settle_post()  # the download is over: the POST still on its way ends first, then this one goes
         super().report(event, info)
 
     # Queued reports wait while a download runs when all they say is progress and progress went out
@@ -107,8 +109,7 @@ class CoapLink(Link):
                        size=m.encoded_size, etag=bytes.fromhex(pinned) if pinned else None)
 
     def _stop_fetch(self):
-        self._settle_post()
-        self._rx.drop()
+        self._rx.drop()  # Q-Block2: the stream alone, a report POST on its way goes on
         self._rx.path = None
 
     def _post(self, path, text):
@@ -194,9 +195,12 @@ class CoapLink(Link):
     def _report_beside(self):
         ex = self._posting
         if ex is not None:
+            if self.client.waiting(ex) and self._beside():
+                return  # the download's receive() polls the client meanwhile
             if self.client.waiting(ex):
-                return
-            self._posted(ex)
+                self._settle_post()  # no download any more, and the exchange slot is needed
+            else:
+                self._posted(ex)
         if self._beside() and self._flush_due() and not self._reports_wait():
             if self._events:
                 ev = self._post_event = self._events.pop(0)
@@ -230,7 +234,9 @@ class CoapLink(Link):
         else:
             self._events.insert(0, ev)
 
-    # Before the stream stops (and the exchanges are cancelled with it): the report on its way ends first.
+    # Wait for the report on its way (its answer, or its retransmissions running out): once the
+    # download is over, before anything else needs the exchange slot or a report must go at once
+    # (`rebooting` goes right before the reset). The download and its verification do not wait.
     def _settle_post(self):
         ex = self._posting
         while ex is not None and self.client.waiting(ex):
@@ -241,9 +247,12 @@ class CoapLink(Link):
             except CoapError:
                 pass  # queued again: it goes with the next reports
 
-    # The attempt ends without waiting: the report is queued again (its exchange is cancelled next).
+    # The attempt ends without waiting: the report is queued again, its exchange cancelled.
     def _abandon_post(self):
-        if self._posting is not None:
+        ex = self._posting
+        if ex is not None:
+            if self.client.waiting(ex) or ex.code or ex.error:
+                self.client.free(ex)  # still ours (nothing else starts while a report is on its way)
             self._posting = None
             self._requeue(self._post_event)
             self._post_event = None
