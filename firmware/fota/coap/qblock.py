@@ -141,6 +141,9 @@ class QBlock2(Block2):
         reset the stream (RESET), or an answer failed a check.
         """
         if self.inflight:
+            if not self._srtt and self.client.rtt_ms:  # no round trip yet: the client's first clean one (a report's)
+                self._srtt = self.client.rtt_ms
+                self._arm_probe()
             now = ticks_ms()
             due = self._probe if self._srtt and ticks_diff(self._probe, self._deadline) < 0 else self._deadline
             left = ticks_diff(due, now)
