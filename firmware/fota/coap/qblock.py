@@ -15,22 +15,26 @@ is dropped, so no block reaches the sink twice.
 
 Loss is found by order, not by timers: the server answers in the order blocks were asked for,
 so when a block arrives, an outstanding block asked for _REORDER or more blocks before it is
-counted lost and becomes askable again (agent.wanted() lists it: it is missing); only when
+counted lost and becomes askable again (agent.wanted() lists it: it is missing). Only the
+answer to a block's latest ask counts for order, round trip and losses: answers carry their
+request's token, whose last byte numbers the requests, and that byte is kept with each ask (an
+answer to an earlier ask, after a probe asked again, is data and nothing more). Only when
 nothing at all arrives for a retransmission timeout (ACK_TIMEOUT randomised by
 ACK_RANDOM_FACTOR, doubled per timeout in a row, MAX_RETRANSMIT of them end the download with
 TIMEOUT, RFC 7252 4.8) is everything outstanding asked for again.
 
 Congestion control (RFC 7252 4.7 and 4.8.1 allow more than NSTART outstanding only with it;
 RFC 8085 3.1): `cwnd` interactions may be outstanding: blocks asked for, and the client's
-confirmable exchange when one is on its way (a report POST beside the download). It starts at min(window, MAX_PAYLOADS) (RFC 9177
-7.2: the burst a server may send before it hears from the client), grows by one after `cwnd`
-blocks arrived, up to `window`, and halves, never below that start, once per round trip with a
-loss (a loss of a block asked for after the last decrease; RFC 6582's one reduction per window).
-A timeout puts it back to the start. When nothing arrives for two round trips, the oldest
-outstanding block is asked for again (a tail probe, RFC 8985); the first round trip is the
-client's last confirmable exchange answered at its first try (the offer's GET), so a lost
-first request is probed too instead of waiting the retransmission timeout. The client's read buffer should
-hold `window` answers (CoapClient rx_blocks): a burst read whole is not cut.
+confirmable exchange when one is on its way (a report POST beside the download). It starts at
+min(window, MAX_PAYLOADS) (RFC 9177 7.2: the burst a server may send before it hears from the
+client), grows by one after `cwnd` blocks arrived, up to `window`, and halves, never below that
+start, once per round trip with a loss (a loss of a block asked for after the last decrease;
+RFC 6582's one reduction per window). A timeout puts it back to the start. When nothing arrives
+for two round trips, the oldest outstanding block is asked for again (a tail probe, RFC 8985);
+the first round trip is the client's last confirmable exchange answered at its first try (the
+offer's GET, or a report's later), so a lost first request is probed too instead of waiting the
+retransmission timeout. The client's read buffer should hold `window` answers (CoapClient
+rx_blocks): a burst read whole is not cut.
 """
 
 from ..compat import const, getrandbits, ticks_add, ticks_diff, ticks_ms
