@@ -20,14 +20,11 @@ blocks keep coming, so a lost report waits out its retransmission without stoppi
 """
 
 import gc
-import json
 
 from .. import errors
 from ..agent import DOWNLOADING
 from ..coap.blockwise import SIZE_MISMATCH, Block2
-from ..coap.message import (
-    BAD_RESPONSE, CONTENT, ETAG_CHANGED, FORMAT_JSON, NOT_FOUND, POST, TOO_LARGE, CoapError, path_options, szx_for,
-)
+from ..coap.message import BAD_RESPONSE, CONTENT, ETAG_CHANGED, NOT_FOUND, TOO_LARGE, CoapError, path_options, szx_for
 from ..compat import const, sleep_ms, ticks_add, ticks_diff, ticks_ms
 from ..errors import OtaError
 from .core import Link
@@ -57,13 +54,14 @@ class CoapLink(Link):
         self._progressed = False  # progress went out in this download (the first goes out at once)
         # chunk: a power of two, 16..1024, the block size asked for
         self._ahead = 1 if qblock else 0  # Q-Block2: blocks beyond those outstanding (lost ones stay behind)
-        self._qblock = qblock
-        self._posting = None  # Q-Block2: the Exchange of the report POST going beside the blocks
-        self._post_event = None  # the event it carries (None: the state document)
+        self._bs = None  # Q-Block2: reports go beside the blocks (link/beside.py)
         if qblock:
             from ..coap.qblock import QBlock2  # only on a device that uses it: its code stays out of the heap otherwise
 
+            from .beside import Beside
+
             self._rx = QBlock2(client, window)
+            self._bs = Beside(self)
         else:
             self._rx = Block2(client, window, chunk)
 
@@ -72,8 +70,8 @@ class CoapLink(Link):
         q = self._events
         if event == "progress" and q and q[-1].get("event") == "progress":
             q.pop()
-        if self._posting is not None and not self._beside():
-            self._settle_post()  # the download is over: the POST still on its way ends first, then this one goes
+        if self._bs is not None and not self._bs.downloading():
+            self._bs.settle()  # the download is over: the POST still on its way ends first, then this one goes
         super().report(event, info)
 
     # Queued reports wait while a download runs when all they say is progress and progress went out
@@ -97,10 +95,10 @@ class CoapLink(Link):
     # Not in the middle of a download (the block being handed over lives in the client's buffer):
     # those events go out from step(). "downloaded", "rebooting" go now.
     def _may_send(self):
-        return not self._rx.inflight and self.agent.state != DOWNLOADING and self._posting is None
+        return not self._rx.inflight and self.agent.state != DOWNLOADING and (self._bs is None or self._bs.posting is None)
 
     def busy(self):
-        return self._posting is not None or super().busy()
+        return (self._bs is not None and self._bs.posting is not None) or super().busy()
 
     def _begin_fetch(self, m):
         self._progressed = False
@@ -141,8 +139,8 @@ class CoapLink(Link):
             self._retry_due()  # take the download up again where it stopped
         now = ticks_ms()
         try:
-            if self._posting is not None or self._beside():
-                self._report_beside()
+            if self._bs is not None and (self._bs.posting is not None or self._bs.downloading()):
+                self._bs.step()
             elif self._flush_due() and not self._rx.inflight and not self._reports_wait():
                 progress = self._events and self._events[-1].get("event") == "progress"
                 self._flush()
@@ -151,7 +149,8 @@ class CoapLink(Link):
             if self._complete:
                 self._finish()
             elif self._past_deadline():
-                self._abandon_post()
+                if self._bs is not None:
+                    self._bs.abandon()
                 self._rx.drop()
                 self._give_up(errors.DEADLINE, "attempt over %d s" % (self.deadline_ms // 1000))
             elif self.agent.state == DOWNLOADING and self._rx.path is not None:
@@ -179,83 +178,11 @@ class CoapLink(Link):
             return  # the next step asks again
         print("fota: CoAP attempt ends:", repr(e))
         self.connected = False  # events queue until the back-off is over
-        self._abandon_post()
+        if self._bs is not None:
+            self._bs.abandon()
         self._rx.drop()
         self.client.close()
         self._give_up(code, detail or "no answer after %d tries" % self.max_failures)
-
-    # -- reports beside a Q-Block2 download ----------------------------------------------
-    # The blocks go on while a report is on its way (the stream and the exchange slot are apart):
-    # one CON POST at a time, under RFC 7252's own timers; a lost one costs its retransmission
-    # wait, not the download's.
-    def _beside(self):
-        return self._qblock and self.agent.state == DOWNLOADING and self._rx.path is not None
-
-    # Without waiting: take the POST's answer when it came, then send the next report that is due.
-    def _report_beside(self):
-        ex = self._posting
-        if ex is not None:
-            if self.client.waiting(ex) and self._beside():
-                return  # the download's receive() polls the client meanwhile
-            if self.client.waiting(ex):
-                self._settle_post()  # no download any more, and the exchange slot is needed
-            else:
-                self._posted(ex)
-        if self._beside() and self._flush_due() and not self._reports_wait():
-            if self._events:
-                ev = self._post_event = self._events.pop(0)
-                path, text = self._p_events, self._sealed("events", json.dumps(ev))
-            else:
-                self._post_event, self._state_due = None, False
-                path, text = self._p_state, self._sealed("state", self.agent.state_json(self.device_id, self.offer_id))
-            self._posting = self.client.start(POST, path, payload=text.encode() if isinstance(text, str) else text,
-                                              content_format=FORMAT_JSON)
-
-    # The report POST ended: answered (done), failed or cancelled (the report goes again later).
-    def _posted(self, ex):
-        ev, code, error = self._post_event, ex.code, ex.error
-        self._posting = self._post_event = None
-        if code or error:
-            self.client.free(ex)  # cancelled: the slot is free already (and may be someone else's)
-        if error or not code or code >= _SERVER_ERROR:
-            self._requeue(ev)
-            if error or code:
-                raise CoapError(error or BAD_RESPONSE, code)
-            return
-        self._ok()
-        if ev is not None:
-            self._state_due = True  # an event changes the state document too (core.Link._flush)
-            if ev.get("event") == "progress" and self.agent.state == DOWNLOADING:
-                self._reported, self._progressed = ticks_ms(), True
-
-    def _requeue(self, ev):
-        if ev is None:
-            self._state_due = True
-        else:
-            self._events.insert(0, ev)
-
-    # Wait for the report on its way (its answer, or its retransmissions running out): once the
-    # download is over, before anything else needs the exchange slot or a report must go at once
-    # (`rebooting` goes right before the reset). The download and its verification do not wait.
-    def _settle_post(self):
-        ex = self._posting
-        while ex is not None and self.client.waiting(ex):
-            self.client.poll(100)
-        if ex is not None:
-            try:
-                self._posted(ex)
-            except CoapError:
-                pass  # queued again: it goes with the next reports
-
-    # The attempt ends without waiting: the report is queued again, its exchange cancelled.
-    def _abandon_post(self):
-        ex = self._posting
-        if ex is not None:
-            if self.client.waiting(ex) or ex.code or ex.error:
-                self.client.free(ex)  # still ours (nothing else starts while a report is on its way)
-            self._posting = None
-            self._requeue(self._post_event)
-            self._post_event = None
 
     # -- offers and blocks -------------------------------------------------------------
     def _poll_offer(self):
@@ -269,7 +196,7 @@ class CoapLink(Link):
 
     def _download(self, timeout_ms):
         rx = self._rx
-        if (self._qblock or not self._events or self._reports_wait()) and rx.hungry():  # Block2: drain, reports go between blocks
+        if (self._bs is not None or not self._events or self._reports_wait()) and rx.hungry():  # Block2: drain, reports go between blocks
             rx.fill(self.agent.wanted(self.window + self._ahead * len(rx.inflight)))
         try:
             code = rx.receive(timeout_ms)  # a block that passed the checks went to the agent
