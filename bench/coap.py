@@ -9,8 +9,13 @@ parameters. Prints seconds per image for both and their ratio (device / aiocoap)
 about timing. Loss applies to each direction. Also prints the modelled time on an ESP32 over Wi-Fi
 and a slow link (bench/esp32model.py), with RFC 7252's default timers for the lost exchanges.
 
-    .venv/bin/python bench/coap.py [--size 1490000] [--loss 0 0.1] [--ack-ms 200] [--window 1] [--qblock]
+    .venv/bin/python bench/coap.py [--size 1480000] [--loss 0 0.1] [--ack-ms 200] [--window 1] [--qblock]
     .venv/bin/python bench/coap.py --qblock --window 16 --loss 0 0.1 0.2 0.3     # issue 18's figures
+    .venv/bin/python bench/coap.py --qblock --window 16 --loss 0 0.1 --ref-upto 0 --seeds 1 2 3 4 5 6
+
+With several seeds every loss rate runs once per seed (the proxy's losses differ per seed), and the
+slowdown under loss is taken against the same seed's no-loss run; a summary gives the median and the
+range of each column over the seeds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import argparse
 import asyncio
 import hashlib
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -117,9 +123,24 @@ def device_update(home: Path, server, port: int, package: bytes, tag: str, ack_m
     return ms[-1] / 1000, total, cpu
 
 
+def summary(rows: list[tuple], bases: dict[int, float]) -> None:
+    """Per loss rate, over the seeds: the median and the range of the device's time, the fetch's, and the ratios."""
+    def spread(values: list[float]) -> str:
+        return f"{statistics.median(values):.2f} [{min(values):.2f}-{max(values):.2f}]" if values else "-"
+
+    print(f"over {len({r[0] for r in rows})} seeds, median [min-max]:")
+    for loss in dict.fromkeys(r[1] for r in rows):
+        mine = [r for r in rows if r[1] == loss]
+        own = [r[2] / bases[r[0]] for r in mine if r[0] in bases]
+        ref = [r[5] / r[2] for r in mine if r[5]]
+        print(f"  {loss * 100:3.0f}%: device s {spread([r[2] for r in mine])}, fetch s {spread([r[8] for r in mine])}, "
+              f"device/device 0% {spread(own)} (per seed: {' '.join(f'{x:.2f}' for x in own)}), "
+              f"aiocoap/device {spread(ref)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=1_490_000,
+    parser.add_argument("--size", type=int, default=1_480_000,
                         help="padding frozen into the image (bytes; with the firmware, about 1.57 MB, under the 1.5 MiB slot)")
     parser.add_argument("--loss", type=float, nargs="+", default=[0.0, 0.1], help="loss rates, each direction")
     parser.add_argument("--ack-ms", type=int, default=200, help="ACK_TIMEOUT for both clients (RFC 7252: 2000)")
@@ -128,7 +149,8 @@ def main() -> int:
                         help="the device asks in Q-Block2 bursts (RFC 9177), --window blocks outstanding at most")
     parser.add_argument("--ref-upto", type=float, default=0.1,
                         help="run aiocoap's client at loss rates up to this (above 10 %% it mostly gives up, after minutes)")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seeds", "--seed", type=int, nargs="+", default=[1],
+                        help="proxy seeds: the whole set of loss rates runs once per seed")
     args = parser.parse_args()
     image = fw_image("2.0.0", pad=args.size)
     package = fw_package(image, version="2.0.0", sequence=2)
@@ -140,9 +162,9 @@ def main() -> int:
         try:
             # an offer to nobody: the resource aiocoap fetches (the same package, the same store)
             probe_offer = server.deploy(package, ["bench-aiocoap"])[0]
-            for i, loss in enumerate(args.loss):
+            for seed, i, loss in [(seed, i, loss) for seed in args.seeds for i, loss in enumerate(args.loss)]:
                 imp = Impairment(loss=loss)
-                with UdpProxy(("127.0.0.1", server.coap.port), up=imp, down=imp, seed=args.seed + i) as proxy:
+                with UdpProxy(("127.0.0.1", server.coap.port), up=imp, down=imp, seed=seed + i) as proxy:
                     url = f"coap://127.0.0.1:{proxy.port}/fota/o/{probe_offer}"
                     ref_s: float | None = None
                     if loss <= args.ref_upto:
@@ -158,10 +180,10 @@ def main() -> int:
                     if digest != hashlib.sha256(payload).hexdigest():
                         raise SystemExit("the device's client fetched other bytes than the package's payload")
                     before = dropped(proxy)
-                    dev_s, total, cpu = device_update(home, server, proxy.port, package, f"b{i}", args.ack_ms, args.window,
-                                                      args.qblock)
+                    dev_s, total, cpu = device_update(home, server, proxy.port, package, f"b{seed}-{i}", args.ack_ms,
+                                                      args.window, args.qblock)
                     dev_drops = dropped(proxy) - before
-                rows.append((loss, dev_s, total, dev_drops, ref_s, ref_drops, cpu, fetch_s))
+                rows.append((seed, loss, dev_s, total, dev_drops, ref_s, ref_drops, cpu, fetch_s))
         finally:
             server.stop()
     blocks = -(-len(payload) // 1024)
@@ -169,14 +191,15 @@ def main() -> int:
               f"Block2, window {args.window}")
     print(f"image {len(image)} bytes ({blocks} blocks of 1 KiB), CoAP on loopback, ACK_TIMEOUT {args.ack_ms} ms, "
           f"device: {scheme}; flash at host speed")
-    print(f"{'loss':>6} {'device s':>9} {'MB/s':>6} {'dropped':>8} {'fetch s':>8} {'aiocoap s':>10} {'MB/s':>6} "
+    print(f"{'seed':>4} {'loss':>6} {'device s':>9} {'MB/s':>6} {'dropped':>8} {'fetch s':>8} {'aiocoap s':>10} {'MB/s':>6} "
           f"{'dropped':>8} {'aiocoap/fetch':>14} {'aiocoap/device':>15} {'device/device 0%':>17} {'offer->committed s':>19}")
-    base = next((r[1] for r in rows if r[0] == 0), None)
-    for loss, dev_s, total, dev_drops, ref_s, ref_drops, _, fetch_s in rows:
+    bases = {r[0]: r[2] for r in rows if r[1] == 0}
+    for seed, loss, dev_s, total, dev_drops, ref_s, ref_drops, _, fetch_s in rows:
+        base = bases.get(seed)
         ref = (f"{ref_s:10.2f} {len(payload) / ref_s / 1e6:6.2f} {ref_drops:8d} {ref_s / fetch_s:14.2f} {ref_s / dev_s:15.2f}"
                if ref_s else f"{'-':>10} {'-':>6} {'-':>8} {'-':>14} {'-':>15}")
         own = f"{dev_s / base:17.2f}" if base else f"{'-':>17}"
-        print(f"{loss * 100:5.0f}% {dev_s:9.2f} {len(payload) / dev_s / 1e6:6.2f} {dev_drops:8d} {fetch_s:8.2f} {ref} {own} "
+        print(f"{seed:4d} {loss * 100:5.0f}% {dev_s:9.2f} {len(payload) / dev_s / 1e6:6.2f} {dev_drops:8d} {fetch_s:8.2f} {ref} {own} "
               f"{total:19.2f}")
     print("device s: the update's download measured on the device (offer checked -> digest verified from flash: agent, "
           "emulated flash over the board's bus, the digest read back), dropped: its datagrams lost on the way;")
@@ -186,6 +209,8 @@ def main() -> int:
     print(f"aiocoap s: aiocoap's client (Block2, NSTART 1) fetching it the same way (loss up to {args.ref_upto:.0%}); "
           f"aiocoap/fetch and aiocoap/device: how many times faster the device's client and the device's download are; "
           f"device/device 0%: the download's slowdown under loss")
+    if len(args.seeds) > 1:
+        summary(rows, bases)
     model = Esp32Model.measure(check_micropython().path)
     print(model.describe())
     if args.qblock:
@@ -196,7 +221,8 @@ def main() -> int:
         print(f"  modelled ESP32 time of the {len(image)}-byte CoAP update (board CPU from offer to reset; {blocks} blocks, "
               f"{args.window} in flight, a round trip per window; lost exchanges wait RFC 7252's default timers, one after "
               f"another: an upper bound when more than one block is in flight):")
-    for loss, *_, cpu, _fetch in rows:
+    for loss in args.loss:
+        cpu = statistics.median(r[7] for r in rows if r[1] == loss)
         for link in LINKS:
             if args.qblock:
                 q = 1 - (1 - loss) ** 2  # the request for a block or the block itself is lost

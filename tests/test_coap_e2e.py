@@ -151,6 +151,25 @@ def test_lossy_link_completes_without_rewriting_flash(tmp_path, server, link):
 
 
 @pytest.mark.fw
+def test_a_qblock2_download_goes_on_while_its_reports_go_unanswered(tmp_path, server):
+    package = pkg(pad=60_000)
+    blocks = -(-(len(package) - 32 - int.from_bytes(package[8:12], "little") - 64) // 1024)
+    with UdpProxy(("127.0.0.1", server.coap.port)) as proxy:
+        board = coap_board(tmp_path, "rep", ids=server.identities, port=proxy.port, qblock=True, window=16, max_failures=8)
+        with BoardRun(board) as run:
+            connected(server, board)
+            proxy.impair["up"] = Impairment(drop_if=lambda d: len(d) > 1 and d[1] == 0x02)  # every POST (0.02) is lost
+            served = server.coap.resource.blocks_served
+            offer_id = server.deploy(package, [device_id(board)])[0]
+            wait_until(lambda: server.coap.resource.blocks_served - served >= blocks, 10, "every block asked for")
+            unreported = "downloading" not in events(server, board)
+            proxy.impair["up"] = Impairment()
+            offer = wait_final(server, offer_id, 60)
+    assert unreported and proxy.stats["up"].dropped > 0  # the blocks came while the 'downloading' report was lost
+    assert offer.status == "SUCCEEDED" and run.flash.faults == [] and "downloading" in events(server, board)
+
+
+@pytest.mark.fw
 def test_link_loss_is_reported_and_the_download_resumes_where_it_stopped(tmp_path, server):
     link = Impairment(delay_ms=3)
     with UdpProxy(("127.0.0.1", server.coap.port), up=link, down=link) as proxy:

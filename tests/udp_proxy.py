@@ -20,6 +20,7 @@ import selectors
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -34,6 +35,7 @@ class Impairment:
     delay_ms: float = 0.0  # added to every datagram
     jitter_ms: float = 0.0  # plus uniform [0, jitter_ms]
     reorder_ms: float = 20.0
+    drop_if: Callable[[bytes], bool] | None = field(default=None, compare=False)  # also dropped: datagrams it picks
 
     def __post_init__(self) -> None:
         for name in ("loss", "duplicate", "reorder"):
@@ -140,7 +142,7 @@ class UdpProxy:
 
     def _forward(self, direction: str, sock: socket.socket, data: bytes, addr: tuple | None) -> None:
         imp, rng, st = self.impair[direction], self._rng[direction], self.stats[direction]
-        if rng.random() < imp.loss:
+        if rng.random() < imp.loss or (imp.drop_if is not None and imp.drop_if(data)):
             st.dropped += 1
             return
         copies = 2 if rng.random() < imp.duplicate else 1

@@ -52,6 +52,8 @@ _WAIT_SEPARATE = const(2)  # empty ACK seen: the response comes in a message of 
 _DONE = const(3)
 _STREAM = const(4)  # a body in non-confirmable requests and responses (RFC 9177): no timers here, see qblock.py
 _SEEN = const(8)  # message ids of received CON/NON kept for de-duplication
+_HEAD_NON = const(0x54)  # the first byte of a NON message with a 4-byte token (section 3: Ver 1, T, TKL)
+_HEAD_CON = const(0x44)
 _REQ_SIZE = const(96)  # header, token, Uri-Path of a fota resource, Block2, Size2
 
 
@@ -83,6 +85,7 @@ class CoapClient:
         self.separate_ms = separate_ms if separate_ms is not None else ack_timeout_ms * 2 + _PROCESSING_DELAY_MS
         self.sock = None
         self.msg = Msg()  # the last message received, parsed (valid until the next poll)
+        self.rtt_ms = 0  # the round trip of the last exchange answered at its first try (Karn's rule), 0: none yet
         self.retransmissions = 0  # counters for tests and benchmarks
         self.duplicates = 0
         self.merged = 0  # messages found after another one in the same read
@@ -94,6 +97,7 @@ class CoapClient:
         self._ctl = bytearray(4)  # empty ACK / RST
         self._ex = [Exchange(req_size) for _ in range(slots)]
         self._st = None  # the stream's Exchange, made on the first stream()
+        self._st_tag = None  # its token prefix (bytes), what a merged answer of the stream is found by
         self._req_size = req_size
         self._mid = getrandbits(16)
         self._seen = [-1] * _SEEN
@@ -141,8 +145,16 @@ class CoapClient:
 
     # -- exchanges ----------------------------------------------------------------
     def busy(self):
-        """Number of exchanges outstanding."""
-        return sum(1 for ex in self._ex if ex.state in (_WAIT_ACK, _WAIT_SEPARATE))
+        """Number of exchanges outstanding (no allocation: Q-Block2 asks before every request)."""
+        n = 0
+        for ex in self._ex:
+            if ex.state == _WAIT_ACK or ex.state == _WAIT_SEPARATE:
+                n += 1
+        return n
+
+    def waiting(self, ex):
+        """`ex` still waits for its answer (False: answered, failed, or cancelled: code and error both 0)."""
+        return ex.state == _WAIT_ACK or ex.state == _WAIT_SEPARATE
 
     def start(self, code, path, *, block=-1, size2=-1, payload=None, content_format=-1, tag=None):
         """Send a confirmable request (`path`: path_options()); returns its Exchange."""
@@ -191,9 +203,23 @@ class CoapClient:
             st = self._st = Exchange(self._req_size + 32)  # room for MAX_PAYLOADS Q-Block2 options
         r = getrandbits(24)
         st.buf[4], st.buf[5], st.buf[6], st.buf[7] = r >> 16, (r >> 8) & 0xFF, r & 0xFF, 0
+        self._st_tag = bytes(st.buf[4:7])
         st.state = _STREAM
         st.code = st.error = 0
         return st
+
+    def stream_next(self):
+        """The token byte the stream's next request gets (its answers carry it: stream_req())."""
+        return (self._st.buf[7] + 1) & 0xFF
+
+    def stream_req(self):
+        """The token byte of the request that the stream answer in `msg` answers."""
+        return self._rx[self.msg.start + 4 + TOKEN_LEN - 1]
+
+    def end_stream(self):
+        """Close the stream alone (its late answers are then ignored); confirmable exchanges go on."""
+        if self._st is not None:
+            self._st.state = _FREE
 
     def send_stream(self, code, path, qblocks, nq, size2=-1):
         """One NON request of the stream with Q-Block2 options qblocks[:nq] (ascending)."""
@@ -240,7 +266,12 @@ class CoapClient:
     # The next message of the last read.
     def _receive(self):
         m, rx, start = self.msg, self._rx, self._pos
-        if not m.parse(self._rxmv, start, self._lim):
+        ok = m.parse(self._rxmv, start, self._lim)
+        if not ok or (m.end == self._lim and (m.block2 < 0 or m.size2 < 0)):  # not framed by its own fields
+            cut = self._next_of_stream(start)
+            if cut > 0:
+                ok = m.parse(self._rxmv, start, cut)
+        if not ok:
             if self._lim - start >= 4 and (rx[start] >> 4) & 3 == CON:  # section 4.2: reject a malformed CON
                 self._reply(RST, (rx[start + 2] << 8) | rx[start + 3])
             self._pos = self._lim  # what follows cannot be framed: lost, like a dropped datagram
@@ -281,9 +312,29 @@ class CoapClient:
             return None
         return self._answer(ex)
 
+    # Where the stream's next answer starts in the last read after the message at `start`, or -1.
+    # A message that its own fields do not frame (a report's 2.04 ACK has no payload) ends there
+    # when the answers of a stream follow it in the same read: found by their header byte and
+    # token prefix (3 random bytes), so the report's answer and the blocks behind it are not lost.
+    def _next_of_stream(self, start):
+        st = self._st
+        if st is None or st.state != _STREAM:
+            return -1
+        rx, lim = self._rx, self._lim
+        i = rx.find(self._st_tag, start + 8, lim)
+        while i >= 0:
+            h = i - 4
+            if rx[h] == _HEAD_NON or rx[h] == _HEAD_CON:
+                return h
+            i = rx.find(self._st_tag, i + 1, lim)
+        return -1
+
     def _answer(self, ex):
         if self.msg.critical:  # section 5.4.1: an unrecognised critical option fails the exchange
             return self._end(ex, 0, BAD_RESPONSE)
+        if ex.state == _WAIT_ACK and ex.tries == 0:  # sent once, at deadline - timeout: an unambiguous sample
+            rtt = ticks_diff(ticks_ms(), ex.deadline) + ex.timeout
+            self.rtt_ms = rtt if rtt > 0 else 1
         return self._end(ex, self.msg.code, 0)
 
     def _end(self, ex, code, error):

@@ -15,19 +15,26 @@ is dropped, so no block reaches the sink twice.
 
 Loss is found by order, not by timers: the server answers in the order blocks were asked for,
 so when a block arrives, an outstanding block asked for _REORDER or more blocks before it is
-counted lost and becomes askable again (agent.wanted() lists it: it is missing); only when
+counted lost and becomes askable again (agent.wanted() lists it: it is missing). Only the
+answer to a block's latest ask counts for order, round trip and losses: answers carry their
+request's token, whose last byte numbers the requests, and that byte is kept with each ask (an
+answer to an earlier ask, after a probe asked again, is data and nothing more). Only when
 nothing at all arrives for a retransmission timeout (ACK_TIMEOUT randomised by
 ACK_RANDOM_FACTOR, doubled per timeout in a row, MAX_RETRANSMIT of them end the download with
 TIMEOUT, RFC 7252 4.8) is everything outstanding asked for again.
 
 Congestion control (RFC 7252 4.7 and 4.8.1 allow more than NSTART outstanding only with it;
-RFC 8085 3.1): `cwnd` blocks may be outstanding. It starts at min(window, MAX_PAYLOADS) (RFC 9177
-7.2: the burst a server may send before it hears from the client), grows by one after `cwnd`
-blocks arrived, up to `window`, and halves, never below that start, once per round trip with a
-loss (a loss of a block asked for after the last decrease; RFC 6582's one reduction per window).
-A timeout puts it back to the start. When nothing arrives for two round trips, the oldest
-outstanding block is asked for again (a tail probe, RFC 8985). The client's read buffer should
-hold `window` answers (CoapClient rx_blocks): a burst read whole is not cut.
+RFC 8085 3.1): `cwnd` interactions may be outstanding: blocks asked for, and the client's
+confirmable exchange when one is on its way (a report POST beside the download). It starts at
+min(window, MAX_PAYLOADS) (RFC 9177 7.2: the burst a server may send before it hears from the
+client), grows by one after `cwnd` blocks arrived, up to `window`, and halves, never below that
+start, once per round trip with a loss (a loss of a block asked for after the last decrease;
+RFC 6582's one reduction per window). A timeout puts it back to the start. When nothing arrives
+for two round trips, the oldest outstanding block is asked for again (a tail probe, RFC 8985);
+the first round trip is the client's last confirmable exchange answered at its first try (the
+offer's GET, or a report's later), so a lost first request is probed too instead of waiting the
+retransmission timeout. The client's read buffer should hold `window` answers (CoapClient
+rx_blocks): a burst read whole is not cut.
 """
 
 from ..compat import const, getrandbits, ticks_add, ticks_diff, ticks_ms
@@ -45,7 +52,7 @@ class QBlock2(Block2):
         self.window = window if window > 1 else 1
         self.floor = window if window < MAX_PAYLOADS else MAX_PAYLOADS  # cwnd never below this
         self.inflight = []  # payload offsets asked for and not received, in the order asked
-        self._seq = []  # the ask number of each (parallel to inflight)
+        self._seq = []  # (ask number << 8) | the request's token byte, of each (parallel to inflight)
         self._asked = 0  # ask numbers handed out
         self._recover = 0  # no decrease for a loss of a block asked before this
         self._nums = [0] * MAX_PAYLOADS  # Q-Block2 values of the next request
@@ -68,15 +75,17 @@ class QBlock2(Block2):
         self._seq = []
         self._st = None
         self._tries = self._timed = 0
+        self._srtt = self.client.rtt_ms  # the offer's GET just before: probes from the first request on
 
     def drop(self):
-        super().drop()  # cancels the stream too
+        self.client.end_stream()  # the stream alone: a report POST beside it goes on
+        self.inflight = []
         self._seq = []
         self._st = None
 
     def hungry(self):
         """fill() would ask for more now (so the caller lists what it wants only then)."""
-        room = self.cwnd - len(self.inflight)
+        room = self.cwnd - len(self.inflight) - self.client.busy()  # a report POST on its way takes a place
         return room > 0 and (not self.inflight or room >= (self.cwnd // 3 or 1))
 
     # Ask for the blocks at `offsets` that are not outstanding, up to cwnd, in requests of a third of
@@ -85,7 +94,7 @@ class QBlock2(Block2):
         if not self.hungry():
             return  # wait until a whole request's worth can go
         per = self.cwnd // 3 or 1
-        room = self.cwnd - len(self.inflight)
+        room = self.cwnd - len(self.inflight) - self.client.busy()  # a report POST on its way takes a place
         nums, n = self._nums, 0
         if self._st is None:
             self._st = self.client.stream()
@@ -111,11 +120,12 @@ class QBlock2(Block2):
     def _send(self, n):
         nums, sh, first = self._nums, self.szx + 4, -1
         nums_sorted(nums, n)
+        req = self.client.stream_next()
         for i in range(n):
             c = nums[i]
             self.inflight.append(c)
             self._asked += 1
-            self._seq.append(self._asked)
+            self._seq.append((self._asked << 8) | req)
             if c == 0:
                 first = 0  # Size2 0 on block 0: the size comes back
             nums[i] = ((c >> sh) << 4) | self.szx
@@ -135,15 +145,16 @@ class QBlock2(Block2):
         reset the stream (RESET), or an answer failed a check.
         """
         if self.inflight:
+            if not self._srtt and self.client.rtt_ms:  # no round trip yet: the client's first clean one (a report's)
+                self._srtt = self.client.rtt_ms
+                self._arm_probe()
             now = ticks_ms()
             due = self._probe if self._srtt and ticks_diff(self._probe, self._deadline) < 0 else self._deadline
             left = ticks_diff(due, now)
             if left < timeout_ms:
                 timeout_ms = left if left > 0 else 0
         ex = self.client.poll(timeout_ms)
-        if ex is None or ex is not self._st:
-            if ex is not None:
-                self.client.free(ex)  # an exchange of someone else's that ended here: not ours
+        if ex is None or ex is not self._st:  # an exchange of someone else's (a report beside the blocks): theirs to free
             if self.inflight:
                 self._timers()
             return None
@@ -164,21 +175,27 @@ class QBlock2(Block2):
         self._check(offset, m)
         self.inflight.pop(i)
         seq = self._seq.pop(i)
-        self._answered(seq)
+        if self.client.stream_req() == seq & 0xFF:
+            self._answered(seq >> 8)
+        else:  # the answer to an earlier ask of a block asked again (a probe's): good data, but its place
+            self._heard()  # in the order is not this ask's, so it shows no loss and no round trip
         self.sink(offset, self.client.payload())
         return CONTENT
 
     # Block `seq` arrived: timers, round trip, the blocks it overtook, the window.
     def _answered(self, seq):
-        now = ticks_ms()
         if self._timed and seq >= self._timed:
-            rtt = ticks_diff(now, self._timed_at)
-            self._srtt = rtt if not self._srtt else (7 * self._srtt + rtt) >> 3
+            rtt = ticks_diff(ticks_ms(), self._timed_at) or 1  # under a tick: 1 (0 means none measured)
+            self._srtt = rtt if not self._srtt else ((7 * self._srtt + rtt) >> 3 or 1)
             self._timed = 0
+        self._losses(seq - _REORDER)
+        self._heard()
+
+    # A block arrived: the timers start again, the window may grow.
+    def _heard(self):
         self._probes = 0
         self._timer(True)
         self._arm_probe()
-        self._losses(seq - _REORDER)
         self._run += 1
         if self._run >= self.cwnd and self.cwnd < self.window:
             self.cwnd += 1
@@ -187,9 +204,9 @@ class QBlock2(Block2):
     # The outstanding blocks asked for as `upto`-th or earlier were overtaken: lost, askable again.
     def _losses(self, upto):
         seq, newest = self._seq, 0
-        while seq and seq[0] <= upto:
+        while seq and seq[0] >> 8 <= upto:
             self.inflight.pop(0)
-            newest = seq.pop(0)
+            newest = seq.pop(0) >> 8
             self.lost += 1
         if newest > self._recover:  # the first loss of this round trip: halve once
             self.cwnd = self.cwnd >> 1 if self.cwnd >> 1 > self.floor else self.floor

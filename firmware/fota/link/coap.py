@@ -14,7 +14,9 @@ bursts instead (fota.coap.qblock, RFC 9177: NON requests for up to 10 blocks eac
 found by order and asked again, `window` the most outstanding). A failed exchange is asked again;
 `max_failures` in a row end the attempt (CONNECTION_LOST) and the link goes quiet for the
 back-off, then takes the download up where it stopped. While a download runs, progress reports
-are coalesced and go out at most every `report_ms` (other events at once, between blocks).
+are coalesced and go out at most every `report_ms` (other events at once, between blocks). With
+`qblock` the reports of a download go beside the blocks: one confirmable POST at a time while the
+blocks keep coming, so a lost report waits out its retransmission without stopping the download.
 """
 
 import gc
@@ -52,10 +54,14 @@ class CoapLink(Link):
         self._progressed = False  # progress went out in this download (the first goes out at once)
         # chunk: a power of two, 16..1024, the block size asked for
         self._ahead = 1 if qblock else 0  # Q-Block2: blocks beyond those outstanding (lost ones stay behind)
+        self._bs = None  # Q-Block2: reports go beside the blocks (link/beside.py)
         if qblock:
             from ..coap.qblock import QBlock2  # only on a device that uses it: its code stays out of the heap otherwise
 
+            from .beside import Beside
+
             self._rx = QBlock2(client, window)
+            self._bs = Beside(self)
         else:
             self._rx = Block2(client, window, chunk)
 
@@ -64,6 +70,8 @@ class CoapLink(Link):
         q = self._events
         if event == "progress" and q and q[-1].get("event") == "progress":
             q.pop()
+        if self._bs is not None and not self._bs.downloading():
+            self._bs.settle()  # the download is over: the POST still on its way ends first, then this one goes
         super().report(event, info)
 
     # Queued reports wait while a download runs when all they say is progress and progress went out
@@ -87,7 +95,10 @@ class CoapLink(Link):
     # Not in the middle of a download (the block being handed over lives in the client's buffer):
     # those events go out from step(). "downloaded", "rebooting" go now.
     def _may_send(self):
-        return not self._rx.inflight and self.agent.state != DOWNLOADING
+        return not self._rx.inflight and self.agent.state != DOWNLOADING and (self._bs is None or self._bs.posting is None)
+
+    def busy(self):
+        return (self._bs is not None and self._bs.posting is not None) or super().busy()
 
     def _begin_fetch(self, m):
         self._progressed = False
@@ -96,7 +107,7 @@ class CoapLink(Link):
                        size=m.encoded_size, etag=bytes.fromhex(pinned) if pinned else None)
 
     def _stop_fetch(self):
-        self._rx.drop()
+        self._rx.drop()  # Q-Block2: the stream alone, a report POST on its way goes on
         self._rx.path = None
 
     def _post(self, path, text):
@@ -128,7 +139,9 @@ class CoapLink(Link):
             self._retry_due()  # take the download up again where it stopped
         now = ticks_ms()
         try:
-            if self._flush_due() and not self._rx.inflight and not self._reports_wait():
+            if self._bs is not None and (self._bs.posting is not None or self._bs.downloading()):
+                self._bs.step()
+            elif self._flush_due() and not self._rx.inflight and not self._reports_wait():
                 progress = self._events and self._events[-1].get("event") == "progress"
                 self._flush()
                 if progress and self.agent.state == DOWNLOADING:
@@ -136,6 +149,8 @@ class CoapLink(Link):
             if self._complete:
                 self._finish()
             elif self._past_deadline():
+                if self._bs is not None:
+                    self._bs.abandon()
                 self._rx.drop()
                 self._give_up(errors.DEADLINE, "attempt over %d s" % (self.deadline_ms // 1000))
             elif self.agent.state == DOWNLOADING and self._rx.path is not None:
@@ -163,6 +178,8 @@ class CoapLink(Link):
             return  # the next step asks again
         print("fota: CoAP attempt ends:", repr(e))
         self.connected = False  # events queue until the back-off is over
+        if self._bs is not None:
+            self._bs.abandon()
         self._rx.drop()
         self.client.close()
         self._give_up(code, detail or "no answer after %d tries" % self.max_failures)
@@ -179,7 +196,7 @@ class CoapLink(Link):
 
     def _download(self, timeout_ms):
         rx = self._rx
-        if (not self._events or self._reports_wait()) and rx.hungry():  # else drain: reports go out between blocks
+        if (self._bs is not None or not self._events or self._reports_wait()) and rx.hungry():  # Block2: drain, reports go between blocks
             rx.fill(self.agent.wanted(self.window + self._ahead * len(rx.inflight)))
         try:
             code = rx.receive(timeout_ms)  # a block that passed the checks went to the agent
