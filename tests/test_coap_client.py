@@ -459,10 +459,12 @@ def test_qblock2_bursts_deliver_every_block_once_also_under_loss(run_device, ser
                          timeout=60)
     digest_, twice, requests, lost, probes = said(out, "QBLOCK")[0][0].split()  # requests: not counting tail probes
     assert digest_ == sha(big) and twice == "0"  # every block reached the sink exactly once
-    if not loss:  # a request asks for several blocks; without loss none is asked for twice (unless a probe,
-        # on a slow loaded host, took a late block for a lost one)
-        assert int(requests) <= 24 // 3 + 2 and len(backend.reads) >= 24
-        assert lost == "0" or probes != "0"
+    if not loss:
+        assert len(backend.reads) >= 24
+        # A request asks for several blocks, and without loss none is asked for twice, unless a timer fired: on a
+        # loaded host a 60 ms probe can take a late block for a lost one (CI once saw 13 requests so)
+        if probes == "0":
+            assert lost == "0" and int(requests) <= 24 // 3 + 2
     else:
         assert proxy.stats["up"].dropped and proxy.stats["down"].dropped and int(lost) > 0
 
