@@ -317,16 +317,16 @@ class CoapClient:
     # when the answers of a stream follow it in the same read: found by their header byte and
     # token prefix (3 random bytes), so the report's answer and the blocks behind it are not lost.
     def _next_of_stream(self, start):
-        st = self._st
-        if st is None or st.state != _STREAM:
+        st, tag = self._st, self._st_tag
+        if st is None or tag is None or st.state != _STREAM:
             return -1
         rx, lim = self._rx, self._lim
-        i = rx.find(self._st_tag, start + 8, lim)
+        i = rx.find(tag, start + 8, lim)
         while i >= 0:
             h = i - 4
             if rx[h] == _HEAD_NON or rx[h] == _HEAD_CON:
                 return h
-            i = rx.find(self._st_tag, i + 1, lim)
+            i = rx.find(tag, i + 1, lim)
         return -1
 
     def _answer(self, ex):
