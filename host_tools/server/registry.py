@@ -248,9 +248,7 @@ class Registry:
                 "INSERT INTO offers (device, package, chunk, policy, status, created, updated, published)"
                 " VALUES (?,?,?,?,?,?,?,?) RETURNING id",
                 [(device, package, chunk, policy, "OFFERED", now, now, int(published)) for device, package in offers])]
-            self._db.execute_values("INSERT INTO contact (device, sent, sent_what)",
-                                    list({device: (device, now, f"offer {i}") for (device, _), i in zip(offers, ids)}.values()),
-                                    "ON CONFLICT (device) DO UPDATE SET sent=excluded.sent, sent_what=excluded.sent_what")
+            self.note_sent_many({device: f"offer {i}" for (device, _), i in zip(offers, ids)}, now)
         return ids
 
     def mark_published(self, offer_id: int) -> None:
@@ -388,8 +386,7 @@ class Registry:
         with self._db.atomic():
             self._db.execute_values("INSERT INTO events (device, offer, event, body, t)",
                                     [(device, event.get("offer"), event.get("event"), json.dumps(event), now) for device, event in events])
-            self._db.execute_values("INSERT INTO contact (device, heard)", [(d, now) for d in dict.fromkeys(d for d, _ in events)],
-                                    "ON CONFLICT (device) DO UPDATE SET heard=excluded.heard")
+            self.note_heard_many(list(dict.fromkeys(d for d, _ in events)), now)
             # each in one statement when the offer is the device's and open; a final status (another worker's) stays
             moved = self._db.returning_many(
                 "UPDATE offers SET status=?, code=?, reason=?, updated=?, downtime_ms=COALESCE(?, downtime_ms)"
@@ -445,14 +442,19 @@ class Registry:
         return {r["device"]: _rolled_back_reason(r) for r in rows}
 
     # -- contact: when the server last heard from and sent to each device --------------------------------
-    def note_heard(self, device: str) -> None:
-        self._exec("INSERT INTO contact (device, heard) VALUES (?, ?) ON CONFLICT (device) DO UPDATE SET heard=excluded.heard",
-                   (device, time.time()))
+    def note_heard_many(self, devices: list[str], now: float) -> None:
+        """The server heard from each of `devices` (each once) at `now`."""
+        self._db.execute_values("INSERT INTO contact (device, heard)", [(d, now) for d in devices],
+                                "ON CONFLICT (device) DO UPDATE SET heard=excluded.heard")
 
     def note_sent(self, device: str, what: str) -> None:
         """The server sent `device` something it acts on (an offer, a command, a key list)."""
-        self._exec("INSERT INTO contact (device, sent, sent_what) VALUES (?, ?, ?) ON CONFLICT (device) DO UPDATE SET"
-                   " sent=excluded.sent, sent_what=excluded.sent_what", (device, time.time(), what))
+        self.note_sent_many({device: what}, time.time())
+
+    def note_sent_many(self, sent: dict[str, str], now: float) -> None:
+        """note_sent for each device: what was sent to it, at `now`."""
+        self._db.execute_values("INSERT INTO contact (device, sent, sent_what)", [(d, now, what) for d, what in sent.items()],
+                                "ON CONFLICT (device) DO UPDATE SET sent=excluded.sent, sent_what=excluded.sent_what")
 
     def events(self, device: str | None = None) -> list[dict]:
         sql = "SELECT device, offer, event, body, t FROM events"
