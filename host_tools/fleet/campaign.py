@@ -377,9 +377,8 @@ class CampaignRunner:
         records them (a page of offers: a few statements and one wait for the broker, not a round of each per device)."""
         def record(offer_ids: list[int]) -> None:
             now = self.clock()
-            self.registry.update_campaign_devices(name, [
-                (row["device"], {"status": "OFFERED", "offer": offer_id, "attempts": row["attempts"] + 1, "started": now})
-                for (row, _), offer_id in zip(batch, offer_ids)])
+            self.registry.update_campaign_devices(name, [(row["device"], _offered(row, offer_id, now))
+                                                         for (row, _), offer_id in zip(batch, offer_ids)])
 
         self.offer_many([(row["device"], package) for row, package in batch], chunk=spec.chunk, policy=spec.policy,
                         record=record)
@@ -391,8 +390,7 @@ class CampaignRunner:
         device, named = row["device"], []
 
         def record(offer_id: int) -> None:
-            self.registry.update_campaign_device(name, device, status="OFFERED", offer=offer_id,
-                                                 attempts=row["attempts"] + 1, started=self.clock())
+            self.registry.update_campaign_device(name, device, **_offered(row, offer_id, self.clock()))
             named.append(offer_id)
 
         # an open offer of this package already (made by an offer function without `record` just before the
@@ -455,6 +453,11 @@ class CampaignRunner:
                 continue
             updates.append((row["device"], {"status": status, "finished": now, "code": offer.code, "reason": offer.reason}))
         self.registry.update_campaign_devices(name, updates)
+
+
+def _offered(row: dict, offer_id: int, now: float) -> dict:
+    """A campaign row's fields once `offer_id` is made for it: one more attempt, started `now`."""
+    return {"status": "OFFERED", "offer": offer_id, "attempts": row["attempts"] + 1, "started": now}
 
 
 def unreachable(rows: list[dict], devices: dict[str, dict], stale_after_s: float, now: float) -> list[dict]:
