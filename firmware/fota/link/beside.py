@@ -13,8 +13,6 @@ back to its front when it fails; the state document goes after each event, as co
 sends it.
 """
 
-import json
-
 from ..agent import DOWNLOADING
 from ..coap.message import BAD_RESPONSE, FORMAT_JSON, POST, CoapError
 from ..compat import const, ticks_ms
@@ -46,11 +44,10 @@ class Beside:
                 self._posted(ex)
         if self.downloading() and link._flush_due() and not link._reports_wait():
             if link._events:
-                ev = self._event = link._events.pop(0)
-                path, text = link._p_events, link._sealed("events", json.dumps(ev))
+                self._event, path = link._events.pop(0), link._p_events
             else:
-                self._event, link._state_due = None, False
-                path, text = link._p_state, link._sealed("state", link.agent.state_json(link.device_id, link.offer_id))
+                self._event, path, link._state_due = None, link._p_state, False
+            text = link._report(self._event)
             self.posting = link.client.start(POST, path, payload=text.encode() if isinstance(text, str) else text,
                                              content_format=FORMAT_JSON)
 

@@ -104,14 +104,20 @@ class Link:
         self._flushing = True
         try:
             while self._events:
-                self._send_event(self._sealed("events", json.dumps(self._events[0])))
+                self._send_event(self._report(self._events[0]))
                 self._events.pop(0)
                 self._state_due = True
             if self._state_due:
-                self._send_state(self._sealed("state", self.agent.state_json(self.device_id, self.offer_id)))
+                self._send_state(self._report(None))
                 self._state_due = False
         finally:
             self._flushing = False
+
+    # A report's text: the event `ev`, or the state document when None; sealed (below).
+    def _report(self, ev):
+        if ev is None:
+            return self._sealed("state", self.agent.state_json(self.device_id, self.offer_id))
+        return self._sealed("events", json.dumps(ev))
 
     # A report as it goes on the wire: with the device's MAC and counter when it has a key.
     def _sealed(self, kind, text):
