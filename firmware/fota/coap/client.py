@@ -36,7 +36,7 @@ import socket
 
 from .message import (
     ACK, CON, CONTENT, EMPTY, FORMAT_JSON, MAX_SZX, NON, NO_SLOT, POST, RST, TIMEOUT, TOKEN_LEN, BAD_RESPONSE,
-    ETAG_CHANGED, RESET, CoapError, Msg, encode, encode_empty, path_options,
+    ETAG_CHANGED, RESET, CoapError, Msg, encode, encode_empty, first_byte, path_options,
 )
 
 from .blockwise import Block2
@@ -52,8 +52,6 @@ _WAIT_SEPARATE = const(2)  # empty ACK seen: the response comes in a message of 
 _DONE = const(3)
 _STREAM = const(4)  # a body in non-confirmable requests and responses (RFC 9177): no timers here, see qblock.py
 _SEEN = const(8)  # message ids of received CON/NON kept for de-duplication
-_HEAD_NON = const(0x54)  # the first byte of a NON message with a 4-byte token (section 3: Ver 1, T, TKL)
-_HEAD_CON = const(0x44)
 _REQ_SIZE = const(96)  # header, token, Uri-Path of a fota resource, Block2, Size2
 
 
@@ -321,10 +319,11 @@ class CoapClient:
         if st is None or tag is None or st.state != _STREAM:
             return -1
         rx, lim = self._rx, self._lim
+        non, con = first_byte(NON), first_byte(CON)
         i = rx.find(tag, start + 8, lim)
         while i >= 0:
             h = i - 4
-            if rx[h] == _HEAD_NON or rx[h] == _HEAD_CON:
+            if rx[h] == non or rx[h] == con:
                 return h
             i = rx.find(tag, i + 1, lim)
         return -1

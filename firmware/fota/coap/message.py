@@ -119,6 +119,11 @@ def _put_uint(buf, pos, delta, v):
     return pos + n
 
 
+def first_byte(mtype):
+    """The first byte of our messages of `mtype`: version, type, token length TOKEN_LEN (section 3)."""
+    return (_VERSION << 6) | (mtype << 4) | TOKEN_LEN
+
+
 def encode(buf, mtype, code, mid, token, path, *, content_format=-1, block=-1, size2=-1, payload=None, qblocks=None,
            nq=0):
     """Write a request into `buf`; returns its length.
@@ -126,7 +131,7 @@ def encode(buf, mtype, code, mid, token, path, *, content_format=-1, block=-1, s
     `token`: TOKEN_LEN bytes (any buffer); `path`: path_options(); the others are left out when < 0.
     `qblocks`: the first `nq` values are written as Q-Block2 options (RFC 9177 4.4: ascending).
     """
-    buf[0] = (_VERSION << 6) | (mtype << 4) | TOKEN_LEN
+    buf[0] = first_byte(mtype)
     buf[1] = code
     buf[2] = mid >> 8
     buf[3] = mid & 0xFF
