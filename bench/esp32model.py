@@ -228,20 +228,25 @@ def proc_cpu_s(pid: int) -> float:
     """CPU seconds of a running process, all its threads: the nanosecond run time the scheduler keeps
     (/proc/PID/task/TID/schedstat, first field; Documentation/scheduler/sched-stats.rst). /proc/PID/stat's
     utime and stime (proc(5): fields 14 and 15) count clock ticks, 10 ms here, too coarse for the differences
-    the benches take; they are the fallback on a kernel without schedstat."""
+    the benches take; they are the fallback on a kernel without schedstat. Threads that ended are not counted
+    (a board's interpreter runs one)."""
     try:
-        total = 0
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        return total / 1e9
+        return sum(task_cpu_s(pid, tid) for tid in os.listdir(f"/proc/{pid}/task"))
     except FileNotFoundError:
         if os.path.exists(f"/proc/{pid}"):
-            return _stat_cpu_s(pid)
+            return stat_cpu_s(pid)
         raise
 
 
-def _stat_cpu_s(pid: int) -> float:
+def task_cpu_s(pid: int, tid: int | str) -> float:
+    """CPU seconds of one thread of a running process, in nanoseconds' resolution (see proc_cpu_s)."""
+    with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+        return int(f.read().split()[0]) / 1e9
+
+
+def stat_cpu_s(pid: int) -> float:
+    """CPU seconds of a running process in clock ticks (proc(5), /proc/PID/stat fields 14 and 15), its
+    threads that ended included, which schedstat's per-thread figures lose: for long spans of a threaded process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")

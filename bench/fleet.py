@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
+from esp32model import stat_cpu_s, task_cpu_s  # noqa: E402
+
 from brokers import start_mosquitto  # noqa: E402
 from host_tools.fleet.campaign import COMPLETED, CampaignRunner, CampaignSpec  # noqa: E402
 from host_tools.fleet.protodevice import DeviceSpec, enroll  # noqa: E402
@@ -49,18 +51,13 @@ def io_bytes(pid: int) -> int:
     return int(fields["rchar"]) + int(fields["wchar"])
 
 
-def cpu_seconds(pid: int, task: str = "") -> float:
-    fields = Path(f"/proc/{pid}{task}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def thread_seconds(pid: int, names: Path) -> dict[str, float]:
     """CPU seconds of each named thread of a process (bench/profile_serve.py --threads wrote the names)."""
     tids = json.loads(names.read_text()) if names.exists() else {}
     out: dict[str, float] = {}
     for tid, name in tids.items():
         with contextlib.suppress(OSError):
-            out[name] = cpu_seconds(pid, f"/task/{tid}")
+            out[name] = task_cpu_s(pid, tid)
     return out
 
 
@@ -130,7 +127,7 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
         runner = CampaignRunner(registry, offer=lambda *a, **k: 0, withdraw=lambda d: None)
         runner.create(spec)
         stats_before = fleet.stats()
-        cpu_before = [cpu_seconds(p.pid) for p in serves]
+        cpu_before = [stat_cpu_s(p.pid) for p in serves]
         tids = (args.threads / f"run{workers}-w0" / "tids.json") if args.threads else None
         threads_before = thread_seconds(serves[0].pid, tids) if tids else {}
         machine_before = machine_jiffies()
@@ -139,7 +136,7 @@ def run(home: Path, args, workers: int, database: str | None) -> dict:
         runner.start("scale")  # the serving processes pick it up on their next tick
         wait(lambda: registry.campaign("scale")["status"] == COMPLETED, 3600, "the campaign")
         elapsed = time.monotonic() - started
-        per_worker = [cpu_seconds(p.pid) - before for p, before in zip(serves, cpu_before)]
+        per_worker = [stat_cpu_s(p.pid) - before for p, before in zip(serves, cpu_before)]
         threads = {k: v - threads_before.get(k, 0.0) for k, v in thread_seconds(serves[0].pid, tids).items()} if tids else {}
         cpu = sum(per_worker)
         machine = [b - a for a, b in zip(machine_before, machine_jiffies())]
