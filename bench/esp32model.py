@@ -135,12 +135,9 @@ class Esp32Model:
     def measure(cls, micropython: str, loops: int = 100_000, repeat: int = 3, native: bool = False) -> Esp32Model:
         """Pystones per CPU second of `micropython` on this host (median of `repeat`, start-up subtracted), and
         with `native` CoreMark iterations per CPU second of this host's C compiler's code."""
-        rates = []
-        for _ in range(repeat):
-            busy = _cpu_of([micropython, "-c", f"import pystone_lowmem as p; p.pystones({loops})"])
-            idle = _cpu_of([micropython, "-c", "import pystone_lowmem"])
-            rates.append(loops / max(busy - idle, 1e-3))
-        return cls(statistics.median(rates), host_coremark(repeat=repeat) if native else None)
+        cpu = _work_cpu_s([micropython, "-c", f"import pystone_lowmem as p; p.pystones({loops})"],
+                          [micropython, "-c", "import pystone_lowmem"], repeat)
+        return cls(loops / max(cpu, 1e-3), host_coremark(repeat=repeat) if native else None)
 
     def describe(self) -> str:
         native = (f"; bulk native work x {self.native_factor:.0f} (this host {self.host_coremark:,.0f} CoreMark iterations "
@@ -174,12 +171,8 @@ def host_coremark(repeat: int = 3, iterations: int = 30_000) -> float | None:
         subprocess.run([cc, "-O2", f"-I{src}", f"-I{src / 'posix'}", "-DPERFORMANCE_RUN=1", '-DFLAGS_STR="-O2"',
                         *(str(src / f) for f in COREMARK_SOURCES), "-o", exe, "-lrt"], check=True)
         args = ["0x0", "0x0", "0x66"]  # CoreMark's performance-run seeds (its Makefile's PORT_PARAMS)
-        rates = []
-        for _ in range(repeat):
-            busy = _cpu_of([exe, *args, str(iterations), "7", "1", "2000"])
-            idle = _cpu_of([exe, *args, "1", "7", "1", "2000"])
-            rates.append((iterations - 1) / max(busy - idle, 1e-3))
-    return statistics.median(rates)
+        cpu = _work_cpu_s([exe, *args, str(iterations), "7", "1", "2000"], [exe, *args, "1", "7", "1", "2000"], repeat)
+    return (iterations - 1) / max(cpu, 1e-3)
 
 
 def inflate_cpu_s(micropython: str, stream: bytes, wbits: int, repeat: int = 3) -> float:
@@ -192,12 +185,8 @@ def inflate_cpu_s(micropython: str, stream: bytes, wbits: int, repeat: int = 3) 
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "stream.z")
         Path(path).write_bytes(stream)
-        times = []
-        for _ in range(repeat):
-            busy = _cpu_of([micropython, "-c", script.format(path=path, run=True, wbits=wbits)])
-            idle = _cpu_of([micropython, "-c", script.format(path=path, run=False, wbits=wbits)])
-            times.append(max(busy - idle, 0.0))
-    return statistics.median(times)
+        return _work_cpu_s([micropython, "-c", script.format(path=path, run=True, wbits=wbits)],
+                           [micropython, "-c", script.format(path=path, run=False, wbits=wbits)], repeat)
 
 
 def sha256_cpu_s(micropython: str, nbytes: int, repeat: int = 3) -> float:
@@ -206,12 +195,14 @@ def sha256_cpu_s(micropython: str, nbytes: int, repeat: int = 3) -> float:
     script = ("import hashlib\nbuf = bytearray(4096)\nh = hashlib.sha256()\nfor i in range({n}):\n"
               "    {op}\nh.digest()\n")
     n = -(-nbytes // 4096)
-    times = []
-    for _ in range(repeat):
-        busy = _cpu_of([micropython, "-c", script.format(n=n, op="h.update(buf)")])
-        idle = _cpu_of([micropython, "-c", script.format(n=n, op="pass")])
-        times.append(max(busy - idle, 0.0))
-    return statistics.median(times)
+    return _work_cpu_s([micropython, "-c", script.format(n=n, op="h.update(buf)")],
+                       [micropython, "-c", script.format(n=n, op="pass")], repeat)
+
+
+def _work_cpu_s(busy: list[str], idle: list[str], repeat: int) -> float:
+    """The median over `repeat` rounds of the CPU seconds `busy` took beyond `idle` (the same start-up
+    without the work)."""
+    return statistics.median(max(_cpu_of(busy) - _cpu_of(idle), 0.0) for _ in range(repeat))
 
 
 def _cpu_of(cmd: list[str]) -> float:
